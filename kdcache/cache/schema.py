@@ -1,0 +1,245 @@
+"""Cache format version 1: the metadata as frozen dataclasses, no IO.
+
+The normative description is ``docs/cache-format.md``; this module is its executable form. Every
+record round-trips through ``to_dict`` / ``from_dict`` (plain JSON types) and validates what it is
+given, so a malformed cache fails at open time with a message instead of deep inside training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from kdcache.errors import CacheError, ConfigError, FormatVersionError
+
+FORMAT_MAJOR = 1
+FORMAT_MINOR = 0
+FORMAT_VERSION = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
+ATTRS_KEY = "kdcache"  # the group attribute that holds the whole self-description
+
+StorageMode = Literal["dense", "sparse"]
+LogitDtype = Literal["float16", "float32"]
+
+# Array names inside the zarr group (docs/cache-format.md §Arrays).
+LOGITS = "logits"  # [V, N, C]  dense mode
+TOPK_VALUES = "topk_values"  # [V, N, K] sparse mode
+TOPK_INDICES = "topk_indices"  # [V, N, K] sparse mode
+LOGSUMEXP = "logsumexp"  # [V, N]    sparse mode, float32
+LABELS = "labels"  # [N]       int64
+INPUT_HASH = "input_hash"  # [V, N]    int64
+BLOCK_DONE = "block_done"  # [V, n_blocks] uint8, one chunk per block: the completeness record
+BLOCK_TOP1 = "block_top1_correct"  # [V, n_blocks] int64, teacher top-1 hits per block
+BLOCK_TOP5 = "block_top5_correct"  # [V, n_blocks] int64, teacher top-5 hits per block
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise CacheError(f"malformed cache metadata: {message}")
+
+
+@dataclass(frozen=True)
+class TeacherInfo:
+    name: str
+    weights_sha256: str | None  # None: randomly initialised teacher (tests, demos)
+    num_params: int
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TeacherInfo:
+        _require(isinstance(d.get("name"), str), "teacher.name must be a string")
+        _require(isinstance(d.get("num_params"), int), "teacher.num_params must be an integer")
+        return cls(name=d["name"], weights_sha256=d.get("weights_sha256"), num_params=d["num_params"])
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    split: str
+    num_samples: int
+    num_classes: int
+    fingerprint: str  # sha256 of labels + sample identities (kdcache.data)
+    spec: dict[str, Any] = field(default_factory=dict)  # normalisation, image size, channels
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DatasetInfo:
+        for key in ("name", "split", "fingerprint"):
+            _require(isinstance(d.get(key), str), f"dataset.{key} must be a string")
+        for key in ("num_samples", "num_classes"):
+            _require(isinstance(d.get(key), int) and d[key] > 0, f"dataset.{key} must be > 0")
+        return cls(
+            name=d["name"],
+            split=d["split"],
+            num_samples=d["num_samples"],
+            num_classes=d["num_classes"],
+            fingerprint=d["fingerprint"],
+            spec=dict(d.get("spec", {})),
+        )
+
+
+@dataclass(frozen=True)
+class AugmentationInfo:
+    recipe: str
+    params: dict[str, Any]
+    seed: int
+    num_views: int
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AugmentationInfo:
+        _require(isinstance(d.get("recipe"), str), "augmentation.recipe must be a string")
+        _require(isinstance(d.get("seed"), int) and d["seed"] >= 0, "augmentation.seed >= 0")
+        _require(isinstance(d.get("num_views"), int) and d["num_views"] >= 1, "num_views >= 1")
+        return cls(
+            recipe=d["recipe"], params=dict(d.get("params", {})), seed=d["seed"],
+            num_views=d["num_views"],
+        )
+
+
+@dataclass(frozen=True)
+class StorageInfo:
+    mode: StorageMode
+    dtype: LogitDtype
+    chunk_rows: int
+    topk: int | None = None  # sparse mode only
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("dense", "sparse"):
+            raise ConfigError(f"storage mode must be 'dense' or 'sparse', got {self.mode!r}")
+        if self.dtype not in ("float16", "float32"):
+            raise ConfigError(f"--dtype must be float16 or float32, got {self.dtype!r}")
+        if self.chunk_rows < 1:
+            raise ConfigError(f"--chunk-rows must be >= 1, got {self.chunk_rows}")
+        if self.mode == "sparse" and (self.topk is None or self.topk < 1):
+            raise ConfigError(f"sparse mode needs --topk >= 1, got {self.topk}")
+        if self.mode == "dense" and self.topk is not None:
+            raise ConfigError("--topk is only meaningful in sparse mode")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StorageInfo:
+        try:
+            return cls(
+                mode=d["mode"], dtype=d["dtype"], chunk_rows=int(d["chunk_rows"]), topk=d.get("topk")
+            )
+        except (KeyError, ConfigError) as exc:
+            raise CacheError(f"malformed cache metadata: storage: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class CacheIdentity:
+    """Everything that determines the cache's bytes: two caches with equal identity are equal."""
+
+    teacher: TeacherInfo
+    dataset: DatasetInfo
+    augmentation: AugmentationInfo
+    storage: StorageInfo
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "teacher": asdict(self.teacher),
+            "dataset": asdict(self.dataset),
+            "augmentation": asdict(self.augmentation),
+            "storage": asdict(self.storage),
+        }
+
+    def fingerprint(self) -> str:
+        """sha256 of the canonical JSON of the identity (sorted keys, no spaces): names the cache."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def differences(self, other: CacheIdentity) -> list[str]:
+        """Human-readable ``field: ours != theirs`` lines, for mismatch errors."""
+        return _dict_differences(self.to_dict(), other.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CacheIdentity:
+        for key in ("teacher", "dataset", "augmentation", "storage"):
+            _require(isinstance(d.get(key), dict), f"missing section {key!r}")
+        return cls(
+            teacher=TeacherInfo.from_dict(d["teacher"]),
+            dataset=DatasetInfo.from_dict(d["dataset"]),
+            augmentation=AugmentationInfo.from_dict(d["augmentation"]),
+            storage=StorageInfo.from_dict(d["storage"]),
+        )
+
+
+@dataclass(frozen=True)
+class CacheMeta:
+    """The full self-description stored under the group attribute ``kdcache``."""
+
+    identity: CacheIdentity
+    format_version: str = FORMAT_VERSION
+    versions: dict[str, str] = field(default_factory=dict)  # libraries that affect the bytes
+    created: str = ""  # ISO 8601 UTC
+    # Filled in when the last block is written (absent while incomplete):
+    complete: bool = False
+    teacher_top1: list[float] | None = None  # per view, percent
+    teacher_top5: list[float] | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        return self.identity.fingerprint()
+
+    @property
+    def num_blocks(self) -> int:
+        """Blocks (chunks of rows) per view."""
+        n, rows = self.identity.dataset.num_samples, self.identity.storage.chunk_rows
+        return -(-n // rows)
+
+    def block_rows(self, block: int) -> slice:
+        rows = self.identity.storage.chunk_rows
+        return slice(block * rows, min((block + 1) * rows, self.identity.dataset.num_samples))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"format_version": self.format_version, "fingerprint": self.fingerprint}
+        d.update(self.identity.to_dict())
+        d.update(versions=dict(self.versions), created=self.created, complete=self.complete)
+        if self.teacher_top1 is not None:
+            d["teacher_top1"] = list(self.teacher_top1)
+            d["teacher_top5"] = list(self.teacher_top5 or [])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CacheMeta:
+        check_format_version(d.get("format_version"))
+        identity = CacheIdentity.from_dict(d)
+        recorded = d.get("fingerprint")
+        if recorded is not None and recorded != identity.fingerprint():
+            raise CacheError(
+                "cache metadata was edited: its recorded fingerprint does not match its identity "
+                f"fields (recorded {recorded[:12]}, computed {identity.fingerprint()[:12]})"
+            )
+        return cls(
+            identity=identity,
+            format_version=d["format_version"],
+            versions=dict(d.get("versions", {})),
+            created=str(d.get("created", "")),
+            complete=bool(d.get("complete", False)),
+            teacher_top1=d.get("teacher_top1"),
+            teacher_top5=d.get("teacher_top5"),
+        )
+
+
+def check_format_version(version: object) -> None:
+    """Refuse a missing or newer major version with a message naming what is needed."""
+    if not isinstance(version, str) or not version.split(".")[0].isdigit():
+        raise CacheError(
+            f"not a kdcache cache (no valid '{ATTRS_KEY}.format_version' attribute: {version!r})"
+        )
+    major = int(version.split(".")[0])
+    if major > FORMAT_MAJOR:
+        raise FormatVersionError(
+            f"this cache uses format version {version}, but this kdcache reads format "
+            f"{FORMAT_MAJOR}.x only: upgrade kdcache to a release that reads format {major}"
+        )
+
+
+def _dict_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    out: list[str] = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out.extend(_dict_differences(va, vb, name + "."))
+        elif va != vb:
+            out.append(f"{name}: {va!r} != {vb!r}")
+    return out

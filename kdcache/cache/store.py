@@ -1,0 +1,310 @@
+"""The one place that talks to zarr: create, resume, and read caches.
+
+Layout and meaning are specified in ``docs/cache-format.md`` and encoded in :mod:`.schema`. A
+*block* is one chunk of rows of one view: the unit of writing, of the completeness record and of
+reading. Writers mark a block done only after its data is written (zarr's LocalStore writes each
+chunk to a temporary file and renames it, so a written chunk is whole), and each mark is its own
+zarr chunk (its own file or object), so concurrent writers never read-modify-write a shared object.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import zarr
+import zarr.storage
+from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
+
+from kdcache.cache import schema
+from kdcache.cache.locations import open_zarr_store
+from kdcache.cache.schema import CacheMeta
+from kdcache.errors import CacheCorruptError, CacheError, CacheMismatchError, DataNotFoundError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# zstd level 3: the chunk bytes shrink ~8-25% (logits are noisy floats), decoding stays cheap.
+_COMPRESSORS = (ZstdCodec(level=3), Crc32cCodec())
+
+
+def _codecs() -> dict[str, Any]:
+    return {"serializer": BytesCodec(), "compressors": list(_COMPRESSORS)}
+
+
+def _guard_read(what: str, fn: Callable[[], T]) -> T:
+    """Turn zarr's checksum failure into an error that names the damaged chunk."""
+    try:
+        return fn()
+    except ValueError as exc:
+        if "checksum" in str(exc).lower():
+            raise CacheCorruptError(
+                f"corrupted cache chunk: {what} fails its crc32c checksum. The cache's bytes were "
+                "damaged after writing; re-run `kdcache extract` with the same settings into a "
+                "fresh directory, or fetch an intact copy."
+            ) from exc
+        raise
+
+
+def _index_dtype(num_classes: int) -> str:
+    return "int16" if num_classes <= np.iinfo(np.int16).max else "int32"
+
+
+class CacheWriter:
+    """Writes blocks into a cache whose metadata is fixed. Obtain via :func:`open_for_writing`."""
+
+    def __init__(self, group: zarr.Group, meta: CacheMeta) -> None:
+        self.group = group
+        self.meta = meta
+        self._done = group[schema.BLOCK_DONE]
+
+    def done_mask(self) -> np.ndarray:
+        """[V, n_blocks] bool: blocks already written and marked."""
+        return np.asarray(self._done[:], dtype=bool)
+
+    def write_block(
+        self,
+        view: int,
+        block: int,
+        logits: np.ndarray,  # [R, C] float32, R = rows of this block
+        input_hashes: np.ndarray,  # [R] int64
+        top1_correct: int,
+        top5_correct: int,
+    ) -> None:
+        rows = self.meta.block_rows(block)
+        storage = self.meta.identity.storage
+        expected = (rows.stop - rows.start, self.meta.identity.dataset.num_classes)
+        if logits.shape != expected:
+            raise ValueError(f"block ({view}, {block}) expects logits {expected}, got {logits.shape}")
+        if not np.isfinite(logits).all():
+            raise CacheError(
+                f"the teacher produced NaN/Inf logits in view {view}, rows {rows.start}-"
+                f"{rows.stop - 1}: check the weights and the input normalisation"
+            )
+        if storage.mode == "dense":
+            stored = logits.astype(storage.dtype)
+            if not np.isfinite(stored).all():
+                raise CacheError(
+                    f"teacher logits overflow {storage.dtype} in view {view} (max |logit| "
+                    f"{np.abs(logits).max():.4g}): extract with --dtype float32"
+                )
+            self.group[schema.LOGITS][view, rows, :] = stored
+        else:
+            self._write_sparse(view, rows, logits, storage.topk or 0, storage.dtype)
+        self.group[schema.INPUT_HASH][view, rows] = input_hashes.astype(np.int64)
+        self.group[schema.BLOCK_TOP1][view, block] = top1_correct
+        self.group[schema.BLOCK_TOP5][view, block] = top5_correct
+        # The mark comes last: a crash before this line leaves the block unmarked, so it is redone.
+        self._done[view, block] = 1
+
+    def _write_sparse(self, view: int, rows: slice, logits: np.ndarray, k: int, dtype: str) -> None:
+        # argpartition + sort keeps this O(C) per row; ties resolved by lower class index first.
+        idx = np.argsort(-logits, axis=1, kind="stable")[:, :k]  # [R, K]
+        values = np.take_along_axis(logits, idx, axis=1)
+        peak = logits.max(axis=1, keepdims=True)
+        lse = (peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))).astype(np.float32)
+        self.group[schema.TOPK_VALUES][view, rows, :] = values.astype(dtype)
+        self.group[schema.TOPK_INDICES][view, rows, :] = idx.astype(self.group[schema.TOPK_INDICES].dtype)
+        self.group[schema.LOGSUMEXP][view, rows] = lse
+
+    def finalize(self) -> CacheMeta:
+        """If every block is marked, record completeness and the teacher's accuracy per view."""
+        if not self.done_mask().all():
+            return self.meta
+        n = self.meta.identity.dataset.num_samples
+        top1 = np.asarray(self.group[schema.BLOCK_TOP1][:]).sum(axis=1) * 100.0 / n
+        top5 = np.asarray(self.group[schema.BLOCK_TOP5][:]).sum(axis=1) * 100.0 / n
+        meta = CacheMeta(
+            identity=self.meta.identity,
+            format_version=self.meta.format_version,
+            versions=self.meta.versions,
+            created=self.meta.created,
+            complete=True,
+            teacher_top1=[round(float(x), 4) for x in top1],
+            teacher_top5=[round(float(x), 4) for x in top5],
+        )
+        self.group.attrs[schema.ATTRS_KEY] = meta.to_dict()
+        self.meta = meta
+        return meta
+
+
+def _create_layout(group: zarr.Group, meta: CacheMeta, labels: np.ndarray) -> None:
+    ident = meta.identity
+    V, N, C = ident.augmentation.num_views, ident.dataset.num_samples, ident.dataset.num_classes
+    R, nb = ident.storage.chunk_rows, meta.num_blocks
+    if ident.storage.mode == "dense":
+        group.create_array(
+            schema.LOGITS, shape=(V, N, C), chunks=(1, R, C), dtype=ident.storage.dtype,
+            fill_value=float("nan"), **_codecs(),
+        )
+    else:
+        K = ident.storage.topk or 0
+        group.create_array(
+            schema.TOPK_VALUES, shape=(V, N, K), chunks=(1, R, K), dtype=ident.storage.dtype,
+            fill_value=float("nan"), **_codecs(),
+        )
+        group.create_array(
+            schema.TOPK_INDICES, shape=(V, N, K), chunks=(1, R, K), dtype=_index_dtype(C),
+            fill_value=-1, **_codecs(),
+        )
+        group.create_array(
+            schema.LOGSUMEXP, shape=(V, N), chunks=(1, R), dtype="float32",
+            fill_value=float("nan"), **_codecs(),
+        )
+    group.create_array(schema.INPUT_HASH, shape=(V, N), chunks=(1, R), dtype="int64",
+                       fill_value=0, **_codecs())
+    lab = group.create_array(schema.LABELS, shape=(N,), chunks=(max(R, 65536),), dtype="int64",
+                             fill_value=-1, **_codecs())
+    lab[:] = labels.astype(np.int64)
+    # One chunk per block: each mark / count is its own object (no shared read-modify-write).
+    group.create_array(schema.BLOCK_DONE, shape=(V, nb), chunks=(1, 1), dtype="uint8",
+                       fill_value=0, **_codecs())
+    for name in (schema.BLOCK_TOP1, schema.BLOCK_TOP5):
+        group.create_array(name, shape=(V, nb), chunks=(1, 1), dtype="int64", fill_value=-1,
+                           **_codecs())
+    # Attributes last: a directory without them is not (yet) a cache and is recreated.
+    group.attrs[schema.ATTRS_KEY] = meta.to_dict()
+
+
+def _read_meta(group: zarr.Group, location: str) -> CacheMeta:
+    attrs = group.attrs.asdict()
+    if schema.ATTRS_KEY not in attrs:
+        raise CacheError(f"{location} is a zarr group but not a kdcache cache (no '{schema.ATTRS_KEY}' attribute)")
+    return CacheMeta.from_dict(dict(attrs[schema.ATTRS_KEY]))
+
+
+def _is_nonempty_dir(location: str) -> bool:
+    p = Path(location)
+    return p.is_dir() and any(p.iterdir())
+
+
+def open_for_writing(location: str, meta: CacheMeta, labels: np.ndarray, *, create: bool) -> CacheWriter:
+    """Create a cache at ``location``, or reopen one with the same identity to resume it.
+
+    Refuses (without touching anything) a location holding a cache of other settings, or a
+    non-empty directory that is not a cache. ``create=False`` (non-zero ranks) only reopens.
+    """
+    store = open_zarr_store(location, read_only=False)
+    existing = _try_open_group(store)
+    if existing is not None and schema.ATTRS_KEY in existing.attrs:
+        old = _read_meta(existing, location)
+        if old.identity != meta.identity:
+            diffs = "\n  ".join(old.identity.differences(meta.identity)[:12])
+            raise CacheMismatchError(
+                f"{location} already holds a different cache (fingerprint {old.fingerprint[:12]}); "
+                f"refusing to overwrite it. Differences (existing != requested):\n  {diffs}\n"
+                "Choose another --out, or re-run with the existing cache's settings to resume it."
+            )
+        log.info("resuming cache %s (%d of %d blocks done)", location,
+                 int(np.asarray(existing[schema.BLOCK_DONE][:]).sum()), old.num_blocks *
+                 old.identity.augmentation.num_views)
+        return CacheWriter(existing, old)
+    if not create:
+        raise CacheError(f"{location} has no cache to join; rank 0 must create it first")
+    if existing is None and _is_nonempty_dir(location):
+        raise CacheError(
+            f"{location} is a non-empty directory that is not a kdcache cache; refusing to write "
+            "into it. Choose an empty or new --out path."
+        )
+    group = zarr.open_group(store=store, mode="w", zarr_format=3)
+    _create_layout(group, meta, labels)
+    return CacheWriter(group, meta)
+
+
+def _try_open_group(store: zarr.abc.store.Store) -> zarr.Group | None:
+    try:
+        return zarr.open_group(store=store, mode="r+", zarr_format=3)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+        return None
+
+
+class CacheReader:
+    """Read-only access to a cache. Never writes, whatever the location."""
+
+    def __init__(self, group: zarr.Group, meta: CacheMeta, location: str) -> None:
+        self.group = group
+        self.meta = meta
+        self.location = location
+
+    @property
+    def identity(self) -> schema.CacheIdentity:
+        return self.meta.identity
+
+    def labels(self) -> np.ndarray:
+        return np.asarray(_guard_read(f"{schema.LABELS}", lambda: self.group[schema.LABELS][:]))
+
+    def done_mask(self) -> np.ndarray:
+        """[V, n_blocks] bool completeness record."""
+        return np.asarray(
+            _guard_read(schema.BLOCK_DONE, lambda: self.group[schema.BLOCK_DONE][:]), dtype=bool
+        )
+
+    def require_complete(self) -> None:
+        mask = self.done_mask()
+        if not mask.all():
+            missing = np.argwhere(~mask)
+            shown = ", ".join(f"(view {v}, block {b})" for v, b in missing[:5])
+            raise CacheError(
+                f"cache {self.location} is incomplete: {len(missing)} of {mask.size} blocks were "
+                f"never written ({shown}{', ...' if len(missing) > 5 else ''}). Resume it by "
+                "re-running the same `kdcache extract` command."
+            )
+
+    def read_dense(self, view: int, block: int) -> np.ndarray:
+        """Logits of one block, [R, C] in the stored dtype."""
+        if self.identity.storage.mode != "dense":
+            raise CacheError("this cache is sparse (top-K); it holds no dense logits")
+        rows = self.meta.block_rows(block)
+        return np.asarray(_guard_read(
+            f"{schema.LOGITS} chunk (view {view}, block {block})",
+            lambda: self.group[schema.LOGITS][view, rows, :],
+        ))
+
+    def read_sparse(self, view: int, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-K values [R, K], indices [R, K] and full log-sum-exp [R] of one block."""
+        if self.identity.storage.mode != "sparse":
+            raise CacheError("this cache is dense; it holds no top-K arrays")
+        rows = self.meta.block_rows(block)
+        where = f"(view {view}, block {block})"
+        values = _guard_read(f"{schema.TOPK_VALUES} chunk {where}",
+                             lambda: self.group[schema.TOPK_VALUES][view, rows, :])
+        indices = _guard_read(f"{schema.TOPK_INDICES} chunk {where}",
+                              lambda: self.group[schema.TOPK_INDICES][view, rows, :])
+        lse = _guard_read(f"{schema.LOGSUMEXP} chunk {where}",
+                          lambda: self.group[schema.LOGSUMEXP][view, rows])
+        return np.asarray(values), np.asarray(indices), np.asarray(lse)
+
+    def read_input_hashes(self, view: int, block: int) -> np.ndarray:
+        rows = self.meta.block_rows(block)
+        return np.asarray(_guard_read(
+            f"{schema.INPUT_HASH} chunk (view {view}, block {block})",
+            lambda: self.group[schema.INPUT_HASH][view, rows],
+        ))
+
+    def block_correct_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Teacher top-1 and top-5 hits per block, [V, n_blocks] each (-1 where not written)."""
+        return (np.asarray(self.group[schema.BLOCK_TOP1][:]),
+                np.asarray(self.group[schema.BLOCK_TOP5][:]))
+
+    def stored_bytes(self) -> int | None:
+        """Total bytes of the stored objects, when the store can list sizes (local, fsspec)."""
+        store = self.group.store
+        if isinstance(store, zarr.storage.LocalStore):
+            root = Path(store.root)
+            return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+        return None
+
+
+def open_cache(location: str) -> CacheReader:
+    """Open a cache read-only; a clear error if there is none or it is of a newer format."""
+    store = open_zarr_store(location, read_only=True)
+    try:
+        group = zarr.open_group(store=store, mode="r", zarr_format=3)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as exc:
+        raise DataNotFoundError(
+            f"no kdcache cache at {location}: create one with `kdcache extract --out {location}`"
+        ) from exc
+    return CacheReader(group, _read_meta(group, location), location)

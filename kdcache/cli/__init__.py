@@ -1,0 +1,47 @@
+"""The ``kdcache`` command line: a thin click layer.
+
+Each command lives in its own module here, parses options, builds a config, calls one library
+function and turns :class:`kdcache.errors.KdcacheError` into a clean ``click.ClickException``.
+Heavy imports (torch, timm, zarr) happen inside command bodies so ``kdcache --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import click
+
+from kdcache import __version__
+
+# command name -> "module:attribute"; imported lazily so one command's imports never slow another.
+_COMMANDS: dict[str, str] = {
+    "extract": "kdcache.cli.extract:extract_command",
+    "info": "kdcache.cli.inspect:info_command",
+    "verify": "kdcache.cli.inspect:verify_command",
+    "losses": "kdcache.cli.losses:losses_command",
+    "train": "kdcache.cli.train:train_command",
+    "eval": "kdcache.cli.train:eval_command",
+    "demo": "kdcache.cli.demo:demo_command",
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = _COMMANDS.get(name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+
+@click.group(cls=_LazyGroup)
+@click.version_option(__version__, prog_name="kdcache")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """Offline knowledge distillation: extract teacher logits once, train students from the cache."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
