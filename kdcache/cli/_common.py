@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import click
 
@@ -17,3 +17,16 @@ def user_errors() -> Iterator[None]:
         yield
     except KdcacheError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+@contextlib.contextmanager
+def progress_bar(
+    desc: str, *, disable: bool = False, unit: str = "img"
+) -> Iterator[Callable[[int], None]]:
+    """A tqdm bar on stderr with throughput; yields the ``progress(n)`` callback library code takes."""
+    from tqdm import tqdm
+
+    with tqdm(
+        desc=desc, unit=unit, unit_scale=True, disable=disable, dynamic_ncols=True, mininterval=0.5
+    ) as bar:
+        yield bar.update

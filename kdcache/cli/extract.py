@@ -1,0 +1,122 @@
+"""``kdcache extract``: parse options, build an ExtractConfig, run it."""
+
+from __future__ import annotations
+
+import click
+
+from kdcache.cli._common import progress_bar, user_errors
+
+
+@click.command("extract")
+@click.option(
+    "--teacher",
+    required=True,
+    help="Teacher architecture (zoo name, timm name or file.py:factory).",
+)
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Teacher weights file (state dict or common checkpoint wrapper).",
+)
+@click.option("--dataset", required=True, help="cifar10, cifar100, imagefolder or digits.")
+@click.option(
+    "--data-dir",
+    envvar="KDCACHE_DATA_DIR",
+    default=None,
+    help="Dataset root [env KDCACHE_DATA_DIR].",
+)
+@click.option("--split", default="train", show_default=True)
+@click.option(
+    "--recipe",
+    default="cifar",
+    show_default=True,
+    help="Augmentation recipe (cifar, imagenet, randaugment, none).",
+)
+@click.option(
+    "--exhaustive",
+    is_flag=True,
+    help="Enumerate the recipe's distinct views (cifar: 162) instead of sampling.",
+)
+@click.option("--views", default=1, show_default=True, type=int, help="Augmented views per sample.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Cache seed.")
+@click.option("--out", required=True, help="Cache location (directory).")
+@click.option(
+    "--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True
+)
+@click.option(
+    "--topk", type=int, default=None, help="Sparse mode: keep the top-K logits + log-sum-exp."
+)
+@click.option("--chunk-rows", default=1024, show_default=True, type=int, help="Samples per chunk.")
+@click.option("--batch-size", default=256, show_default=True, type=int)
+@click.option(
+    "--workers", default=2, show_default=True, type=int, help="DataLoader worker processes."
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--download", is_flag=True, help="Download the dataset if missing (needs internet).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def extract_command(
+    teacher: str,
+    weights: str | None,
+    dataset: str,
+    data_dir: str | None,
+    split: str,
+    recipe: str,
+    exhaustive: bool,
+    views: int,
+    seed: int,
+    out: str,
+    dtype: str,
+    topk: int | None,
+    chunk_rows: int,
+    batch_size: int,
+    workers: int,
+    device: str,
+    download: bool,
+    no_progress: bool,
+) -> None:
+    """Run TEACHER once over a dataset and write its logits into a zarr cache.
+
+    Interrupted runs resume when re-run with the same settings; a cache of other settings at --out
+    is never overwritten. Under torchrun each rank writes a disjoint set of chunks.
+    """
+    from kdcache.extract import ExtractConfig, run_extract
+
+    with user_errors():
+        config = ExtractConfig(
+            teacher=teacher,
+            weights=weights,
+            dataset=dataset,
+            data_dir=data_dir,
+            split=split,
+            recipe=recipe,
+            recipe_params={"exhaustive": True} if exhaustive else {},
+            views=views,
+            seed=seed,
+            out=out,
+            dtype=dtype,
+            topk=topk,
+            chunk_rows=chunk_rows,  # type: ignore[arg-type]
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            download=download,
+        )
+        with progress_bar("extract", disable=no_progress) as bar:
+            result = run_extract(config, progress=bar)
+    if result.images:
+        click.echo(
+            f"wrote {result.blocks_written} blocks ({result.images} images) in "
+            f"{result.seconds:.1f} s, {result.images_per_second:.0f} images/s"
+        )
+    else:
+        click.echo("nothing to do: every block was already written")
+    state = (
+        "complete"
+        if result.complete
+        else "incomplete (other ranks still writing, or re-run to resume)"
+    )
+    click.echo(f"cache {result.location}: {state}, fingerprint {result.fingerprint[:16]}")
+    if result.teacher_top1:
+        top1 = ", ".join(f"{x:.2f}" for x in result.teacher_top1)
+        click.echo(f"teacher top-1 per view (%): {top1}")

@@ -1,0 +1,45 @@
+"""``kdcache info`` and ``kdcache verify``: read-only views of a cache."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from kdcache.cli._common import user_errors
+
+
+@click.command("info")
+@click.argument("cache")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+def info_command(cache: str, as_json: bool) -> None:
+    """Show what CACHE is: teacher, dataset, recipe, storage, state, teacher accuracy."""
+    from kdcache.cache.store import open_cache
+    from kdcache.summary import format_summary, summarize
+
+    with user_errors():
+        summary = summarize(open_cache(cache))
+    click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+
+
+@click.command("verify")
+@click.argument("cache")
+@click.option("--data-dir", envvar="KDCACHE_DATA_DIR", default=None,
+              help="Dataset root, to check the data fingerprint and replay views [env KDCACHE_DATA_DIR].")
+@click.option("--replay", default=64, show_default=True, type=int,
+              help="Views to regenerate and compare with the recorded input hashes (0: skip).")
+@click.option("--teacher-weights", type=click.Path(dir_okay=False), default=None,
+              help="Also re-run the teacher on the replayed views and compare logits.")
+def verify_command(cache: str, data_dir: str | None, replay: int, teacher_weights: str | None) -> None:
+    """Prove CACHE is complete and intact and that its views replay here. Exit 1 if not."""
+    from kdcache.verify import verify_cache
+
+    with user_errors():
+        report = verify_cache(cache, data_dir=data_dir, replay=replay, teacher_weights=teacher_weights)
+    for check in report.checks:
+        click.echo(f"[{'ok' if check.ok else 'FAIL'}] {check.name}: {check.detail}")
+    if not report.ok:
+        click.echo(f"verify: {cache} FAILED", err=True)
+        sys.exit(1)
+    click.echo(f"verify: {cache} OK")

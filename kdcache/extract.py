@@ -1,0 +1,308 @@
+"""``kdcache extract``: run the teacher once and write its logits into a cache.
+
+Work is split into blocks (one chunk of rows of one view, ``docs/cache-format.md``). Pending
+blocks are dealt round-robin to ranks; each rank streams its blocks' seeded views through the
+teacher and writes each block as soon as it is full, so memory holds one block plus the loader's
+prefetch whatever the dataset size. A block's bytes depend only on (seed, view, rows), never on the
+batch size, worker count or rank count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from kdcache import __version__
+from kdcache.augment import create_recipe
+from kdcache.cache import schema
+from kdcache.cache.store import CacheWriter, open_for_writing
+from kdcache.data import SeededViews, load_dataset, normalize
+from kdcache.errors import ConfigError
+from kdcache.models import build_model, count_parameters, weights_sha256
+from kdcache.runtime import init_distributed, rank_device, resolve_device
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything ``kdcache extract`` needs. Only the identity fields change the cache's bytes."""
+
+    teacher: str
+    out: str
+    dataset: str
+    weights: str | None = None  # required; Optional only so the error message can explain
+    data_dir: str | None = None
+    split: str = "train"
+    recipe: str = "cifar"
+    recipe_params: dict[str, Any] = field(default_factory=dict)
+    views: int = 1
+    seed: int = 0
+    dtype: Literal["float16", "float32"] = "float16"
+    topk: int | None = None  # None: dense logits; K: sparse top-K + log-sum-exp
+    chunk_rows: int = 1024
+    batch_size: int = 256
+    workers: int = 2
+    device: str = "auto"
+    download: bool = False
+
+    def __post_init__(self) -> None:
+        if self.views < 1:
+            raise ConfigError(f"--views must be >= 1, got {self.views}")
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+        if not self.weights:
+            raise ConfigError(
+                "--weights is required: a teacher without weights would be randomly initialised "
+                "(kdcache never downloads weights). Pass the teacher's checkpoint file."
+            )
+        if self.topk is not None and self.topk < 1:
+            raise ConfigError(f"--topk must be >= 1, got {self.topk}")
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    location: str
+    fingerprint: str
+    blocks_written: int
+    images: int
+    seconds: float
+    complete: bool
+    teacher_top1: list[float] | None
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that can change a cache's bytes (recorded, not enforced)."""
+    import PIL
+    import timm
+    import torchvision
+    import zarr
+
+    return {
+        "kdcache": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "Pillow": PIL.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+        "zarr": zarr.__version__,
+    }
+
+
+def _pending_items(meta: schema.CacheMeta, blocks: list[tuple[int, int]]) -> np.ndarray:
+    """(view, index) pairs of the given blocks, block after block: int64 [M, 2]."""
+    parts = []
+    for view, block in blocks:
+        rows = meta.block_rows(block)
+        idx = np.arange(rows.start, rows.stop, dtype=np.int64)
+        parts.append(np.stack([np.full_like(idx, view), idx], axis=1))
+    return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
+
+
+class _BlockAssembler:
+    """Collects batch outputs in order and writes each block the moment its last row arrives."""
+
+    def __init__(self, writer: CacheWriter, blocks: list[tuple[int, int]]) -> None:
+        self.writer = writer
+        self.blocks = iter(blocks)
+        self.labels_t: torch.Tensor | None = None
+        self.written = 0
+        self._start_block()
+
+    def _start_block(self) -> None:
+        nxt = next(self.blocks, None)
+        self.current = nxt
+        self.logits: list[np.ndarray] = []
+        self.hashes: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+        self.filled = 0
+        if nxt is not None:
+            rows = self.writer.meta.block_rows(nxt[1])
+            self.size = rows.stop - rows.start
+
+    def add(self, logits: np.ndarray, hashes: np.ndarray, labels: np.ndarray) -> None:
+        while len(logits):
+            assert self.current is not None, "more rows than pending blocks"
+            take = min(self.size - self.filled, len(logits))
+            self.logits.append(logits[:take])
+            self.hashes.append(hashes[:take])
+            self.labels.append(labels[:take])
+            self.filled += take
+            logits, hashes, labels = logits[take:], hashes[take:], labels[take:]
+            if self.filled == self.size:
+                self._flush()
+
+    def _flush(self) -> None:
+        assert self.current is not None
+        view, block = self.current
+        logits = np.concatenate(self.logits)  # [R, C]
+        labels = np.concatenate(self.labels)
+        top1, top5 = topk_hits(logits, labels)
+        self.writer.write_block(view, block, logits, np.concatenate(self.hashes), top1, top5)
+        self.written += 1
+        self._start_block()
+
+
+def topk_hits(logits: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
+    """Number of rows whose label is the top-1 / within the top-5 logits."""
+    k = min(5, logits.shape[1])
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]  # [R, k]
+    return int((top[:, 0] == labels).sum()), int((top == labels[:, None]).any(axis=1).sum())
+
+
+@contextlib.contextmanager
+def _inference_context(device: torch.device) -> Iterator[None]:
+    # fp16 autocast on CUDA: more mantissa than bf16 for logits that are stored as fp16 anyway.
+    with torch.inference_mode():
+        if device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.float16):
+                yield
+        else:
+            yield
+
+
+def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> ExtractResult:
+    """Create or resume the cache ``config.out``; returns what was done."""
+    device = resolve_device(config.device)
+    ctx = init_distributed(device)
+    device = rank_device(device, ctx)
+
+    source = load_dataset(config.dataset, config.data_dir, config.split, download=config.download)
+    spec = source.spec
+    recipe = create_recipe(config.recipe, spec, **config.recipe_params)
+    distinct = recipe.num_distinct_views()
+    if recipe.params().get("exhaustive") and distinct is not None and config.views > distinct:
+        raise ConfigError(
+            f"--views {config.views} exceeds the {distinct} distinct views the exhaustive "
+            f"{config.recipe!r} recipe has"
+        )
+    teacher = build_model(
+        config.teacher, spec.num_classes, in_chans=spec.in_chans, weights=config.weights
+    )
+    identity = schema.CacheIdentity(
+        teacher=schema.TeacherInfo(
+            name=config.teacher,
+            weights_sha256=weights_sha256(config.weights) if config.weights else None,
+            num_params=count_parameters(teacher),
+        ),
+        dataset=schema.DatasetInfo(
+            name=spec.name,
+            split=source.split,
+            num_samples=len(source),
+            num_classes=spec.num_classes,
+            fingerprint=source.fingerprint(),
+            spec=spec.to_dict(),
+        ),
+        augmentation=schema.AugmentationInfo(
+            recipe=recipe.name, params=recipe.params(), seed=config.seed, num_views=config.views
+        ),
+        storage=schema.StorageInfo(
+            mode="sparse" if config.topk else "dense",
+            dtype=config.dtype,
+            chunk_rows=config.chunk_rows,
+            topk=config.topk,
+        ),
+    )
+    if config.topk is not None and config.topk > spec.num_classes:
+        raise ConfigError(f"--topk {config.topk} exceeds the {spec.num_classes} classes")
+    meta = schema.CacheMeta(
+        identity=identity,
+        versions=library_versions(),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+    # Rank 0 creates (or validates) the cache before the others join it.
+    writer = None
+    if ctx.is_main:
+        writer = open_for_writing(config.out, meta, source.labels, create=True)
+    ctx.barrier()
+    if writer is None:
+        writer = open_for_writing(config.out, meta, source.labels, create=False)
+
+    done = writer.done_mask()
+    pending = [
+        (v, b) for v in range(config.views) for b in range(writer.meta.num_blocks) if not done[v, b]
+    ]
+    mine = pending[ctx.rank :: ctx.world_size]
+    items = _pending_items(writer.meta, mine)
+    log.info(
+        "rank %d: %d of %d pending blocks (%d images)",
+        ctx.rank,
+        len(mine),
+        len(pending),
+        len(items),
+    )
+
+    start = time.perf_counter()
+    if len(items):
+        _stream_blocks(config, source, recipe, teacher, writer, mine, items, device, progress)
+    seconds = time.perf_counter() - start
+
+    ctx.barrier()
+    if ctx.is_main:
+        writer.finalize()
+    ctx.barrier()
+    final = writer.meta if ctx.is_main else writer.meta
+    return ExtractResult(
+        location=config.out,
+        fingerprint=final.fingerprint,
+        blocks_written=len(mine),
+        images=len(items),
+        seconds=seconds,
+        complete=bool(writer.done_mask().all()),
+        teacher_top1=final.teacher_top1,
+    )
+
+
+def _stream_blocks(
+    config: ExtractConfig,
+    source: Any,
+    recipe: Any,
+    teacher: torch.nn.Module,
+    writer: CacheWriter,
+    blocks: list[tuple[int, int]],
+    items: np.ndarray,
+    device: torch.device,
+    progress: ProgressFn | None,
+) -> None:
+    views = SeededViews(source, recipe, config.seed, items)
+    loader = DataLoader(
+        views,
+        batch_size=config.batch_size,
+        shuffle=False,
+        num_workers=config.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=4 if config.workers > 0 else None,
+    )
+    teacher = teacher.to(device).eval().to(memory_format=torch.channels_last)
+    assembler = _BlockAssembler(writer, blocks)
+    with _inference_context(device):
+        for batch in loader:
+            images = batch["image"].to(device, non_blocking=True)  # uint8 [B, C, H, W]
+            x = normalize(images, source.spec).contiguous(memory_format=torch.channels_last)
+            logits = teacher(x).float().cpu().numpy()  # [B, C]
+            assembler.add(logits, batch["input_hash"].numpy(), batch["label"].numpy())
+            if progress is not None:
+                progress(len(logits))
+    if assembler.current is not None:
+        raise RuntimeError("extraction ended before every pending block was filled")

@@ -1,0 +1,62 @@
+"""``kdcache info``: what a cache is, as a dict (for ``--json``) and as readable text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from kdcache.cache.store import CacheReader
+
+
+def summarize(reader: CacheReader) -> dict[str, Any]:
+    """Metadata plus the live state (blocks done, accuracy so far, bytes on disk)."""
+    meta = reader.meta
+    d = meta.to_dict()
+    done = reader.done_mask()
+    d["location"] = reader.location
+    d["blocks"] = {"done": int(done.sum()), "total": int(done.size), "per_view": meta.num_blocks}
+    if meta.teacher_top1 is None and done.any():
+        # Incomplete cache: report accuracy over the blocks written so far.
+        top1, _ = reader.block_correct_counts()
+        rows = np.array([meta.block_rows(b).stop - meta.block_rows(b).start
+                         for b in range(meta.num_blocks)])
+        seen = (done * rows[None, :]).sum(axis=1)
+        hits = np.where(done, top1, 0).sum(axis=1)
+        d["teacher_top1_partial"] = [
+            round(float(h * 100.0 / s), 4) if s else None for h, s in zip(hits, seen, strict=True)
+        ]
+    d["stored_bytes"] = reader.stored_bytes()
+    return d
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    t, ds, aug, st = s["teacher"], s["dataset"], s["augmentation"], s["storage"]
+    mode = f"dense {st['dtype']}" if st["mode"] == "dense" else f"sparse top-{st['topk']} {st['dtype']}"
+    lines = [
+        f"cache        {s['location']}",
+        f"fingerprint  {s['fingerprint']}",
+        f"format       {s['format_version']}   created {s['created']}",
+        f"state        {'complete' if s['complete'] else 'INCOMPLETE'} "
+        f"({s['blocks']['done']}/{s['blocks']['total']} blocks)",
+        f"teacher      {t['name']}  ({t['num_params']:,} params, weights sha256 "
+        f"{(t['weights_sha256'] or 'none (random init)')[:16]})",
+        f"dataset      {ds['name']}/{ds['split']}  N={ds['num_samples']:,}  C={ds['num_classes']}  "
+        f"fingerprint {ds['fingerprint'][:16]}",
+        f"augmentation {aug['recipe']} {aug['params']}  seed {aug['seed']}  views {aug['num_views']}",
+        f"storage      {mode}, {st['chunk_rows']} rows per chunk",
+    ]
+    if s.get("stored_bytes") is not None:
+        per_view = s["stored_bytes"] / aug["num_views"]
+        lines.append(f"size         {s['stored_bytes'] / 2**20:.2f} MiB "
+                     f"({per_view / ds['num_samples']:.1f} bytes per sample per view)")
+    if s.get("teacher_top1"):
+        t1, t5 = s["teacher_top1"], s.get("teacher_top5") or []
+        lines.append(f"teacher top-1 per view (%): {', '.join(f'{x:.2f}' for x in t1)}")
+        lines.append(f"teacher top-1 mean {np.mean(t1):.2f}%  top-5 mean "
+                     f"{np.mean(t5) if t5 else float('nan'):.2f}%")
+    elif s.get("teacher_top1_partial"):
+        part = ", ".join("-" if x is None else f"{x:.2f}" for x in s["teacher_top1_partial"])
+        lines.append(f"teacher top-1 so far (%): {part}")
+    lines.append("versions     " + ", ".join(f"{k} {v}" for k, v in sorted(s["versions"].items())))
+    return "\n".join(lines)

@@ -1,0 +1,210 @@
+"""``kdcache verify``: prove a cache is complete, intact, and replays on this machine.
+
+Checks, in order (each yields a :class:`Check`; one failing does not stop the others):
+
+1. ``metadata``: the self-description parses, the format version is readable, the fingerprint
+   matches the identity fields (done by :func:`open_cache`).
+2. ``complete``: every (view, block) is marked in the completeness record.
+3. ``chunks``: every stored chunk decodes (crc32c) and holds only finite values.
+4. ``dataset``: the local data's fingerprint equals the cache's (needs the data).
+5. ``replay``: a sample of (view, index) pairs regenerated here hashes to the recorded input hash.
+6. ``teacher`` (optional): the teacher re-run on the sample gives the cached logits.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from kdcache.cache.store import CacheReader, open_cache
+from kdcache.errors import KdcacheError
+from kdcache.seeding import derived_seed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class VerifyReport:
+    location: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def add(self, name: str, ok: bool, detail: str) -> None:
+        self.checks.append(Check(name, ok, detail))
+
+
+def replay_sample(reader: CacheReader, count: int, salt: int = 0) -> np.ndarray:
+    """A deterministic sample of ``count`` (view, index) pairs, int64 [M, 2], covering every view."""
+    ident = reader.identity
+    V, N = ident.augmentation.num_views, ident.dataset.num_samples
+    total = V * N
+    rng = np.random.default_rng(derived_seed(ident.augmentation.seed, salt, 0x7E51F7))
+    flat = rng.choice(total, size=min(count, total), replace=False)
+    return np.stack([flat // N, flat % N], axis=1).astype(np.int64)
+
+
+def _check_chunks(reader: CacheReader, report: VerifyReport) -> None:
+    ident = reader.identity
+    bad: list[str] = []
+    for view in range(ident.augmentation.num_views):
+        for block in range(reader.meta.num_blocks):
+            try:
+                if ident.storage.mode == "dense":
+                    arrays = [reader.read_dense(view, block)]
+                else:
+                    values, _, lse = reader.read_sparse(view, block)
+                    arrays = [values, lse]
+                reader.read_input_hashes(view, block)
+                if not all(np.isfinite(a.astype(np.float32)).all() for a in arrays):
+                    bad.append(f"view {view} block {block}: NaN/Inf logits")
+            except KdcacheError as exc:
+                bad.append(str(exc))
+    n = ident.augmentation.num_views * reader.meta.num_blocks
+    report.add(
+        "chunks",
+        not bad,
+        f"{n} blocks decode with valid checksums and finite values"
+        if not bad
+        else f"{len(bad)} bad: " + "; ".join(bad[:3]),
+    )
+
+
+def verify_cache(
+    location: str,
+    *,
+    data_dir: str | None = None,
+    replay: int = 64,
+    teacher_weights: str | None = None,
+) -> VerifyReport:
+    """Run every check that the given inputs allow; see the module docstring."""
+    report = VerifyReport(location)
+    try:
+        reader = open_cache(location)
+    except KdcacheError as exc:
+        report.add("metadata", False, str(exc))
+        return report
+    report.add(
+        "metadata",
+        True,
+        f"format {reader.meta.format_version}, fingerprint {reader.meta.fingerprint[:16]}",
+    )
+    try:
+        reader.require_complete()
+        report.add("complete", True, f"all {reader.done_mask().size} blocks written")
+    except KdcacheError as exc:
+        report.add("complete", False, str(exc))
+    _check_chunks(reader, report)
+    if replay > 0:
+        _check_replay(reader, report, data_dir, replay, teacher_weights)
+    return report
+
+
+def _check_replay(
+    reader: CacheReader,
+    report: VerifyReport,
+    data_dir: str | None,
+    count: int,
+    teacher_weights: str | None,
+) -> None:
+    from kdcache.augment import create_recipe
+    from kdcache.data import SeededViews, load_dataset
+
+    ident = reader.identity
+    try:
+        source = load_dataset(ident.dataset.name, data_dir, ident.dataset.split)
+    except KdcacheError as exc:
+        report.add("dataset", False, f"cannot load the data to replay: {exc}")
+        return
+    local = source.fingerprint()
+    if local != ident.dataset.fingerprint:
+        report.add(
+            "dataset",
+            False,
+            f"local {ident.dataset.name}/{ident.dataset.split} has "
+            f"fingerprint {local[:16]}, the cache was made from {ident.dataset.fingerprint[:16]}",
+        )
+        return
+    report.add("dataset", True, f"{ident.dataset.name}/{ident.dataset.split} fingerprint matches")
+    recipe = create_recipe(ident.augmentation.recipe, source.spec, **ident.augmentation.params)
+    items = replay_sample(reader, count)
+    views = SeededViews(source, recipe, ident.augmentation.seed, items)
+    mismatches = []
+    for k in range(len(items)):
+        view, index = (int(x) for x in items[k])
+        block, row = divmod(index, ident.storage.chunk_rows)
+        recorded = int(reader.read_input_hashes(view, block)[row])
+        got = views[k]["input_hash"]
+        if got != recorded:
+            mismatches.append(f"(view {view}, index {index})")
+    if mismatches:
+        report.add(
+            "replay",
+            False,
+            f"{len(mismatches)} of {len(items)} regenerated images differ from "
+            f"what the teacher saw, e.g. {', '.join(mismatches[:3])}. The augmentation does not "
+            f"replay here: compare library versions with `kdcache info` "
+            f"(cache: {reader.meta.versions})",
+        )
+    else:
+        report.add("replay", True, f"{len(items)} sampled views regenerate bit-exactly")
+    if teacher_weights is not None:
+        _check_teacher(reader, report, source, views, items, teacher_weights)
+
+
+def _check_teacher(
+    reader: CacheReader, report: VerifyReport, source, views, items, teacher_weights: str
+) -> None:  # type: ignore[no-untyped-def]
+    from kdcache.data import normalize
+    from kdcache.models import build_model, weights_sha256
+
+    ident = reader.identity
+    sha = weights_sha256(teacher_weights)
+    if ident.teacher.weights_sha256 and sha != ident.teacher.weights_sha256:
+        report.add(
+            "teacher",
+            False,
+            f"{teacher_weights} (sha256 {sha[:16]}) is not the cache's "
+            f"teacher weights ({ident.teacher.weights_sha256[:16]})",
+        )
+        return
+    model = build_model(
+        ident.teacher.name,
+        ident.dataset.num_classes,
+        in_chans=source.spec.in_chans,
+        weights=teacher_weights,
+    ).eval()
+    images = torch.stack([views[k]["image"] for k in range(len(items))])
+    with torch.inference_mode():
+        live = model(normalize(images, source.spec)).float().numpy()  # [M, C]
+    worst = 0.0
+    for k, (view, index) in enumerate(items):
+        block, row = divmod(int(index), ident.storage.chunk_rows)
+        if ident.storage.mode == "dense":
+            cached = reader.read_dense(int(view), block)[row].astype(np.float32)
+            worst = max(worst, float(np.abs(cached - live[k]).max()))
+        else:
+            values, indices, _ = reader.read_sparse(int(view), block)
+            diff = values[row].astype(np.float32) - live[k][indices[row].astype(np.int64)]
+            worst = max(worst, float(np.abs(diff).max()))
+    # float16 storage rounds to ~1e-3 relative; device/kernel differences add a little more.
+    scale = float(np.abs(live).max()) or 1.0
+    tol = (2e-3 if ident.storage.dtype == "float16" else 1e-4) * max(scale, 1.0)
+    report.add(
+        "teacher",
+        worst <= tol,
+        f"re-ran the teacher on {len(items)} views: max |cached - live| "
+        f"= {worst:.3g} (tolerance {tol:.3g})",
+    )

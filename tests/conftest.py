@@ -1,0 +1,61 @@
+"""Shared fixtures: paths to the real data, tiny caches built on the bundled digits dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+DATA_DIR = SHARED / "data"
+TEACHER_WEIGHTS = DATA_DIR / "teachers" / "resnet56_cifar100_020118.pth"
+
+torch.set_num_threads(2)
+
+
+def require_shared_data() -> Path:
+    if not (DATA_DIR / "cifar-100-python" / "test").is_file():
+        pytest.skip("../shared/data (real CIFAR-100) is not present")
+    return DATA_DIR
+
+
+def cache_chunk_bytes(root: Path) -> dict[str, bytes]:
+    """Every stored chunk file of a cache, by relative path (metadata documents excluded)."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "zarr.json"
+    }
+
+
+def cache_attrs(root: Path) -> dict:
+    """The kdcache self-description without its creation time."""
+    attrs = json.loads((root / "zarr.json").read_text())["attributes"]["kdcache"]
+    attrs.pop("created", None)
+    return attrs
+
+
+@pytest.fixture(scope="session")
+def digits_teacher_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Weights of a seeded, randomly initialised resnet8 for 1-channel digits (fixed across runs)."""
+    from kdcache.models import create_model
+
+    path = tmp_path_factory.mktemp("weights") / "resnet8_digits.pth"
+    torch.manual_seed(0)
+    model = create_model("resnet8", 10, in_chans=1)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_extract_args(digits_teacher_weights: Path) -> list[str]:
+    """A small, fast extract: a fixed resnet8 over the digits train split, 2 views."""
+    return [
+        "extract", "--teacher", "resnet8", "--weights", str(digits_teacher_weights),
+        "--dataset", "digits", "--split", "train",
+        "--recipe", "cifar", "--views", "2", "--seed", "7", "--chunk-rows", "256",
+        "--no-progress",
+    ]

@@ -1,0 +1,205 @@
+"""kdcache extract: determinism, resume, distributed byte-identity, bad input, real teacher."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from kdcache.cache.store import CacheWriter, open_cache
+from kdcache.cli import main
+from tests.conftest import (
+    REPO,
+    TEACHER_WEIGHTS,
+    cache_attrs,
+    cache_chunk_bytes,
+    require_shared_data,
+)
+
+
+def run_cli(args: list[str]) -> tuple[int, str]:
+    result = CliRunner().invoke(main, args)
+    return result.exit_code, result.output
+
+
+def extract(args: list[str], out: Path, *extra: str) -> str:
+    code, output = run_cli([*args, "--out", str(out), *extra])
+    assert code == 0, output
+    return output
+
+
+def test_extract_writes_a_complete_self_describing_cache(tmp_path, digits_extract_args):
+    out = tmp_path / "c"
+    extract(digits_extract_args, out, "--workers", "0")
+    reader = open_cache(str(out))
+    ident = reader.identity
+    assert reader.meta.complete
+    assert (ident.dataset.name, ident.dataset.split, ident.dataset.num_classes) == ("digits", "train", 10)
+    assert ident.augmentation.num_views == 2 and ident.augmentation.seed == 7
+    assert ident.storage.mode == "dense" and ident.storage.dtype == "float16"
+    assert len(reader.meta.teacher_top1 or []) == 2
+    logits = reader.read_dense(1, 0)
+    assert logits.dtype == np.float16 and logits.shape == (256, 10)
+    assert np.isfinite(logits).all()
+    assert set(reader.meta.versions) >= {"torch", "torchvision", "Pillow", "kdcache"}
+    assert np.array_equal(reader.labels()[:5], reader.labels()[:5].astype(np.int64))
+
+
+def test_bytes_do_not_depend_on_batch_size_or_workers(tmp_path, digits_extract_args):
+    a, b = tmp_path / "a", tmp_path / "b"
+    extract(digits_extract_args, a, "--workers", "0", "--batch-size", "7")
+    extract(digits_extract_args, b, "--workers", "2", "--batch-size", "64")
+    assert cache_chunk_bytes(a) == cache_chunk_bytes(b)
+    assert cache_attrs(a) == cache_attrs(b)
+
+
+def test_interrupted_extract_resumes_to_the_same_bytes(tmp_path, digits_extract_args, monkeypatch):
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    extract(digits_extract_args, whole, "--workers", "0")
+
+    real_write = CacheWriter.write_block
+    calls = {"n": 0}
+
+    def crash_after_three(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated kill")
+        calls["n"] += 1
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(CacheWriter, "write_block", crash_after_three)
+    code, _ = run_cli([*digits_extract_args, "--out", str(broken), "--workers", "0"])
+    assert code != 0
+    partial = open_cache(str(broken))
+    assert partial.done_mask().sum() == 3 and not partial.meta.complete
+    monkeypatch.setattr(CacheWriter, "write_block", real_write)
+
+    output = extract(digits_extract_args, broken, "--workers", "0")
+    assert "wrote 9 blocks" in output  # 2 views x 6 blocks, 3 already done
+    assert cache_chunk_bytes(whole) == cache_chunk_bytes(broken)
+    assert cache_attrs(whole) == cache_attrs(broken)
+
+
+def test_killed_process_resumes_to_the_same_bytes(tmp_path, digits_extract_args):
+    """A real SIGKILL mid-run (not a Python exception) leaves a cache that resumes cleanly."""
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    args = [*digits_extract_args, "--views", "6", "--chunk-rows", "64", "--workers", "0"]
+    extract(args, whole)
+    cmd = [sys.executable, "-m", "kdcache", *args, "--out", str(killed)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marks = killed / "block_done" / "c"
+    try:
+        while proc.poll() is None and len(list(marks.rglob("*")) if marks.exists() else []) < 12:
+            pass
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not open_cache(str(killed)).meta.complete, "the run finished before it could be killed"
+    extract(args, killed)
+    assert cache_chunk_bytes(whole) == cache_chunk_bytes(killed)
+
+
+def test_two_torchrun_ranks_write_the_same_bytes_as_one_process(tmp_path, digits_extract_args):
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    extract(digits_extract_args, single, "--workers", "0")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29517", "-m", "kdcache", *digits_extract_args, "--out", str(multi),
+           "--workers", "0", "--device", "cpu"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert cache_chunk_bytes(single) == cache_chunk_bytes(multi)
+    assert cache_attrs(single) == cache_attrs(multi)
+
+
+def test_sparse_mode_keeps_exact_topk_and_logsumexp(tmp_path, digits_extract_args):
+    dense, sparse = tmp_path / "dense", tmp_path / "sparse"
+    extract(digits_extract_args, dense, "--workers", "0", "--dtype", "float32")
+    extract(digits_extract_args, sparse, "--workers", "0", "--dtype", "float32", "--topk", "3")
+    full = open_cache(str(dense)).read_dense(0, 1).astype(np.float64)  # [R, C]
+    values, indices, lse = open_cache(str(sparse)).read_sparse(0, 1)
+    np.testing.assert_array_equal(values, np.take_along_axis(full, indices.astype(np.int64), 1))
+    assert (np.diff(values, axis=1) <= 0).all()
+    np.testing.assert_allclose(lse, np.log(np.exp(full).sum(axis=1)), rtol=1e-6)
+
+
+def test_existing_cache_with_other_settings_is_refused_and_untouched(tmp_path, digits_extract_args):
+    out = tmp_path / "c"
+    extract(digits_extract_args, out, "--workers", "0")
+    before = cache_chunk_bytes(out)
+    code, output = run_cli([*digits_extract_args, "--out", str(out), "--seed", "8"])
+    assert code != 0
+    assert "already holds a different cache" in output and "augmentation.seed: 7 != 8" in output
+    assert "Traceback" not in output
+    assert cache_chunk_bytes(out) == before
+
+
+def test_rerunning_a_complete_cache_does_nothing(tmp_path, digits_extract_args):
+    out = tmp_path / "c"
+    extract(digits_extract_args, out, "--workers", "0")
+    before = cache_chunk_bytes(out)
+    assert "nothing to do" in extract(digits_extract_args, out, "--workers", "0")
+    assert cache_chunk_bytes(out) == before
+
+
+def test_non_cache_directory_is_never_written_into(tmp_path, digits_extract_args):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "thesis.tex").write_text("keep me")
+    code, output = run_cli([*digits_extract_args, "--out", str(out)])
+    assert code != 0 and "not a kdcache cache" in output
+    assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (["--views", "0"], "--views must be >= 1"),
+        (["--teacher", "resnet9000"], "resnet9000"),
+        (["--recipe", "mixup-deluxe"], "mixup-deluxe"),
+        (["--dataset", "cifar100", "--data-dir", "/nonexistent/data"], "cifar-100-python"),
+    ],
+)
+def test_bad_input_gives_a_clear_error(tmp_path, digits_extract_args, change, message):
+    out = tmp_path / "c"
+    code, output = run_cli([*digits_extract_args, "--out", str(out), *change])
+    assert code != 0
+    assert message in output and "Traceback" not in output
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_weights_for_another_architecture_are_refused(tmp_path, digits_extract_args):
+    wrong = tmp_path / "wrong.pth"
+    from kdcache.models import create_model
+
+    torch.save(create_model("wrn_16_1", 10, in_chans=1).state_dict(), wrong)
+    code, output = run_cli([*digits_extract_args, "--out", str(tmp_path / "c"), "--weights", str(wrong)])
+    assert code != 0 and "missing" in output.lower() and "Traceback" not in output
+
+
+def test_extract_without_weights_explains_why(tmp_path):
+    code, output = run_cli(["extract", "--teacher", "resnet8", "--dataset", "digits",
+                            "--out", str(tmp_path / "c")])
+    assert code != 0 and "--weights is required" in output
+
+
+@pytest.mark.slow
+def test_real_teacher_accuracy_through_extract_and_info(tmp_path):
+    data = require_shared_data()
+    out = tmp_path / "teacher_test"
+    extract(["extract", "--teacher", "resnet56", "--weights", str(TEACHER_WEIGHTS),
+             "--dataset", "cifar100", "--data-dir", str(data), "--split", "test",
+             "--recipe", "none", "--views", "1", "--dtype", "float32", "--no-progress",
+             "--batch-size", "500", "--workers", "0"], out)
+    code, output = run_cli(["info", str(out), "--json"])
+    assert code == 0, output
+    summary = json.loads(output)
+    assert summary["teacher_top1"] == [66.42]
+    assert summary["complete"] and summary["dataset"]["num_samples"] == 10000
