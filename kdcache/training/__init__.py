@@ -1,0 +1,1 @@
+"""``kdcache train``: students from a cache (or a live teacher, or labels alone)."""

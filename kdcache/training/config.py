@@ -1,0 +1,174 @@
+"""Settings of ``kdcache train``: a frozen dataclass, protocol presets, YAML round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from kdcache.errors import ConfigError, DataNotFoundError
+
+ReplayMode = Literal["all", "sample", "off"]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A published training recipe; milestones and warm-up are fractions of the run."""
+
+    name: str
+    batch_size: int
+    lr: float
+    weight_decay: float
+    epochs: int
+    milestones: tuple[float, ...]  # fractions of the run at which lr *= lr_decay
+    warmup_fraction: float  # DKD/RLD distillation warm-up, fraction of the run
+    lr_decay: float = 0.1
+    small_student_lr: float | None = None  # MobileNet / ShuffleNet students (CIFAR protocol)
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    # mdistiller / CRD CIFAR-100: 240 epochs, x0.1 at 150/180/210, DKD/RLD warm-up 20 epochs.
+    "cifar": Protocol("cifar", 64, 0.05, 5e-4, 240, (150 / 240, 180 / 240, 210 / 240), 20 / 240,
+                      small_student_lr=0.01),
+    # ImageNet: 100 epochs, x0.1 at 30/60/90, DKD/RLD warm-up 1 epoch.
+    "imagenet": Protocol("imagenet", 256, 0.1, 1e-4, 100, (0.3, 0.6, 0.9), 1 / 100),
+}
+_SMALL_STUDENTS = ("mobilenet", "shuffle")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs. ``None`` means "the protocol's value"."""
+
+    student: str
+    out: str
+    loss: str = "ce"
+    cache: str | None = None
+    teacher: str | None = None
+    teacher_weights: str | None = None
+    # Without a cache the data comes from these (a cache supplies its own):
+    dataset: str | None = None
+    split: str | None = None
+    recipe: str = "cifar"
+    recipe_params: dict[str, Any] = field(default_factory=dict)
+    aug_seed: int = 0
+    num_views: int = 1
+    data_dir: str | None = None
+    views: tuple[int, ...] | None = None  # subset of the cache's views; None = all
+    max_samples: int | None = None  # train on the first N samples only
+    protocol: str | None = None  # cifar | imagenet; None = by dataset
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float | None = None
+    warmup_epochs: float | None = None
+    ce_weight: float | None = None
+    distill_weight: float | None = None
+    loss_params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0  # student init, per-epoch view choice and order
+    workers: int = 2
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    compile: bool = False
+    channels_last: bool = True
+    verify_replay: ReplayMode = "sample"
+    window_blocks: int = 4  # cache blocks shuffled together
+    eval_batch_size: int = 256
+    resume: bool = False
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.cache is None) == (self.dataset is None):
+            raise ConfigError("give either --cache (train from a cache) or --dataset (online / CE)")
+        if self.cache is not None and self.teacher is not None:
+            raise ConfigError("--cache and --teacher are exclusive: the cache replaces the teacher")
+        if self.teacher is not None and not self.teacher_weights:
+            raise ConfigError("--teacher needs --teacher-weights (kdcache never downloads weights)")
+        if self.protocol is not None and self.protocol not in PROTOCOLS:
+            raise ConfigError(f"--protocol must be one of {sorted(PROTOCOLS)}, got {self.protocol!r}")
+        for name in ("epochs", "batch_size", "max_samples", "num_views", "window_blocks",
+                     "eval_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        for name in ("lr", "weight_decay", "warmup_epochs", "ce_weight", "distill_weight"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+        if self.workers < 0:
+            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+        if self.verify_replay not in ("all", "sample", "off"):
+            raise ConfigError(f"--verify-replay must be all, sample or off, got {self.verify_replay!r}")
+        if self.resume and self.force:
+            raise ConfigError("--resume and --force are exclusive")
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.cache is not None or self.teacher is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["views"] = list(self.views) if self.views is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown train setting(s): {', '.join(unknown)}")
+        d = dict(d)
+        if d.get("views") is not None:
+            d["views"] = tuple(int(v) for v in d["views"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The protocol resolved against the run: concrete numbers the loop uses."""
+
+    protocol: str
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    milestones: tuple[int, ...]
+    lr_decay: float
+    warmup_epochs: float
+
+
+def resolve_schedule(config: TrainConfig, dataset_name: str) -> Schedule:
+    """Protocol defaults, scaled to ``--epochs``, overridden by explicit flags."""
+    proto = PROTOCOLS[config.protocol or ("imagenet" if dataset_name == "imagefolder" else "cifar")]
+    epochs = config.epochs or proto.epochs
+    lr = config.lr
+    if lr is None:
+        small = any(s in config.student.lower() for s in _SMALL_STUDENTS)
+        lr = proto.small_student_lr if small and proto.small_student_lr else proto.lr
+    milestones = tuple(sorted({max(1, round(f * epochs)) for f in proto.milestones} - {epochs}))
+    warmup = config.warmup_epochs
+    if warmup is None:
+        warmup = proto.warmup_fraction * epochs
+    return Schedule(
+        protocol=proto.name, epochs=epochs, batch_size=config.batch_size or proto.batch_size,
+        lr=lr, weight_decay=proto.weight_decay if config.weight_decay is None else config.weight_decay,
+        milestones=milestones, lr_decay=proto.lr_decay, warmup_epochs=warmup,
+    )
+
+
+def load_yaml_settings(path: str) -> dict[str, Any]:
+    """Settings from a YAML file: keys are option names (``batch-size`` or ``batch_size``)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataNotFoundError(f"no config file at {path}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of option: value, got {type(data).__name__}")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
