@@ -75,6 +75,7 @@ class TrainConfig:
     channels_last: bool = True
     verify_replay: ReplayMode = "sample"
     window_blocks: int = 4  # cache blocks shuffled together
+    block_rows: int | None = None  # ordering blocks without a cache (a cache uses its chunk rows)
     eval_batch_size: int = 256
     resume: bool = False
     force: bool = False
@@ -89,7 +90,7 @@ class TrainConfig:
         if self.protocol is not None and self.protocol not in PROTOCOLS:
             raise ConfigError(f"--protocol must be one of {sorted(PROTOCOLS)}, got {self.protocol!r}")
         for name in ("epochs", "batch_size", "max_samples", "num_views", "window_blocks",
-                     "eval_batch_size"):
+                     "eval_batch_size", "block_rows"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")

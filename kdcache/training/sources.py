@@ -89,7 +89,8 @@ def _from_dataset(config: TrainConfig) -> RunData:
     views = _check_views(config.views, config.num_views)
     eval_source = load_dataset(config.dataset, config.data_dir, train.spec.eval_split)
     n = min(config.max_samples or len(train), len(train))
-    return RunData(train, eval_source, recipe, config.aug_seed, views, DEFAULT_BLOCK_ROWS, n, None)
+    return RunData(train, eval_source, recipe, config.aug_seed, views,
+                   config.block_rows or DEFAULT_BLOCK_ROWS, n, None)
 
 
 def resolve_run_data(config: TrainConfig) -> RunData:
