@@ -1,0 +1,183 @@
+"""The cache format: metadata round trip, version refusal, integrity, info and verify."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+
+from kdcache.cache import schema
+from kdcache.cache.store import open_cache, open_for_writing
+from kdcache.cli import main
+from kdcache.errors import CacheCorruptError, CacheError, FormatVersionError
+
+
+def make_meta(n: int = 10, c: int = 5, views: int = 2, rows: int = 4) -> schema.CacheMeta:
+    ident = schema.CacheIdentity(
+        teacher=schema.TeacherInfo("resnet8", "ab" * 32, 123),
+        dataset=schema.DatasetInfo("digits", "train", n, c, "f" * 64, {"name": "digits"}),
+        augmentation=schema.AugmentationInfo("cifar", {"padding": 4}, 3, views),
+        storage=schema.StorageInfo("dense", "float32", rows),
+    )
+    return schema.CacheMeta(identity=ident, versions={"torch": "x"}, created="t")
+
+
+def write_all(path: Path, meta: schema.CacheMeta) -> np.ndarray:
+    n, c = meta.identity.dataset.num_samples, meta.identity.dataset.num_classes
+    logits = np.random.default_rng(0).normal(size=(meta.identity.augmentation.num_views, n, c))
+    writer = open_for_writing(str(path), meta, np.arange(n) % c, create=True)
+    for v in range(meta.identity.augmentation.num_views):
+        for b in range(meta.num_blocks):
+            r = meta.block_rows(b)
+            writer.write_block(v, b, logits[v, r].astype(np.float32), np.arange(r.start, r.stop),
+                               1, 2)
+    writer.finalize()
+    return logits
+
+
+def test_metadata_round_trips_through_plain_json():
+    meta = make_meta()
+    again = schema.CacheMeta.from_dict(json.loads(json.dumps(meta.to_dict())))
+    assert again == meta and again.fingerprint == meta.fingerprint
+
+
+def test_fingerprint_changes_with_any_identity_field():
+    base = make_meta()
+    other = schema.CacheMeta(identity=schema.CacheIdentity(
+        teacher=base.identity.teacher, dataset=base.identity.dataset,
+        augmentation=schema.AugmentationInfo("cifar", {"padding": 4}, 4, 2),
+        storage=base.identity.storage))
+    assert other.fingerprint != base.fingerprint
+    assert base.identity.differences(other.identity) == ["augmentation.seed: 3 != 4"]
+
+
+def test_blocks_cover_every_row_once():
+    meta = make_meta(n=10, rows=4)
+    rows = [meta.block_rows(b) for b in range(meta.num_blocks)]
+    assert [(r.start, r.stop) for r in rows] == [(0, 4), (4, 8), (8, 10)]
+
+
+def test_written_blocks_read_back_exactly(tmp_path):
+    logits = write_all(tmp_path / "c", make_meta())
+    reader = open_cache(str(tmp_path / "c"))
+    np.testing.assert_array_equal(reader.read_dense(1, 2), logits[1, 8:10].astype(np.float32))
+    assert reader.meta.complete and reader.meta.teacher_top1 == [30.0, 30.0]
+
+
+def test_unwritten_blocks_are_reported_not_trusted(tmp_path):
+    meta = make_meta()
+    writer = open_for_writing(str(tmp_path / "c"), meta, np.arange(10) % 5, create=True)
+    writer.write_block(0, 0, np.zeros((4, 5), np.float32), np.zeros(4, np.int64), 0, 0)
+    reader = open_cache(str(tmp_path / "c"))
+    assert reader.done_mask().sum() == 1
+    assert np.isnan(reader.read_dense(1, 1)).all()  # the fill value of a never-written chunk
+    with pytest.raises(CacheError, match=r"incomplete: 5 of 6 blocks"):
+        reader.require_complete()
+
+
+def test_newer_major_format_is_refused_with_the_version_needed(tmp_path):
+    write_all(tmp_path / "c", make_meta())
+    group = zarr.open_group(str(tmp_path / "c"), mode="r+")
+    attrs = dict(group.attrs["kdcache"])
+    attrs["format_version"] = "2.0"
+    group.attrs["kdcache"] = attrs
+    with pytest.raises(FormatVersionError, match=r"format version 2\.0.*reads format 1\.x"):
+        open_cache(str(tmp_path / "c"))
+
+
+def test_edited_identity_is_detected(tmp_path):
+    write_all(tmp_path / "c", make_meta())
+    group = zarr.open_group(str(tmp_path / "c"), mode="r+")
+    attrs = dict(group.attrs["kdcache"])
+    attrs["augmentation"] = {**attrs["augmentation"], "seed": 99}
+    group.attrs["kdcache"] = attrs
+    with pytest.raises(CacheError, match="metadata was edited"):
+        open_cache(str(tmp_path / "c"))
+
+
+def test_corrupted_chunk_raises_an_error_naming_it(tmp_path):
+    write_all(tmp_path / "c", make_meta())
+    chunk = tmp_path / "c" / "logits" / "c" / "1" / "2" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[3] ^= 0x55
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(CacheCorruptError, match=r"logits chunk \(view 1, block 2\).*checksum"):
+        open_cache(str(tmp_path / "c")).read_dense(1, 2)
+
+
+def test_reading_never_modifies_a_cache(tmp_path):
+    write_all(tmp_path / "c", make_meta())
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "c").rglob("*")}
+    reader = open_cache(str(tmp_path / "c"))
+    reader.read_dense(0, 0)
+    reader.done_mask()
+    CliRunner().invoke(main, ["info", str(tmp_path / "c")])
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "c").rglob("*")} == before
+
+
+def test_a_zarr_group_that_is_not_a_cache_is_named_as_such(tmp_path):
+    zarr.open_group(str(tmp_path / "g"), mode="w")
+    with pytest.raises(CacheError, match="not a kdcache cache"):
+        open_cache(str(tmp_path / "g"))
+
+
+# ------------------------------------------------------------------------ info and verify
+
+
+@pytest.fixture(scope="module")
+def digits_cache(tmp_path_factory, digits_extract_args) -> Path:
+    out = tmp_path_factory.mktemp("cache") / "digits"
+    result = CliRunner().invoke(main, [*digits_extract_args, "--out", str(out), "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_info_shows_what_the_cache_is(digits_cache):
+    result = CliRunner().invoke(main, ["info", str(digits_cache)])
+    assert result.exit_code == 0
+    for text in ("digits/train", "resnet8", "cifar", "seed 7", "views 2", "dense float16",
+                 "complete", "teacher top-1 per view"):
+        assert text in result.output
+    as_json = json.loads(CliRunner().invoke(main, ["info", str(digits_cache), "--json"]).output)
+    assert as_json["blocks"] == {"done": 12, "total": 12, "per_view": 6}
+    assert len(as_json["teacher_top1"]) == 2
+
+
+def test_verify_passes_on_an_intact_cache_and_reruns_the_teacher(digits_cache,
+                                                                 digits_teacher_weights):
+    result = CliRunner().invoke(main, ["verify", str(digits_cache), "--teacher-weights",
+                                       str(digits_teacher_weights)])
+    assert result.exit_code == 0, result.output
+    assert "[ok] replay: 64 sampled views regenerate bit-exactly" in result.output
+    assert "[ok] teacher" in result.output
+
+
+def test_verify_fails_on_corruption_and_incompleteness(tmp_path, digits_cache):
+    broken = tmp_path / "broken"
+    shutil.copytree(digits_cache, broken)
+    chunk = broken / "logits" / "c" / "0" / "3" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:-9] + b"corrupted")
+    (broken / "block_done" / "c" / "1" / "5").unlink()
+    result = CliRunner().invoke(main, ["verify", str(broken)])
+    assert result.exit_code == 1
+    assert "[FAIL] complete" in result.output and "(view 1, block 5)" in result.output
+    assert "[FAIL] chunks" in result.output and "view 0, block 3" in result.output
+
+
+def test_verify_fails_when_views_do_not_replay(tmp_path, digits_cache):
+    tampered = tmp_path / "tampered"
+    shutil.copytree(digits_cache, tampered)
+    hashes = zarr.open_array(str(tampered / "input_hash"), mode="r+")
+    hashes[0, :] = 0
+    result = CliRunner().invoke(main, ["verify", str(tampered)])
+    assert result.exit_code == 1 and "[FAIL] replay" in result.output
+
+
+def test_info_on_a_missing_path_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(main, ["info", str(tmp_path / "nothing")])
+    assert result.exit_code == 1 and "no kdcache cache" in result.output
