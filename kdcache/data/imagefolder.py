@@ -1,0 +1,137 @@
+"""Image files in class folders (the ImageNet / Tiny-ImageNet layout), decoded with Pillow.
+
+Layout::
+
+    data_dir/train/<class name>/**/<image>.{jpg,jpeg,png,ppm,bmp,pgm,tif,tiff,webp}
+    data_dir/val/<class name>/**/<image>...
+
+Classes are the sorted folder names of ``data_dir/train`` (of the split's own folder when there is
+no ``train``), so train and val agree on class indices even when val lacks a class. Samples are
+ordered by their relative posix path, like torchvision's ``ImageFolder``. Split ``test`` reads
+``data_dir/test`` if it exists and otherwise falls back to ``val`` (recorded as ``val``).
+Tiny-ImageNet's raw ``val/images`` + ``val_annotations.txt`` must first be moved into class
+folders.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdcache.data.source import SourceDataset
+from kdcache.data.spec import DatasetSpec
+from kdcache.errors import ConfigError, DataNotFoundError
+
+logger = logging.getLogger(__name__)
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageFolderDataset(SourceDataset):
+    """One split of an image-folder tree; images decoded to RGB uint8 ``[3, H, W]`` on access."""
+
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        split: str,
+        root: Path,
+        relpaths: list[str],
+        sizes: list[int],
+        labels: np.ndarray,
+        class_names: tuple[str, ...],
+    ) -> None:
+        super().__init__(spec, split, labels, class_names)
+        self.root = root
+        self.relpaths = relpaths
+        self.sizes = sizes
+
+    def image(self, index: int) -> torch.Tensor:
+        from PIL import Image
+
+        with Image.open(self.root / self.relpaths[index]) as img:
+            rgb = np.asarray(img.convert("RGB"))  # [H, W, 3]
+        return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()  # [3, H, W]
+
+    def _identity(self) -> tuple[str, Iterator[bytes | memoryview]]:
+        # Paths and sizes, not pixels: hashing a decoded ImageNet would take an hour.
+        return "files", (
+            f"{path}\t{size}\n".encode()
+            for path, size in zip(self.relpaths, self.sizes, strict=True)
+        )
+
+
+def _class_dirs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def load_imagefolder(
+    data_dir: Path, split: str, *, image_size: int | None = None
+) -> ImageFolderDataset:
+    """Scan ``data_dir/<split>`` into an :class:`ImageFolderDataset` (no image is decoded)."""
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"imagefolder split must be one of train, val, test; got {split!r}")
+    folder = data_dir / split
+    if split == "test" and not folder.is_dir() and (data_dir / "val").is_dir():
+        logger.info("imagefolder: no %s, using %s as the test split", folder, data_dir / "val")
+        split, folder = "val", data_dir / "val"
+    if not folder.is_dir():
+        raise DataNotFoundError(
+            f"imagefolder expects class folders under {folder} (layout "
+            f"data_dir/train/<class>/*.jpg and data_dir/val/<class>/*.jpg); "
+            f"point --data-dir at the folder that holds 'train' and 'val'"
+        )
+    class_root = data_dir / "train" if (data_dir / "train").is_dir() else folder
+    class_names = _class_dirs(class_root)
+    if not class_names:
+        raise DataNotFoundError(f"imagefolder found no class folders in {class_root}")
+    stray = sorted(set(_class_dirs(folder)) - set(class_names))
+    if stray:
+        raise ConfigError(
+            f"imagefolder: {folder} has class folders absent from {class_root}: {stray[:5]}"
+        )
+    class_index = {name: k for k, name in enumerate(class_names)}
+    relpaths: list[str] = []
+    sizes: list[int] = []
+    labels: list[int] = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if len(rel.parts) < 2 or not path.is_file():
+            continue
+        if path.suffix.lower() not in IMG_EXTENSIONS or rel.parts[0] not in class_index:
+            continue
+        relpaths.append(rel.as_posix())
+        sizes.append(path.stat().st_size)
+        labels.append(class_index[rel.parts[0]])
+    if not relpaths:
+        raise DataNotFoundError(
+            f"imagefolder found no images ({', '.join(IMG_EXTENSIONS)}) in the class folders of "
+            f"{folder}"
+        )
+    # rglob's sort is by full path; re-sort by relative posix path so the order is portable.
+    order = sorted(range(len(relpaths)), key=relpaths.__getitem__)
+    spec = DatasetSpec(
+        name="imagefolder",
+        num_classes=len(class_names),
+        in_chans=3,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        image_size=224 if image_size is None else image_size,
+        crop_pct=0.875,
+        splits=("train", "val"),
+    )
+    logger.info("imagefolder %s: %d images, %d classes", folder, len(relpaths), len(class_names))
+    return ImageFolderDataset(
+        spec,
+        split,
+        folder,
+        [relpaths[k] for k in order],
+        [sizes[k] for k in order],
+        np.asarray([labels[k] for k in order], dtype=np.int64),
+        tuple(class_names),
+    )

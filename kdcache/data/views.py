@@ -1,0 +1,86 @@
+"""Seeded augmented views of a source dataset: item ``k`` of a list of (view, index) pairs.
+
+Item ``(v, i)`` is ``recipe(source.image(i), sample_seed=sample_seed(cache_seed, v, i), view=v)``,
+a pure function of ``(cache_seed, v, i)``: the same bytes whatever the batch size, worker count,
+order or process (DESIGN.md §2). Each item carries the :func:`kdcache.seeding.input_hash` of its
+uint8 image, which the cache stores and ``train`` / ``verify`` compare.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from kdcache.data.source import SourceDataset
+from kdcache.errors import ConfigError
+from kdcache.seeding import input_hash, sample_seed
+
+if TYPE_CHECKING:  # kdcache.augment imports kdcache.data.spec: avoid the cycle at runtime
+    from kdcache.augment.base import Recipe
+
+
+def view_items(views: Iterable[int], indices: Iterable[int] | int) -> np.ndarray:
+    """All (view, index) pairs, view-major: ``[[v0, i0], [v0, i1], ..., [v1, i0], ...]``.
+
+    ``indices`` is an iterable of sample indices or N for ``range(N)``. Returns int64 ``[M, 2]``.
+    """
+    if isinstance(indices, int | np.integer):
+        idx = np.arange(int(indices), dtype=np.int64)
+    else:
+        idx = np.fromiter(indices, dtype=np.int64)
+    v = np.fromiter(views, dtype=np.int64)
+    grid = np.stack(np.meshgrid(v, idx, indexing="ij"), axis=-1)  # [V, N, 2]
+    return grid.reshape(-1, 2).astype(np.int64)
+
+
+class SeededViews(torch.utils.data.Dataset):
+    """A map-style dataset of augmented views; picklable for fork and spawn DataLoader workers.
+
+    ``self[k]`` is ``{"image": uint8 [C, S, S], "label": int, "view": int, "index": int,
+    "input_hash": int}`` for the pair ``items[k] = (view, index)``; the default collate turns the
+    ints into int64 tensors ``[B]``.
+    """
+
+    def __init__(
+        self, source: SourceDataset, recipe: Recipe, cache_seed: int, items: np.ndarray
+    ) -> None:
+        items = np.asarray(items)
+        if items.ndim != 2 or items.shape[1] != 2 or not np.issubdtype(items.dtype, np.integer):
+            raise ValueError(f"items must be integer (view, index) pairs [M, 2], got {items.shape}")
+        if len(items) and (items.min() < 0 or items[:, 1].max() >= len(source)):
+            raise ConfigError(
+                f"items hold indices outside [0, {len(source)}) or negative views for {source!r}"
+            )
+        limit = recipe.num_distinct_views() if recipe.params().get("exhaustive") else None
+        if limit is not None and len(items) and items[:, 0].max() >= limit:
+            raise ConfigError(
+                f"recipe {recipe.name!r} enumerates views 0..{limit - 1}; "
+                f"got view {int(items[:, 0].max())}"
+            )
+        if not 0 <= cache_seed < 2**64:
+            raise ConfigError(f"the cache seed must be in [0, 2**64), got {cache_seed}")
+        self.source = source
+        self.recipe = recipe
+        self.cache_seed = int(cache_seed)
+        self.items = np.ascontiguousarray(items, dtype=np.int64)  # [M, 2]
+
+    def __len__(self) -> int:
+        return int(self.items.shape[0])
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        view, index = (int(x) for x in self.items[k])
+        image = self.recipe(
+            self.source.image(index),
+            sample_seed=sample_seed(self.cache_seed, view, index),
+            view=view,
+        )  # [C, S, S] uint8
+        return {
+            "image": image,
+            "label": int(self.source.labels[index]),
+            "view": view,
+            "index": index,
+            "input_hash": input_hash(image),
+        }

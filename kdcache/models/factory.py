@@ -1,0 +1,172 @@
+"""Building teachers and students by name: the zoo, timm, or the user's own file.
+
+A model *spec* is one of
+
+* a zoo name as mdistiller spells it (``resnet56``, ``MobileNetV2``) or its timm name
+  (``cifar_resnet56``); zoo names win over timm's own, so ``vgg13`` is the CIFAR VGG-13-BN;
+* ``timm:<name>``, or any other name timm knows: a timm model (never with downloaded weights);
+* ``path/to/file.py:factory``: ``factory(num_classes=..., in_chans=..., **kwargs)`` from a file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from kdcache.errors import ConfigError, DataNotFoundError, UnknownNameError
+from kdcache.models import _timm_registry  # noqa: F401  (registers the zoo in timm)
+from kdcache.models.weights import count_parameters, load_checkpoint_state_dict, load_weights
+from kdcache.models.zoo import ZOO, has_stem_bias_option, zoo_entry
+
+logger = logging.getLogger(__name__)
+
+TIMM_SCHEME = "timm:"
+
+
+def list_models() -> list[str]:
+    """The zoo's names as mdistiller spells them, in family order (``resnet8``..``ShuffleV2``)."""
+    return list(ZOO)
+
+
+def is_model_file_spec(name: str) -> bool:
+    """True for ``something.py:factory`` (and for a bare ``something.py``, to report it)."""
+    path = name.rsplit(":", 1)[0] if ":" in name else name
+    return path.endswith(".py")
+
+
+def _create_from_file(spec: str, num_classes: int, in_chans: int, **kwargs: Any) -> nn.Module:
+    path_text, sep, attr = spec.rpartition(":")
+    if not sep or not path_text.endswith(".py") or not attr.isidentifier():
+        raise ConfigError(
+            f"model file spec {spec!r} must read PATH.py:FACTORY, e.g. my_nets.py:build_student"
+        )
+    path = Path(path_text).expanduser()
+    if not path.is_file():
+        raise DataNotFoundError(f"model file not found: {path} (from spec {spec!r})")
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+    module_name = f"kdcache_user_model_{digest}"
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise ConfigError(f"cannot import {path} as a Python module")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look modules up here
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(module_name, None)
+        raise ConfigError(f"importing model file {path} failed: {exc!r}") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        found = sorted(
+            n for n in vars(module) if not n.startswith("_") and callable(vars(module)[n])
+        )
+        raise ConfigError(f"{path} has no callable {attr!r}; callables found: {found}")
+    model = factory(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{spec} returned {type(model).__name__}, expected a torch.nn.Module")
+    return model
+
+
+def _create_timm(name: str, num_classes: int, in_chans: int, **kwargs: Any) -> nn.Module:
+    try:
+        return timm.create_model(
+            name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs
+        )
+    except TypeError as exc:
+        raise ConfigError(f"timm model {name!r} rejected its arguments: {exc}") from exc
+
+
+def _unknown(name: str) -> UnknownNameError:
+    candidates = list(ZOO) + timm.list_models()
+    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return UnknownNameError(
+        f"unknown model {name!r}.{hint} `kdcache models` lists the CIFAR zoo; any timm name works "
+        "(timm:<name>), and so does your own file (path/to/file.py:factory)"
+    )
+
+
+def create_model(name: str, num_classes: int, in_chans: int = 3, **kwargs: Any) -> nn.Module:
+    """Build an untrained model from a spec (see the module docstring).
+
+    Args:
+        name: zoo name, ``cifar_``-prefixed zoo name, ``timm:<name>``, timm name, or
+            ``file.py:factory``.
+        num_classes: size of the logit vector.
+        in_chans: input channels (1 for grey digits).
+        **kwargs: passed to the constructor (e.g. ``stem_bias=True`` for the CIFAR ResNets).
+
+    Raises:
+        UnknownNameError: the name is neither a zoo, timm nor file spec; lists close matches.
+        ConfigError: a bad file spec, a factory that fails to import or returns no module,
+            or ``pretrained=True`` (kdcache never downloads weights).
+    """
+    if kwargs.pop("pretrained", False):
+        raise ConfigError("kdcache never downloads weights: pass weights=PATH to build_model")
+    if is_model_file_spec(name):
+        return _create_from_file(name, num_classes, in_chans, **kwargs)
+    entry = zoo_entry(name)
+    if entry is not None:
+        try:
+            return entry.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
+        except TypeError as exc:
+            raise ConfigError(
+                f"{entry.name} rejected its arguments {sorted(kwargs)}: {exc}"
+            ) from exc
+    if name.startswith(TIMM_SCHEME):
+        timm_name = name[len(TIMM_SCHEME) :]
+        if not timm.is_model(timm_name):
+            raise _unknown(timm_name)
+        return _create_timm(timm_name, num_classes, in_chans, **kwargs)
+    if timm.is_model(name):
+        return _create_timm(name, num_classes, in_chans, **kwargs)
+    raise _unknown(name)
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    in_chans: int = 3,
+    weights: str | Path | None = None,
+    strict: bool = True,
+    **kwargs: Any,
+) -> nn.Module:
+    """Create a model and, if ``weights`` is given, load them (strictly by default).
+
+    A CIFAR ResNet checkpoint whose stem carries ``conv1.bias`` (e.g. the ``020118`` resnet56
+    teacher) is built with ``stem_bias=True`` so that it loads strictly under its plain name.
+    The model is returned in train mode, as constructed; call ``.eval()`` for a teacher.
+    """
+    state_dict = load_checkpoint_state_dict(weights) if weights is not None else None
+    if (
+        state_dict is not None
+        and "conv1.bias" in state_dict
+        and "stem_bias" not in kwargs
+        and has_stem_bias_option(name)
+    ):
+        logger.info("%s: checkpoint has conv1.bias, building with stem_bias=True", name)
+        kwargs["stem_bias"] = True
+    model = create_model(name, num_classes, in_chans, **kwargs)
+    if state_dict is not None:
+        load_weights(model, state_dict, strict=strict, arch=name)
+        logger.info("%s: loaded weights from %s", name, weights)
+    return model
+
+
+def zoo_parameter_counts(num_classes: int = 100, in_chans: int = 3) -> dict[str, int]:
+    """Parameter count of every zoo model, built on the meta device (no memory, no init cost)."""
+    counts: dict[str, int] = {}
+    for name, entry in ZOO.items():
+        with torch.device("meta"):
+            model = entry.builder(num_classes=num_classes, in_chans=in_chans)
+        counts[name] = count_parameters(model)
+    return counts
