@@ -2,9 +2,9 @@
 
     python benchmarks/bench_extract.py [--data-dir ../shared/data] [--repeats 2] [--write-docs]
 
-1. Throughput: ``run_extract`` (augment + hash + forward + zarr writes) against a bare loop that only
-   runs the teacher forward on the *same* augmented images, already in memory, with the same batch
-   size, device, memory format and thread count. Runs alternate (bare, extract, bare, extract...)
+1. Throughput: ``run_extract`` (augment + hash + forward + zarr writes) against a bare loop
+   that only runs the teacher forward on the *same* augmented images, already in memory, with the
+   same batch size, device, memory format and thread count. Runs alternate (bare, extract, bare, extract...)
    and the median of each is kept; the figure is the ratio of images/s (>= 0.9 is the target).
 2. Storage: the same teacher logits written through the cache store in each storage mode; bytes on
    disk per sample per view against the raw float32 size (C * 4 bytes).
@@ -61,10 +61,22 @@ def throughput(data_dir: Path, repeats: int, batch: int, workers: int) -> dict[s
     for _ in range(repeats):
         bare.append(bare_forward(model, images, source.spec, batch))
         with tempfile.TemporaryDirectory() as tmp:
-            result = run_extract(ExtractConfig(
-                teacher="resnet56", weights=str(data_dir / WEIGHTS), dataset="cifar100",
-                data_dir=str(data_dir), split="test", recipe="cifar", views=1, seed=0,
-                out=f"{tmp}/c", batch_size=batch, workers=workers, device="cpu"))
+            result = run_extract(
+                ExtractConfig(
+                    teacher="resnet56",
+                    weights=str(data_dir / WEIGHTS),
+                    dataset="cifar100",
+                    data_dir=str(data_dir),
+                    split="test",
+                    recipe="cifar",
+                    views=1,
+                    seed=0,
+                    out=f"{tmp}/c",
+                    batch_size=batch,
+                    workers=workers,
+                    device="cpu",
+                )
+            )
             full.append(result.seconds)
     b, f = statistics.median(bare), statistics.median(full)
     return {"images": n, "bare_ips": n / b, "extract_ips": n / f, "ratio": b / f}
@@ -80,14 +92,17 @@ def storage(data_dir: Path) -> list[tuple[str, float]]:
     views = SeededViews(source, recipe, 0, items)
     images = torch.stack([views[k]["image"] for k in range(n)])
     with torch.inference_mode():
-        logits = torch.cat([model(normalize(images[k : k + 512], source.spec))
-                            for k in range(0, n, 512)]).numpy()
+        logits = torch.cat(
+            [model(normalize(images[k : k + 512], source.spec)) for k in range(0, n, 512)]
+        ).numpy()
     labels = source.labels[:n]
     rows = []
-    for label, mode, dtype, topk in [("dense float32", "dense", "float32", None),
-                                      ("dense float16", "dense", "float16", None),
-                                      ("sparse top-20 float16", "sparse", "float16", 20),
-                                      ("sparse top-5 float16", "sparse", "float16", 5)]:
+    for label, mode, dtype, topk in [
+        ("dense float32", "dense", "float32", None),
+        ("dense float16", "dense", "float16", None),
+        ("sparse top-20 float16", "sparse", "float16", 20),
+        ("sparse top-5 float16", "sparse", "float16", 5),
+    ]:
         ident = schema.CacheIdentity(
             teacher=schema.TeacherInfo("resnet56", None, 0),
             dataset=schema.DatasetInfo("cifar100", "test", n, 100, "bench", {}),
@@ -95,19 +110,27 @@ def storage(data_dir: Path) -> list[tuple[str, float]]:
             storage=schema.StorageInfo(mode, dtype, 1024, topk),  # type: ignore[arg-type]
         )
         with tempfile.TemporaryDirectory() as tmp:
-            writer = open_for_writing(f"{tmp}/c", schema.CacheMeta(identity=ident), labels,
-                                      create=True)
+            writer = open_for_writing(
+                f"{tmp}/c", schema.CacheMeta(identity=ident), labels, create=True
+            )
             for block in range(writer.meta.num_blocks):
                 rows_ = writer.meta.block_rows(block)
-                writer.write_block(0, block, logits[rows_], np.arange(rows_.stop - rows_.start),
-                                   0, 0)
+                writer.write_block(
+                    0, block, logits[rows_], np.arange(rows_.stop - rows_.start), 0, 0
+                )
             reader = open_cache(f"{tmp}/c")
             # Only the per-view arrays: labels and bookkeeping are per cache, not per view.
-            names = {"dense": [schema.LOGITS], "sparse": [schema.TOPK_VALUES, schema.TOPK_INDICES,
-                                                         schema.LOGSUMEXP]}[mode]
+            names = {
+                "dense": [schema.LOGITS],
+                "sparse": [schema.TOPK_VALUES, schema.TOPK_INDICES, schema.LOGSUMEXP],
+            }[mode]
             names.append(schema.INPUT_HASH)
-            size = sum(p.stat().st_size for name in names
-                       for p in (Path(tmp) / "c" / name).rglob("*") if p.is_file())
+            size = sum(
+                p.stat().st_size
+                for name in names
+                for p in (Path(tmp) / "c" / name).rglob("*")
+                if p.is_file()
+            )
             del reader
         rows.append((label, size / n))
     return rows

@@ -44,12 +44,14 @@ class DemoSettings:
     workers: int = 0  # digits images are tiny: worker processes cost more than they save
 
 
-def run_demo(out: Path, settings: DemoSettings = DemoSettings(),
-             say: Callable[[str], None] = log.info) -> list[DemoRow]:
+def run_demo(
+    out: Path, settings: DemoSettings = DemoSettings(), say: Callable[[str], None] = log.info
+) -> list[DemoRow]:
     """Run the pipeline under ``out`` (resumes finished steps); returns the comparison rows."""
     out.mkdir(parents=True, exist_ok=True)
-    common = dict(batch_size=settings.batch_size, workers=settings.workers, device="auto",
-                  seed=settings.seed)
+    common = dict(
+        batch_size=settings.batch_size, workers=settings.workers, device="auto", seed=settings.seed
+    )
     rows = []
 
     def train(step: int, name: str, config: TrainConfig) -> None:
@@ -66,29 +68,67 @@ def run_demo(out: Path, settings: DemoSettings = DemoSettings(),
         rows.append(DemoRow(name, top1, top5, time.perf_counter() - started))
 
     teacher_dir = out / "teacher"
-    train(1, f"teacher {settings.teacher}: cross-entropy", TrainConfig(
-        student=settings.teacher, out=str(teacher_dir), dataset="digits", loss="ce",
-        epochs=settings.teacher_epochs, **common))  # type: ignore[arg-type]
+    train(
+        1,
+        f"teacher {settings.teacher}: cross-entropy",
+        TrainConfig(
+            student=settings.teacher,
+            out=str(teacher_dir),
+            dataset="digits",
+            loss="ce",
+            epochs=settings.teacher_epochs,
+            **common,
+        ),
+    )  # type: ignore[arg-type]
 
     cache = out / "cache"
     say(f"[2/4] extract {settings.views} views of the teacher's logits into {cache}")
     started = time.perf_counter()
-    run_extract(ExtractConfig(
-        teacher=settings.teacher, weights=str(teacher_dir / "last.pt"), dataset="digits",
-        recipe="cifar", views=settings.views, seed=settings.seed, out=str(cache),
-        batch_size=256, workers=0, chunk_rows=256))
+    run_extract(
+        ExtractConfig(
+            teacher=settings.teacher,
+            weights=str(teacher_dir / "last.pt"),
+            dataset="digits",
+            recipe="cifar",
+            views=settings.views,
+            seed=settings.seed,
+            out=str(cache),
+            batch_size=256,
+            workers=0,
+            chunk_rows=256,
+        )
+    )
     report = verify_cache(str(cache), replay=32)
     if not report.ok:
         raise RuntimeError(f"the demo cache failed verification: {report.checks}")
     extract_seconds = time.perf_counter() - started
     say(f"      cache verified in {extract_seconds:.1f} s (extract + verify)")
 
-    train(3, f"student {settings.student}: LDRLD from the cache", TrainConfig(
-        student=settings.student, out=str(out / "student_ldrld"), cache=str(cache),
-        loss="ldrld", loss_params={"k": 5}, epochs=settings.student_epochs, **common))  # type: ignore[arg-type]
-    train(4, f"student {settings.student}: cross-entropy only", TrainConfig(
-        student=settings.student, out=str(out / "student_ce"), dataset="digits", loss="ce",
-        epochs=settings.student_epochs, **common))  # type: ignore[arg-type]
+    train(
+        3,
+        f"student {settings.student}: LDRLD from the cache",
+        TrainConfig(
+            student=settings.student,
+            out=str(out / "student_ldrld"),
+            cache=str(cache),
+            loss="ldrld",
+            loss_params={"k": 5},
+            epochs=settings.student_epochs,
+            **common,
+        ),
+    )  # type: ignore[arg-type]
+    train(
+        4,
+        f"student {settings.student}: cross-entropy only",
+        TrainConfig(
+            student=settings.student,
+            out=str(out / "student_ce"),
+            dataset="digits",
+            loss="ce",
+            epochs=settings.student_epochs,
+            **common,
+        ),
+    )  # type: ignore[arg-type]
     return rows
 
 

@@ -1,8 +1,8 @@
 """Typed errors: what the user sees.
 
 Every error kdcache raises on purpose derives from :class:`KdcacheError`; the CLI turns those into a
-clean message and a non-zero exit. Each also inherits the matching builtin so that library callers can
-catch ``ValueError`` / ``FileNotFoundError`` as usual (the zarr-python convention).
+clean message and a non-zero exit. Each also inherits the matching builtin so that library
+callers can catch ``ValueError`` / ``FileNotFoundError`` as usual (the zarr-python convention).
 """
 
 from __future__ import annotations

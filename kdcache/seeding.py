@@ -33,7 +33,7 @@ def _u64(value: int, what: str) -> bytes:
 
 
 def sample_seed(cache_seed: int, view: int, index: int) -> int:
-    """The 63-bit seed of sample ``index`` in view ``view`` of a cache seeded with ``cache_seed``."""
+    """The 63-bit seed of sample ``index`` in view ``view`` of a cache with seed ``cache_seed``."""
     digest = hashlib.sha256(
         SEED_DOMAIN + _u64(cache_seed, "seed") + _u64(view, "view") + _u64(index, "index")
     ).digest()
@@ -81,8 +81,9 @@ def input_hash(image: torch.Tensor) -> int:
     """64-bit fingerprint of an augmented uint8 image ``[C, H, W]`` (before normalisation).
 
     ``blake2b(digest_size=8)`` over an ASCII header ``"u8:C,H,W;"`` followed by the C-contiguous
-    bytes, read as a little-endian *signed* 64-bit integer (so it fits int64 tensors and arrays). Stored per (view, sample) in the cache so a
-    consumer can prove it regenerated the exact image the teacher saw.
+    bytes, read as a little-endian *signed* 64-bit integer (so it fits int64 tensors and arrays).
+    Stored per (view, sample) in the cache so a consumer can prove it regenerated the exact
+    image the teacher saw.
     """
     if image.dtype != torch.uint8:
         raise TypeError(f"input_hash expects a uint8 image, got {image.dtype}")

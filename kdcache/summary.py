@@ -19,8 +19,9 @@ def summarize(reader: CacheReader) -> dict[str, Any]:
     if meta.teacher_top1 is None and done.any():
         # Incomplete cache: report accuracy over the blocks written so far.
         top1, _ = reader.block_correct_counts()
-        rows = np.array([meta.block_rows(b).stop - meta.block_rows(b).start
-                         for b in range(meta.num_blocks)])
+        rows = np.array(
+            [meta.block_rows(b).stop - meta.block_rows(b).start for b in range(meta.num_blocks)]
+        )
         seen = (done * rows[None, :]).sum(axis=1)
         hits = np.where(done, top1, 0).sum(axis=1)
         d["teacher_top1_partial"] = [
@@ -32,7 +33,11 @@ def summarize(reader: CacheReader) -> dict[str, Any]:
 
 def format_summary(s: dict[str, Any]) -> str:
     t, ds, aug, st = s["teacher"], s["dataset"], s["augmentation"], s["storage"]
-    mode = f"dense {st['dtype']}" if st["mode"] == "dense" else f"sparse top-{st['topk']} {st['dtype']}"
+    mode = (
+        f"dense {st['dtype']}"
+        if st["mode"] == "dense"
+        else f"sparse top-{st['topk']} {st['dtype']}"
+    )
     lines = [
         f"cache        {s['location']}",
         f"fingerprint  {s['fingerprint']}",
@@ -43,18 +48,23 @@ def format_summary(s: dict[str, Any]) -> str:
         f"{(t['weights_sha256'] or 'none (random init)')[:16]})",
         f"dataset      {ds['name']}/{ds['split']}  N={ds['num_samples']:,}  C={ds['num_classes']}  "
         f"fingerprint {ds['fingerprint'][:16]}",
-        f"augmentation {aug['recipe']} {aug['params']}  seed {aug['seed']}  views {aug['num_views']}",
+        f"augmentation {aug['recipe']} {aug['params']}  seed {aug['seed']}  "
+        f"views {aug['num_views']}",
         f"storage      {mode}, {st['chunk_rows']} rows per chunk",
     ]
     if s.get("stored_bytes") is not None:
         per_view = s["stored_bytes"] / aug["num_views"]
-        lines.append(f"size         {s['stored_bytes'] / 2**20:.2f} MiB "
-                     f"({per_view / ds['num_samples']:.1f} bytes per sample per view)")
+        lines.append(
+            f"size         {s['stored_bytes'] / 2**20:.2f} MiB "
+            f"({per_view / ds['num_samples']:.1f} bytes per sample per view)"
+        )
     if s.get("teacher_top1"):
         t1, t5 = s["teacher_top1"], s.get("teacher_top5") or []
         lines.append(f"teacher top-1 per view (%): {', '.join(f'{x:.2f}' for x in t1)}")
-        lines.append(f"teacher top-1 mean {np.mean(t1):.2f}%  top-5 mean "
-                     f"{np.mean(t5) if t5 else float('nan'):.2f}%")
+        lines.append(
+            f"teacher top-1 mean {np.mean(t1):.2f}%  top-5 mean "
+            f"{np.mean(t5) if t5 else float('nan'):.2f}%"
+        )
     elif s.get("teacher_top1_partial"):
         part = ", ".join("-" if x is None else f"{x:.2f}" for x in s["teacher_top1_partial"])
         lines.append(f"teacher top-1 so far (%): {part}")

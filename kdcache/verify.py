@@ -47,7 +47,7 @@ class VerifyReport:
 
 
 def replay_sample(reader: CacheReader, count: int, salt: int = 0) -> np.ndarray:
-    """A deterministic sample of ``count`` (view, index) pairs, int64 [M, 2], covering every view."""
+    """A deterministic sample of ``count`` (view, index) pairs, int64 [M, 2]."""
     ident = reader.identity
     V, N = ident.augmentation.num_views, ident.dataset.num_samples
     total = V * N

@@ -40,7 +40,7 @@ def cache_attrs(root: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def digits_teacher_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Weights of a seeded, randomly initialised resnet8 for 1-channel digits (fixed across runs)."""
+    """Weights of a seeded, randomly initialised 1-channel resnet8 (the same in every run)."""
     from kdcache.models import create_model
 
     path = tmp_path_factory.mktemp("weights") / "resnet8_digits.pth"
@@ -54,8 +54,22 @@ def digits_teacher_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def digits_extract_args(digits_teacher_weights: Path) -> list[str]:
     """A small, fast extract: a fixed resnet8 over the digits train split, 2 views."""
     return [
-        "extract", "--teacher", "resnet8", "--weights", str(digits_teacher_weights),
-        "--dataset", "digits", "--split", "train",
-        "--recipe", "cifar", "--views", "2", "--seed", "7", "--chunk-rows", "256",
+        "extract",
+        "--teacher",
+        "resnet8",
+        "--weights",
+        str(digits_teacher_weights),
+        "--dataset",
+        "digits",
+        "--split",
+        "train",
+        "--recipe",
+        "cifar",
+        "--views",
+        "2",
+        "--seed",
+        "7",
+        "--chunk-rows",
+        "256",
         "--no-progress",
     ]

@@ -41,7 +41,11 @@ def test_extract_writes_a_complete_self_describing_cache(tmp_path, digits_extrac
     reader = open_cache(str(out))
     ident = reader.identity
     assert reader.meta.complete
-    assert (ident.dataset.name, ident.dataset.split, ident.dataset.num_classes) == ("digits", "train", 10)
+    assert (ident.dataset.name, ident.dataset.split, ident.dataset.num_classes) == (
+        "digits",
+        "train",
+        10,
+    )
     assert ident.augmentation.num_views == 2 and ident.augmentation.seed == 7
     assert ident.storage.mode == "dense" and ident.storage.dtype == "float16"
     assert len(reader.meta.teacher_top1 or []) == 2
@@ -54,7 +58,13 @@ def test_extract_writes_a_complete_self_describing_cache(tmp_path, digits_extrac
 
 def test_bytes_do_not_depend_on_batch_size_or_workers(tmp_path, digits_extract_args):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    one_view = [*digits_extract_args, "--views", "1", "--dtype", "float32"]  # no rounding to hide in
+    one_view = [
+        *digits_extract_args,
+        "--views",
+        "1",
+        "--dtype",
+        "float32",
+    ]  # no rounding to hide in
     extract(one_view, a, "--workers", "0", "--batch-size", "7")
     extract(one_view, b, "--workers", "2", "--batch-size", "64")
     extract(one_view, c, "--workers", "0", "--batch-size", "1")  # every forward padded
@@ -94,8 +104,13 @@ def test_killed_process_resumes_to_the_same_bytes(tmp_path, digits_extract_args)
     args = [*digits_extract_args, "--views", "6", "--chunk-rows", "64", "--workers", "0"]
     extract(args, whole)
     cmd = [sys.executable, "-m", "kdcache", *args, "--out", str(killed)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     marks = killed / "block_done" / "c"
     try:
         while proc.poll() is None and len(list(marks.rglob("*")) if marks.exists() else []) < 12:
@@ -111,9 +126,24 @@ def test_killed_process_resumes_to_the_same_bytes(tmp_path, digits_extract_args)
 def test_two_torchrun_ranks_write_the_same_bytes_as_one_process(tmp_path, digits_extract_args):
     single, multi = tmp_path / "single", tmp_path / "multi"
     extract(digits_extract_args, single, "--workers", "0")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29517", "-m", "kdcache", *digits_extract_args, "--out", str(multi),
-           "--workers", "0", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "kdcache",
+        *digits_extract_args,
+        "--out",
+        str(multi),
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -182,13 +212,16 @@ def test_weights_for_another_architecture_are_refused(tmp_path, digits_extract_a
     from kdcache.models import create_model
 
     torch.save(create_model("wrn_16_1", 10, in_chans=1).state_dict(), wrong)
-    code, output = run_cli([*digits_extract_args, "--out", str(tmp_path / "c"), "--weights", str(wrong)])
+    code, output = run_cli(
+        [*digits_extract_args, "--out", str(tmp_path / "c"), "--weights", str(wrong)]
+    )
     assert code != 0 and "missing" in output.lower() and "Traceback" not in output
 
 
 def test_extract_without_weights_explains_why(tmp_path):
-    code, output = run_cli(["extract", "--teacher", "resnet8", "--dataset", "digits",
-                            "--out", str(tmp_path / "c")])
+    code, output = run_cli(
+        ["extract", "--teacher", "resnet8", "--dataset", "digits", "--out", str(tmp_path / "c")]
+    )
     assert code != 0 and "--weights is required" in output
 
 
@@ -196,10 +229,33 @@ def test_extract_without_weights_explains_why(tmp_path):
 def test_real_teacher_accuracy_through_extract_and_info(tmp_path):
     data = require_shared_data()
     out = tmp_path / "teacher_test"
-    extract(["extract", "--teacher", "resnet56", "--weights", str(TEACHER_WEIGHTS),
-             "--dataset", "cifar100", "--data-dir", str(data), "--split", "test",
-             "--recipe", "none", "--views", "1", "--dtype", "float32", "--no-progress",
-             "--batch-size", "500", "--workers", "0"], out)
+    extract(
+        [
+            "extract",
+            "--teacher",
+            "resnet56",
+            "--weights",
+            str(TEACHER_WEIGHTS),
+            "--dataset",
+            "cifar100",
+            "--data-dir",
+            str(data),
+            "--split",
+            "test",
+            "--recipe",
+            "none",
+            "--views",
+            "1",
+            "--dtype",
+            "float32",
+            "--no-progress",
+            "--batch-size",
+            "500",
+            "--workers",
+            "0",
+        ],
+        out,
+    )
     code, output = run_cli(["info", str(out), "--json"])
     assert code == 0, output
     summary = json.loads(output)

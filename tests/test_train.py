@@ -33,39 +33,82 @@ def cli(args: list[str]) -> tuple[int, str]:
 def fp32_cache(tmp_path_factory, digits_teacher_weights) -> Path:
     """Dense float32 cache of the digits train split, 2 views, default chunking."""
     out = tmp_path_factory.mktemp("cache") / "digits_fp32"
-    code, output = cli(["extract", "--teacher", "resnet8", "--weights", digits_teacher_weights,
-                        "--dataset", "digits", "--views", "2", "--seed", "7", "--dtype", "float32",
-                        "--chunk-rows", "256", "--workers", "0", "--out", out, "--no-progress"])
+    code, output = cli(
+        [
+            "extract",
+            "--teacher",
+            "resnet8",
+            "--weights",
+            digits_teacher_weights,
+            "--dataset",
+            "digits",
+            "--views",
+            "2",
+            "--seed",
+            "7",
+            "--dtype",
+            "float32",
+            "--chunk-rows",
+            "256",
+            "--workers",
+            "0",
+            "--out",
+            out,
+            "--no-progress",
+        ]
+    )
     assert code == 0, output
     return out
 
 
 def base_config(out: Path, **overrides) -> TrainConfig:
-    settings = dict(student="resnet8", out=str(out), epochs=1, batch_size=64, workers=0,
-                    device="cpu", max_samples=512, seed=3)
+    settings = dict(
+        student="resnet8",
+        out=str(out),
+        epochs=1,
+        batch_size=64,
+        workers=0,
+        device="cpu",
+        max_samples=512,
+        seed=3,
+    )
     settings.update(overrides)
     return TrainConfig(**settings)
 
 
-def test_cached_and_online_training_give_the_same_step_losses(tmp_path, fp32_cache,
-                                                               digits_teacher_weights):
+def test_cached_and_online_training_give_the_same_step_losses(
+    tmp_path, fp32_cache, digits_teacher_weights
+):
     cached = run_train(base_config(tmp_path / "cached", cache=str(fp32_cache), loss="kd"))
-    online = run_train(base_config(
-        tmp_path / "online", dataset="digits", recipe="cifar", aug_seed=7, num_views=2,
-        teacher="resnet8", teacher_weights=str(digits_teacher_weights), loss="kd",
-        block_rows=256))
+    online = run_train(
+        base_config(
+            tmp_path / "online",
+            dataset="digits",
+            recipe="cifar",
+            aug_seed=7,
+            num_views=2,
+            teacher="resnet8",
+            teacher_weights=str(digits_teacher_weights),
+            loss="kd",
+            block_rows=256,
+        )
+    )
     assert len(cached.step_losses) == 8
     np.testing.assert_allclose(cached.step_losses, online.step_losses, rtol=1e-5, atol=1e-6)
-    assert cached.step_losses != run_train(base_config(tmp_path / "ce", cache=str(fp32_cache),
-                                                       loss="ce")).step_losses
+    assert (
+        cached.step_losses
+        != run_train(base_config(tmp_path / "ce", cache=str(fp32_cache), loss="ce")).step_losses
+    )
 
 
-def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path, fp32_cache,
-                                                                         monkeypatch):
+def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(
+    tmp_path, fp32_cache, monkeypatch
+):
     config = dict(cache=str(fp32_cache), loss="ldrld", epochs=2, loss_params={"k": 4})
     run_train(base_config(tmp_path / "whole", **config))
 
     real_plot = outputs.plot_curves
+
     def crash_after_first_epoch(out):  # type: ignore[no-untyped-def]
         real_plot(out)
         raise KeyboardInterrupt("simulated stop after epoch 1")
@@ -85,8 +128,15 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path
 
 def test_each_chunk_is_decoded_at_most_once_per_epoch(fp32_cache):
     reader = open_cache(str(fp32_cache))
-    plan = plan_epoch(seed=1, epoch=0, num_samples=1438, block_rows=256, window_blocks=2,
-                      allowed_views=np.array([0, 1]), batch_size=64)
+    plan = plan_epoch(
+        seed=1,
+        epoch=0,
+        num_samples=1438,
+        block_rows=256,
+        window_blocks=2,
+        allowed_views=np.array([0, 1]),
+        batch_size=64,
+    )
     teacher = CachedTeacher(reader, chunk_capacity=8)
     served = [logits for logits, _ in teacher.batches(plan.items, 64)]
     assert len(teacher.decoded) == len(set(teacher.decoded)) == 12  # 2 views x 6 blocks
@@ -97,8 +147,15 @@ def test_each_chunk_is_decoded_at_most_once_per_epoch(fp32_cache):
 
 def test_a_view_subset_reads_only_those_views(fp32_cache):
     reader = open_cache(str(fp32_cache))
-    plan = plan_epoch(seed=1, epoch=3, num_samples=1438, block_rows=256, window_blocks=4,
-                      allowed_views=np.array([1]), batch_size=64)
+    plan = plan_epoch(
+        seed=1,
+        epoch=3,
+        num_samples=1438,
+        block_rows=256,
+        window_blocks=4,
+        allowed_views=np.array([1]),
+        batch_size=64,
+    )
     teacher = CachedTeacher(reader, chunk_capacity=8)
     for _ in teacher.batches(plan.items, 64):
         pass
@@ -106,10 +163,26 @@ def test_a_view_subset_reads_only_those_views(fp32_cache):
 
 
 def test_view_choice_depends_on_seed_epoch_and_sample_only():
-    a = plan_epoch(seed=5, epoch=2, num_samples=1000, block_rows=100, window_blocks=3,
-                   allowed_views=np.arange(4), batch_size=10)
-    b = plan_epoch(seed=5, epoch=2, num_samples=1000, block_rows=100, window_blocks=3,
-                   allowed_views=np.arange(4), batch_size=50, rank=1, world=2)
+    a = plan_epoch(
+        seed=5,
+        epoch=2,
+        num_samples=1000,
+        block_rows=100,
+        window_blocks=3,
+        allowed_views=np.arange(4),
+        batch_size=10,
+    )
+    b = plan_epoch(
+        seed=5,
+        epoch=2,
+        num_samples=1000,
+        block_rows=100,
+        window_blocks=3,
+        allowed_views=np.arange(4),
+        batch_size=50,
+        rank=1,
+        world=2,
+    )
     views_a = dict(zip(a.items[:, 1].tolist(), a.items[:, 0].tolist(), strict=True))
     assert all(views_a[i] == v for v, i in b.items.tolist())
     assert sorted(a.items[:, 1].tolist()) == list(range(1000))
@@ -117,9 +190,26 @@ def test_view_choice_depends_on_seed_epoch_and_sample_only():
 
 def test_train_records_provenance_and_writes_run_outputs(tmp_path, fp32_cache):
     out = tmp_path / "run"
-    code, output = cli(["train", "--cache", fp32_cache, "--student", "resnet8", "--loss", "dkd",
-                        "--epochs", "1", "--max-samples", "256", "--workers", "0", "--out", out,
-                        "--no-progress"])
+    code, output = cli(
+        [
+            "train",
+            "--cache",
+            fp32_cache,
+            "--student",
+            "resnet8",
+            "--loss",
+            "dkd",
+            "--epochs",
+            "1",
+            "--max-samples",
+            "256",
+            "--workers",
+            "0",
+            "--out",
+            out,
+            "--no-progress",
+        ]
+    )
     assert code == 0, output
     fingerprint = open_cache(str(fp32_cache)).meta.fingerprint
     run = json.loads((out / "run.json").read_text())
@@ -134,8 +224,10 @@ def test_train_records_provenance_and_writes_run_outputs(tmp_path, fp32_cache):
 
 def test_yaml_config_values_are_overridden_by_flags(tmp_path, fp32_cache):
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(f"cache: {fp32_cache}\nstudent: resnet8\nloss: kd\nepochs: 3\n"
-                   "max-samples: 128\nworkers: 0\nloss_params: {temperature: 2}\n")
+    cfg.write_text(
+        f"cache: {fp32_cache}\nstudent: resnet8\nloss: kd\nepochs: 3\n"
+        "max-samples: 128\nworkers: 0\nloss_params: {temperature: 2}\n"
+    )
     out = tmp_path / "run"
     code, output = cli(["train", "--config", cfg, "--epochs", "1", "--out", out, "--no-progress"])
     assert code == 0, output
@@ -145,16 +237,55 @@ def test_yaml_config_values_are_overridden_by_flags(tmp_path, fp32_cache):
 
 
 def test_two_process_ddp_matches_one_process_within_tolerance(tmp_path, fp32_cache):
-    args = ["-m", "kdcache", "train", "--cache", str(fp32_cache), "--student", "resnet8",
-            "--loss", "kd", "--epochs", "2", "--batch-size", "64", "--workers", "0",
-            "--device", "cpu", "--no-progress"]
+    args = [
+        "-m",
+        "kdcache",
+        "train",
+        "--cache",
+        str(fp32_cache),
+        "--student",
+        "resnet8",
+        "--loss",
+        "kd",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], cwd=REPO,
-                            env=env, capture_output=True, text=True, timeout=600)
+    single = subprocess.run(
+        [sys.executable, *args, "--out", str(tmp_path / "one")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr[-2000:]
-    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                            "--master_port", "29533", *args[1:], "--out", str(tmp_path / "two")],
-                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    multi = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29533",
+            *args[1:],
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert multi.returncode == 0, multi.stderr[-3000:]
     one, two = (outputs.read_metrics(tmp_path / d) for d in ("one", "two"))
     assert [r["epoch"] for r in two] == [1, 2]
@@ -167,8 +298,9 @@ def test_two_process_ddp_matches_one_process_within_tolerance(tmp_path, fp32_cac
 
 
 def test_missing_cache_is_a_clear_error(tmp_path):
-    code, output = cli(["train", "--cache", tmp_path / "nope", "--student", "resnet8",
-                        "--out", tmp_path / "run"])
+    code, output = cli(
+        ["train", "--cache", tmp_path / "nope", "--student", "resnet8", "--out", tmp_path / "run"]
+    )
     assert code != 0 and "no kdcache cache" in output and "Traceback" not in output
 
 
@@ -179,8 +311,19 @@ def test_incomplete_cache_is_refused(tmp_path, fp32_cache):
     shutil.copytree(fp32_cache, broken)
     mark = broken / "block_done" / "c" / "1" / "2"
     mark.unlink()
-    code, output = cli(["train", "--cache", broken, "--student", "resnet8", "--loss", "kd",
-                        "--out", tmp_path / "run"])
+    code, output = cli(
+        [
+            "train",
+            "--cache",
+            broken,
+            "--student",
+            "resnet8",
+            "--loss",
+            "kd",
+            "--out",
+            tmp_path / "run",
+        ]
+    )
     assert code != 0 and "incomplete" in output and "(view 1, block 2)" in output
 
 
@@ -193,8 +336,24 @@ def test_corrupted_chunk_stops_training_with_its_name(tmp_path, fp32_cache):
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0xFF
     chunk.write_bytes(bytes(data))
-    code, output = cli(["train", "--cache", broken, "--student", "resnet8", "--loss", "kd",
-                        "--epochs", "1", "--workers", "0", "--out", tmp_path / "run", "--no-progress"])
+    code, output = cli(
+        [
+            "train",
+            "--cache",
+            broken,
+            "--student",
+            "resnet8",
+            "--loss",
+            "kd",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--out",
+            tmp_path / "run",
+            "--no-progress",
+        ]
+    )
     assert code != 0 and "checksum" in output and "view 0, block 0" in output
 
 
@@ -205,8 +364,24 @@ def test_replay_mismatch_is_an_error_that_says_what_differs(tmp_path, fp32_cache
     shutil.copytree(fp32_cache, tampered)
     hashes = zarr.open_array(str(tampered / "input_hash"), mode="r+")
     hashes[:, :] = np.asarray(hashes[:, :]) + 1  # as if another Pillow/torchvision made the views
-    code, output = cli(["train", "--cache", tampered, "--student", "resnet8", "--loss", "kd",
-                        "--epochs", "1", "--workers", "0", "--out", tmp_path / "run", "--no-progress"])
+    code, output = cli(
+        [
+            "train",
+            "--cache",
+            tampered,
+            "--student",
+            "resnet8",
+            "--loss",
+            "kd",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--out",
+            tmp_path / "run",
+            "--no-progress",
+        ]
+    )
     assert code != 0 and "differs from the one the teacher saw" in output
 
 
@@ -224,51 +399,150 @@ def test_data_that_differs_from_the_caches_is_refused(tmp_path, digits_teacher_w
 
     torch.save(create_model("resnet8", 2).state_dict(), weights)
     cache = tmp_path / "cache"
-    code, output = cli(["extract", "--teacher", "resnet8", "--weights", weights, "--dataset",
-                        "imagefolder", "--data-dir", root, "--recipe", "imagenet", "--workers", "0",
-                        "--out", cache, "--no-progress"])
+    code, output = cli(
+        [
+            "extract",
+            "--teacher",
+            "resnet8",
+            "--weights",
+            weights,
+            "--dataset",
+            "imagefolder",
+            "--data-dir",
+            root,
+            "--recipe",
+            "imagenet",
+            "--workers",
+            "0",
+            "--out",
+            cache,
+            "--no-progress",
+        ]
+    )
     assert code == 0, output
     Image.new("RGB", (41, 40), (1, 2, 3)).save(root / "train" / "a" / "0.png")
-    code, output = cli(["train", "--cache", cache, "--data-dir", root, "--student", "resnet8",
-                        "--loss", "kd", "--out", tmp_path / "run"])
+    code, output = cli(
+        [
+            "train",
+            "--cache",
+            cache,
+            "--data-dir",
+            root,
+            "--student",
+            "resnet8",
+            "--loss",
+            "kd",
+            "--out",
+            tmp_path / "run",
+        ]
+    )
     assert code != 0 and "not the data this cache was made from" in output
 
 
 def test_student_with_another_class_count_is_refused(tmp_path, fp32_cache):
     factory = tmp_path / "my_model.py"
-    factory.write_text("import torch\n\ndef build(num_classes, in_chans=3, **kw):\n"
-                       "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(7))\n")
-    code, output = cli(["train", "--cache", fp32_cache, "--student", f"{factory}:build",
-                        "--loss", "kd", "--out", tmp_path / "run"])
+    factory.write_text(
+        "import torch\n\ndef build(num_classes, in_chans=3, **kw):\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(7))\n"
+    )
+    code, output = cli(
+        [
+            "train",
+            "--cache",
+            fp32_cache,
+            "--student",
+            f"{factory}:build",
+            "--loss",
+            "kd",
+            "--out",
+            tmp_path / "run",
+        ]
+    )
     assert code != 0 and "10 classes" in output and "Traceback" not in output
 
 
 def test_sparse_cache_with_a_dense_loss_is_refused(tmp_path, digits_teacher_weights):
     cache = tmp_path / "sparse"
-    code, output = cli(["extract", "--teacher", "resnet8", "--weights", digits_teacher_weights,
-                        "--dataset", "digits", "--topk", "3", "--workers", "0", "--out", cache,
-                        "--no-progress"])
+    code, output = cli(
+        [
+            "extract",
+            "--teacher",
+            "resnet8",
+            "--weights",
+            digits_teacher_weights,
+            "--dataset",
+            "digits",
+            "--topk",
+            "3",
+            "--workers",
+            "0",
+            "--out",
+            cache,
+            "--no-progress",
+        ]
+    )
     assert code == 0, output
-    code, output = cli(["train", "--cache", cache, "--student", "resnet8", "--loss", "ldrld",
-                        "--out", tmp_path / "run"])
+    code, output = cli(
+        [
+            "train",
+            "--cache",
+            cache,
+            "--student",
+            "resnet8",
+            "--loss",
+            "ldrld",
+            "--out",
+            tmp_path / "run",
+        ]
+    )
     assert code != 0 and "sparse top-3 cache" in output and "needs every class" in output
 
 
-@pytest.mark.parametrize(("flag", "value", "message"), [
-    ("--loss", "distill-o-matic", "distill-o-matic"),
-    ("--student", "resnet9000", "resnet9000"),
-])
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--loss", "distill-o-matic", "distill-o-matic"),
+        ("--student", "resnet9000", "resnet9000"),
+    ],
+)
 def test_unknown_names_are_clear_errors(tmp_path, fp32_cache, flag, value, message):
-    args = ["train", "--cache", fp32_cache, "--student", "resnet8", "--loss", "kd",
-            "--out", tmp_path / "run", flag, value]
+    args = [
+        "train",
+        "--cache",
+        fp32_cache,
+        "--student",
+        "resnet8",
+        "--loss",
+        "kd",
+        "--out",
+        tmp_path / "run",
+        flag,
+        value,
+    ]
     code, output = cli(args)
     assert code != 0 and message in output and "Traceback" not in output
 
 
 def test_existing_run_is_never_clobbered(tmp_path, fp32_cache):
     out = tmp_path / "run"
-    args = ["train", "--cache", fp32_cache, "--student", "resnet8", "--loss", "kd", "--epochs", "1",
-            "--max-samples", "128", "--workers", "0", "--out", out, "--no-progress"]
+    args = [
+        "train",
+        "--cache",
+        fp32_cache,
+        "--student",
+        "resnet8",
+        "--loss",
+        "kd",
+        "--epochs",
+        "1",
+        "--max-samples",
+        "128",
+        "--workers",
+        "0",
+        "--out",
+        out,
+        "--no-progress",
+    ]
     assert cli(args)[0] == 0
     before = (out / "last.pt").read_bytes()
     code, output = cli(args)

@@ -45,6 +45,6 @@ class _LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="kdcache")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def main(verbose: int) -> None:
-    """Offline knowledge distillation: extract teacher logits once, train students from the cache."""
+    """Offline knowledge distillation: extract teacher logits once, train students from them."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

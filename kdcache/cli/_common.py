@@ -23,7 +23,7 @@ def user_errors() -> Iterator[None]:
 def progress_bar(
     desc: str, *, disable: bool = False, unit: str = "img"
 ) -> Iterator[Callable[[int], None]]:
-    """A tqdm bar on stderr with throughput; yields the ``progress(n)`` callback library code takes."""
+    """A tqdm bar on stderr with throughput; yields the ``progress(n)`` callback for the library."""
     from tqdm import tqdm
 
     with tqdm(

@@ -10,8 +10,13 @@ from kdcache.cli._common import user_errors
 
 
 @click.command("demo")
-@click.option("--out", default="kdcache-demo", show_default=True, type=click.Path(file_okay=False),
-              help="Working directory; finished steps are reused when re-run.")
+@click.option(
+    "--out",
+    default="kdcache-demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Working directory; finished steps are reused when re-run.",
+)
 @click.option("--teacher-epochs", default=30, show_default=True, type=int)
 @click.option("--student-epochs", default=20, show_default=True, type=int)
 @click.option("--views", default=4, show_default=True, type=int)
@@ -19,8 +24,9 @@ def demo_command(out: str, teacher_epochs: int, student_epochs: int, views: int)
     """Teacher -> cache -> students on the bundled digits dataset, then a comparison table."""
     from kdcache.demo import DemoSettings, format_table, run_demo
 
-    settings = DemoSettings(teacher_epochs=teacher_epochs, student_epochs=student_epochs,
-                            views=views)
+    settings = DemoSettings(
+        teacher_epochs=teacher_epochs, student_epochs=student_epochs, views=views
+    )
     with user_errors():
         rows = run_demo(Path(out), settings, say=click.echo)
     click.echo("")

@@ -25,18 +25,35 @@ def info_command(cache: str, as_json: bool) -> None:
 
 @click.command("verify")
 @click.argument("cache")
-@click.option("--data-dir", envvar="KDCACHE_DATA_DIR", default=None,
-              help="Dataset root, to check the data fingerprint and replay views [env KDCACHE_DATA_DIR].")
-@click.option("--replay", default=64, show_default=True, type=int,
-              help="Views to regenerate and compare with the recorded input hashes (0: skip).")
-@click.option("--teacher-weights", type=click.Path(dir_okay=False), default=None,
-              help="Also re-run the teacher on the replayed views and compare logits.")
-def verify_command(cache: str, data_dir: str | None, replay: int, teacher_weights: str | None) -> None:
+@click.option(
+    "--data-dir",
+    envvar="KDCACHE_DATA_DIR",
+    default=None,
+    help="Dataset root, to check the data fingerprint and replay views [env KDCACHE_DATA_DIR].",
+)
+@click.option(
+    "--replay",
+    default=64,
+    show_default=True,
+    type=int,
+    help="Views to regenerate and compare with the recorded input hashes (0: skip).",
+)
+@click.option(
+    "--teacher-weights",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also re-run the teacher on the replayed views and compare logits.",
+)
+def verify_command(
+    cache: str, data_dir: str | None, replay: int, teacher_weights: str | None
+) -> None:
     """Prove CACHE is complete and intact and that its views replay here. Exit 1 if not."""
     from kdcache.verify import verify_cache
 
     with user_errors():
-        report = verify_cache(cache, data_dir=data_dir, replay=replay, teacher_weights=teacher_weights)
+        report = verify_cache(
+            cache, data_dir=data_dir, replay=replay, teacher_weights=teacher_weights
+        )
     for check in report.checks:
         click.echo(f"[{'ok' if check.ok else 'FAIL'}] {check.name}: {check.detail}")
     if not report.ok:

@@ -32,38 +32,86 @@ def _parse_loss_params(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 # option name -> TrainConfig field, for the settings a YAML file may also give.
 _FIELDS = {
-    "cache": "cache", "teacher": "teacher", "teacher_weights": "teacher_weights",
-    "dataset": "dataset", "split": "split", "recipe": "recipe", "aug_seed": "aug_seed",
-    "num_views": "num_views", "data_dir": "data_dir", "student": "student", "loss": "loss",
-    "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "momentum": "momentum",
-    "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs", "ce_weight": "ce_weight",
-    "distill_weight": "distill_weight", "seed": "seed", "workers": "workers", "device": "device",
-    "protocol": "protocol", "out": "out", "verify_replay": "verify_replay",
-    "max_samples": "max_samples", "window_blocks": "window_blocks", "amp": "amp",
-    "compile": "compile", "channels_last": "channels_last",
+    "cache": "cache",
+    "teacher": "teacher",
+    "teacher_weights": "teacher_weights",
+    "dataset": "dataset",
+    "split": "split",
+    "recipe": "recipe",
+    "aug_seed": "aug_seed",
+    "num_views": "num_views",
+    "data_dir": "data_dir",
+    "student": "student",
+    "loss": "loss",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "momentum": "momentum",
+    "weight_decay": "weight_decay",
+    "warmup_epochs": "warmup_epochs",
+    "ce_weight": "ce_weight",
+    "distill_weight": "distill_weight",
+    "seed": "seed",
+    "workers": "workers",
+    "device": "device",
+    "protocol": "protocol",
+    "out": "out",
+    "verify_replay": "verify_replay",
+    "max_samples": "max_samples",
+    "window_blocks": "window_blocks",
+    "amp": "amp",
+    "compile": "compile",
+    "channels_last": "channels_last",
 }
 
 
 @click.command("train")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-              help="YAML file of option: value; flags given on the command line override it.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="YAML file of option: value; flags given on the command line override it.",
+)
 @click.option("--cache", default=None, help="Teacher-logit cache (directory, .zip or URL).")
-@click.option("--teacher", default=None, help="Online KD: live teacher architecture instead of a cache.")
+@click.option(
+    "--teacher", default=None, help="Online KD: live teacher architecture instead of a cache."
+)
 @click.option("--teacher-weights", type=click.Path(dir_okay=False), default=None)
 @click.option("--dataset", default=None, help="Without --cache: the dataset to train on.")
 @click.option("--split", default=None, help="Without --cache: training split (default train).")
-@click.option("--recipe", default="cifar", show_default=True, help="Without --cache: augmentation recipe.")
-@click.option("--aug-seed", default=0, show_default=True, type=int, help="Without --cache: view seed.")
-@click.option("--num-views", default=1, show_default=True, type=int, help="Without --cache: views per sample.")
-@click.option("--data-dir", envvar="KDCACHE_DATA_DIR", default=None, help="Dataset root [env KDCACHE_DATA_DIR].")
+@click.option(
+    "--recipe", default="cifar", show_default=True, help="Without --cache: augmentation recipe."
+)
+@click.option(
+    "--aug-seed", default=0, show_default=True, type=int, help="Without --cache: view seed."
+)
+@click.option(
+    "--num-views", default=1, show_default=True, type=int, help="Without --cache: views per sample."
+)
+@click.option(
+    "--data-dir",
+    envvar="KDCACHE_DATA_DIR",
+    default=None,
+    help="Dataset root [env KDCACHE_DATA_DIR].",
+)
 @click.option("--student", default=None, help="Student architecture.")
 @click.option("--loss", default="ce", show_default=True, help="ce, kd, dkd, rld or ldrld.")
-@click.option("--loss-param", "loss_params", multiple=True, metavar="NAME=VALUE",
-              help="Loss hyper-parameter, repeatable (e.g. temperature=4, k=7, alpha=10.5).")
+@click.option(
+    "--loss-param",
+    "loss_params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Loss hyper-parameter, repeatable (e.g. temperature=4, k=7, alpha=10.5).",
+)
 @click.option("--views", default=None, help="Train on a subset of the cache's views, e.g. 0,1.")
 @click.option("--max-samples", type=int, default=None, help="Train on the first N samples only.")
-@click.option("--protocol", type=click.Choice(["cifar", "imagenet"]), default=None,
-              help="Training recipe preset (default: by dataset).")
+@click.option(
+    "--protocol",
+    type=click.Choice(["cifar", "imagenet"]),
+    default=None,
+    help="Training recipe preset (default: by dataset).",
+)
 @click.option("--epochs", type=int, default=None)
 @click.option("--batch-size", type=int, default=None, help="Global batch size.")
 @click.option("--lr", type=float, default=None)
@@ -72,24 +120,47 @@ _FIELDS = {
 @click.option("--warmup-epochs", type=float, default=None, help="DKD/RLD distillation warm-up.")
 @click.option("--ce-weight", type=float, default=None)
 @click.option("--distill-weight", type=float, default=None)
-@click.option("--seed", default=0, show_default=True, type=int, help="Student seed (init, view choice, order).")
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Student seed (init, view choice, order).",
+)
 @click.option("--workers", default=2, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--amp/--no-amp", default=True, show_default=True, help="bf16 autocast on CUDA.")
 @click.option("--compile", is_flag=True, help="torch.compile the student.")
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True)
-@click.option("--verify-replay", type=click.Choice(["all", "sample", "off"]), default="sample",
-              show_default=True, help="Check regenerated images against the cache's input hashes.")
-@click.option("--window-blocks", default=4, show_default=True, type=int,
-              help="Cache blocks shuffled together.")
+@click.option(
+    "--verify-replay",
+    type=click.Choice(["all", "sample", "off"]),
+    default="sample",
+    show_default=True,
+    help="Check regenerated images against the cache's input hashes.",
+)
+@click.option(
+    "--window-blocks",
+    default=4,
+    show_default=True,
+    type=int,
+    help="Cache blocks shuffled together.",
+)
 @click.option("--out", default=None, help="Run directory.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out.")
 @click.option("--force", is_flag=True, help="Replace the run in --out.")
 @click.option("--no-progress", is_flag=True)
 @click.pass_context
-def train_command(ctx: click.Context, config_file: str | None, loss_params: tuple[str, ...],
-                  views: str | None, resume: bool, force: bool, no_progress: bool,
-                  **options: Any) -> None:
+def train_command(
+    ctx: click.Context,
+    config_file: str | None,
+    loss_params: tuple[str, ...],
+    views: str | None,
+    resume: bool,
+    force: bool,
+    no_progress: bool,
+    **options: Any,
+) -> None:
     """Train a student from a cache (or a live teacher, or labels alone)."""
     from click.core import ParameterSource
 
@@ -99,23 +170,32 @@ def train_command(ctx: click.Context, config_file: str | None, loss_params: tupl
     with user_errors():
         settings: dict[str, Any] = load_yaml_settings(config_file) if config_file else {}
         for name, value in options.items():
-            given = ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE,
-                                                        ParameterSource.ENVIRONMENT)
+            given = ctx.get_parameter_source(name) in (
+                ParameterSource.COMMANDLINE,
+                ParameterSource.ENVIRONMENT,
+            )
             if given or name not in settings:
                 settings[_FIELDS[name]] = value
         yaml_params = settings.pop("loss_params", None) or {}
         settings["loss_params"] = {**yaml_params, **_parse_loss_params(loss_params)}
         yaml_views = settings.pop("views", None)
-        settings["views"] = _parse_views(views) if views is not None else (
-            _parse_views(str(yaml_views)) if yaml_views is not None else None)
+        settings["views"] = (
+            _parse_views(views)
+            if views is not None
+            else (_parse_views(str(yaml_views)) if yaml_views is not None else None)
+        )
         for required in ("student", "out"):
             if not settings.get(required):
-                raise click.UsageError(f"--{required} is required (on the command line or in --config)")
+                raise click.UsageError(
+                    f"--{required} is required (on the command line or in --config)"
+                )
         config = TrainConfig.from_dict({**settings, "resume": resume, "force": force})
         with progress_bar("train", disable=no_progress) as bar:
             result = run_train(config, progress=bar)
-    click.echo(f"trained {config.student} for {result.epochs} epochs: test top-1 "
-               f"{result.final_top1:.2f}% (best {result.best_top1:.2f}%), top-5 {result.final_top5:.2f}%")
+    click.echo(
+        f"trained {config.student} for {result.epochs} epochs: test top-1 "
+        f"{result.final_top1:.2f}% (best {result.best_top1:.2f}%), top-5 {result.final_top5:.2f}%"
+    )
     if result.cache_fingerprint:
         click.echo(f"cache fingerprint {result.cache_fingerprint[:16]}")
     click.echo(f"outputs in {result.out}")
@@ -128,11 +208,19 @@ def train_command(ctx: click.Context, config_file: str | None, loss_params: tupl
 @click.option("--batch-size", default=256, show_default=True, type=int)
 @click.option("--workers", default=2, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True)
-def eval_command(checkpoint: str, data_dir: str | None, split: str | None, batch_size: int,
-                 workers: int, device: str) -> None:
+def eval_command(
+    checkpoint: str,
+    data_dir: str | None,
+    split: str | None,
+    batch_size: int,
+    workers: int,
+    device: str,
+) -> None:
     """Top-1 / top-5 of a kdcache CHECKPOINT on a split of its dataset."""
     from kdcache.training.loop import evaluate_checkpoint
 
     with user_errors():
-        top1, top5, n = evaluate_checkpoint(checkpoint, data_dir, split, batch_size, workers, device)
+        top1, top5, n = evaluate_checkpoint(
+            checkpoint, data_dir, split, batch_size, workers, device
+        )
     click.echo(f"{checkpoint}: top-1 {top1:.2f}%  top-5 {top5:.2f}%  ({n} images)")

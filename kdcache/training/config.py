@@ -29,8 +29,16 @@ class Protocol:
 
 PROTOCOLS: dict[str, Protocol] = {
     # mdistiller / CRD CIFAR-100: 240 epochs, x0.1 at 150/180/210, DKD/RLD warm-up 20 epochs.
-    "cifar": Protocol("cifar", 64, 0.05, 5e-4, 240, (150 / 240, 180 / 240, 210 / 240), 20 / 240,
-                      small_student_lr=0.01),
+    "cifar": Protocol(
+        "cifar",
+        64,
+        0.05,
+        5e-4,
+        240,
+        (150 / 240, 180 / 240, 210 / 240),
+        20 / 240,
+        small_student_lr=0.01,
+    ),
     # ImageNet: 100 epochs, x0.1 at 30/60/90, DKD/RLD warm-up 1 epoch.
     "imagenet": Protocol("imagenet", 256, 0.1, 1e-4, 100, (0.3, 0.6, 0.9), 1 / 100),
 }
@@ -88,9 +96,18 @@ class TrainConfig:
         if self.teacher is not None and not self.teacher_weights:
             raise ConfigError("--teacher needs --teacher-weights (kdcache never downloads weights)")
         if self.protocol is not None and self.protocol not in PROTOCOLS:
-            raise ConfigError(f"--protocol must be one of {sorted(PROTOCOLS)}, got {self.protocol!r}")
-        for name in ("epochs", "batch_size", "max_samples", "num_views", "window_blocks",
-                     "eval_batch_size", "block_rows"):
+            raise ConfigError(
+                f"--protocol must be one of {sorted(PROTOCOLS)}, got {self.protocol!r}"
+            )
+        for name in (
+            "epochs",
+            "batch_size",
+            "max_samples",
+            "num_views",
+            "window_blocks",
+            "eval_batch_size",
+            "block_rows",
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -101,7 +118,9 @@ class TrainConfig:
         if self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
         if self.verify_replay not in ("all", "sample", "off"):
-            raise ConfigError(f"--verify-replay must be all, sample or off, got {self.verify_replay!r}")
+            raise ConfigError(
+                f"--verify-replay must be all, sample or off, got {self.verify_replay!r}"
+            )
         if self.resume and self.force:
             raise ConfigError("--resume and --force are exclusive")
 
@@ -153,9 +172,14 @@ def resolve_schedule(config: TrainConfig, dataset_name: str) -> Schedule:
     if warmup is None:
         warmup = proto.warmup_fraction * epochs
     return Schedule(
-        protocol=proto.name, epochs=epochs, batch_size=config.batch_size or proto.batch_size,
-        lr=lr, weight_decay=proto.weight_decay if config.weight_decay is None else config.weight_decay,
-        milestones=milestones, lr_decay=proto.lr_decay, warmup_epochs=warmup,
+        protocol=proto.name,
+        epochs=epochs,
+        batch_size=config.batch_size or proto.batch_size,
+        lr=lr,
+        weight_decay=proto.weight_decay if config.weight_decay is None else config.weight_decay,
+        milestones=milestones,
+        lr_decay=proto.lr_decay,
+        warmup_epochs=warmup,
     )
 
 

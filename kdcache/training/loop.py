@@ -50,17 +50,31 @@ def _amp_context(device: torch.device, enabled: bool) -> contextlib.AbstractCont
     return contextlib.nullcontext()
 
 
-def _loader(source: SourceDataset, data: RunData, items: np.ndarray, recipe: Any, seed: int,
-            batch_size: int, workers: int, device: torch.device) -> DataLoader:
+def _loader(
+    source: SourceDataset,
+    data: RunData,
+    items: np.ndarray,
+    recipe: Any,
+    seed: int,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+) -> DataLoader:
     return DataLoader(
-        SeededViews(source, recipe, seed, items), batch_size=batch_size, shuffle=False,
-        num_workers=workers, pin_memory=device.type == "cuda", drop_last=False,
-        prefetch_factor=4 if workers > 0 else None, persistent_workers=False,
+        SeededViews(source, recipe, seed, items),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        drop_last=False,
+        prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=False,
     )
 
 
-def _check_replay(batch: dict[str, torch.Tensor], cached_hashes: np.ndarray, mode: str,
-                  data: RunData) -> None:
+def _check_replay(
+    batch: dict[str, torch.Tensor], cached_hashes: np.ndarray, mode: str, data: RunData
+) -> None:
     got = batch["input_hash"].numpy()
     rows = np.arange(len(got))
     if mode == "sample":
@@ -73,20 +87,33 @@ def _check_replay(batch: dict[str, torch.Tensor], cached_hashes: np.ndarray, mod
             f"the regenerated image of (view {int(batch['view'][r])}, sample "
             f"{int(batch['index'][r])}) differs from the one the teacher saw ({len(bad)} of "
             f"{len(rows)} checked rows in this batch): the augmentation does not replay on this "
-            f"machine. The cache was written with {versions}; install those versions, or re-extract "
+            f"machine. The cache was written with {versions}; install those versions, or "
+            "re-extract "
             "the cache here. (--verify-replay off skips this check at your own risk.)"
         )
 
 
 def train_one_epoch(
-    model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer, data: RunData,
-    plan_items: np.ndarray, steps: int, batch_size: int, epoch: int, config: TrainConfig,
-    schedule: Schedule, device: torch.device, teacher: nn.Module | None,
-    cached: CachedTeacher | None, progress: ProgressFn | None, step_losses: list[float],
+    model: nn.Module,
+    objective: Objective,
+    optimizer: torch.optim.Optimizer,
+    data: RunData,
+    plan_items: np.ndarray,
+    steps: int,
+    batch_size: int,
+    epoch: int,
+    config: TrainConfig,
+    schedule: Schedule,
+    device: torch.device,
+    teacher: nn.Module | None,
+    cached: CachedTeacher | None,
+    progress: ProgressFn | None,
+    step_losses: list[float],
 ) -> dict[str, float]:
     model.train()
-    loader = _loader(data.train, data, plan_items, data.recipe, data.aug_seed, batch_size,
-                     config.workers, device)
+    loader = _loader(
+        data.train, data, plan_items, data.recipe, data.aug_seed, batch_size, config.workers, device
+    )
     stream = cached.batches(plan_items, batch_size) if cached is not None else None
     sums: dict[str, float] = {}
     seen = 0
@@ -127,14 +154,24 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, source: SourceDataset, batch_size: int, workers: int,
-             device: torch.device, channels_last: bool = True) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module,
+    source: SourceDataset,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    channels_last: bool = True,
+) -> tuple[float, float]:
     """Top-1 and top-5 accuracy (%) on ``source`` with the evaluation transform."""
     model.eval()
     recipe = create_recipe("none", source.spec)
     items = np.stack([np.zeros(len(source), np.int64), np.arange(len(source))], axis=1)
-    loader = DataLoader(SeededViews(source, recipe, 0, items), batch_size=batch_size,
-                        num_workers=workers, pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        SeededViews(source, recipe, 0, items),
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
     top1 = top5 = 0
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     for batch in loader:
@@ -163,8 +200,13 @@ def _build_teacher(config: TrainConfig, data: RunData, device: torch.device) -> 
     if config.teacher is None:
         return None
     spec = data.train.spec
-    teacher = build_model(config.teacher, spec.num_classes, in_chans=spec.in_chans,
-                          weights=config.teacher_weights).to(device).eval()
+    teacher = (
+        build_model(
+            config.teacher, spec.num_classes, in_chans=spec.in_chans, weights=config.teacher_weights
+        )
+        .to(device)
+        .eval()
+    )
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher.to(memory_format=torch.channels_last) if config.channels_last else teacher
@@ -172,8 +214,10 @@ def _build_teacher(config: TrainConfig, data: RunData, device: torch.device) -> 
 
 def _check_loss_vs_source(config: TrainConfig) -> None:
     if config.loss != "ce" and not config.uses_teacher:
-        raise ConfigError(f"loss {config.loss!r} needs a teacher signal: pass --cache, or "
-                          "--teacher with --teacher-weights; or use --loss ce")
+        raise ConfigError(
+            f"loss {config.loss!r} needs a teacher signal: pass --cache, or "
+            "--teacher with --teacher-weights; or use --loss ce"
+        )
 
 
 @contextlib.contextmanager
@@ -199,71 +243,119 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainR
         data = resolve_run_data(config)
         schedule = resolve_schedule(config, data.train.spec.name)
         if schedule.batch_size % ctx.world_size:
-            raise ConfigError(f"--batch-size {schedule.batch_size} must divide evenly over "
-                              f"{ctx.world_size} ranks")
+            raise ConfigError(
+                f"--batch-size {schedule.batch_size} must divide evenly over {ctx.world_size} ranks"
+            )
         per_rank_batch = schedule.batch_size // ctx.world_size
         objective = build_objective(
-            config.loss, warmup_epochs=schedule.warmup_epochs if config.loss != "ce" else None,
-            ce_weight=config.ce_weight, distill_weight=config.distill_weight, **config.loss_params,
+            config.loss,
+            warmup_epochs=schedule.warmup_epochs if config.loss != "ce" else None,
+            ce_weight=config.ce_weight,
+            distill_weight=config.distill_weight,
+            **config.loss_params,
         ).to(device)
         model = _build_student(config, data, device)
         teacher = _build_teacher(config, data, device)
-        optimizer = torch.optim.SGD(model.parameters(), lr=schedule.lr, momentum=config.momentum,
-                                    weight_decay=schedule.weight_decay)
+        optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=schedule.lr,
+            momentum=config.momentum,
+            weight_decay=schedule.weight_decay,
+        )
         scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=list(schedule.milestones), gamma=schedule.lr_decay)
+            optimizer, milestones=list(schedule.milestones), gamma=schedule.lr_decay
+        )
         start_epoch, best = 0, 0.0
         if config.resume:
             start_epoch, best = _restore(out, config, model, optimizer, scheduler)
         train_model: nn.Module = model
         if ctx.enabled:
             train_model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None)
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
         if config.compile:
             train_model = torch.compile(train_model)  # type: ignore[assignment]
         cached = None
         if data.reader is not None:
-            cached = CachedTeacher(data.reader, chunk_capacity=2 * config.window_blocks
-                                   * len(data.allowed_views))
+            cached = CachedTeacher(
+                data.reader, chunk_capacity=2 * config.window_blocks * len(data.allowed_views)
+            )
         if ctx.is_main and not config.resume:
             _write_run_json(out, config, schedule, data, ctx)
         step_losses: list[float] = []
         top1 = top5 = 0.0
         for epoch in range(start_epoch, schedule.epochs):
             plan = plan_epoch(
-                seed=config.seed, epoch=epoch, num_samples=data.num_samples,
-                block_rows=data.block_rows, window_blocks=config.window_blocks,
-                allowed_views=data.allowed_views, batch_size=per_rank_batch,
-                rank=ctx.rank, world=ctx.world_size,
+                seed=config.seed,
+                epoch=epoch,
+                num_samples=data.num_samples,
+                block_rows=data.block_rows,
+                window_blocks=config.window_blocks,
+                allowed_views=data.allowed_views,
+                batch_size=per_rank_batch,
+                rank=ctx.rank,
+                world=ctx.world_size,
             )
             started = time.perf_counter()
             stats = train_one_epoch(
-                train_model, objective, optimizer, data, plan.items, plan.steps, per_rank_batch,
-                epoch, config, schedule, device, teacher, cached, progress, step_losses)
+                train_model,
+                objective,
+                optimizer,
+                data,
+                plan.items,
+                plan.steps,
+                per_rank_batch,
+                epoch,
+                config,
+                schedule,
+                device,
+                teacher,
+                cached,
+                progress,
+                step_losses,
+            )
             seconds = time.perf_counter() - started
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             stats = _reduce_stats(stats, ctx)
             if ctx.is_main:
-                top1, top5 = evaluate(model, data.eval, config.eval_batch_size, config.workers,
-                                      device, config.channels_last)
+                top1, top5 = evaluate(
+                    model,
+                    data.eval,
+                    config.eval_batch_size,
+                    config.workers,
+                    device,
+                    config.channels_last,
+                )
                 best = max(best, top1)
                 record = {
-                    "epoch": epoch + 1, "lr": lr, "train_loss": stats["loss"],
-                    "train_ce": stats["ce"], "test_top1": top1, "test_top5": top5,
-                    "epoch_seconds": seconds, "images_per_second": stats["samples"] / seconds,
-                    **{f"train_{k}": v for k, v in stats.items() if k not in ("loss", "ce", "samples")},
+                    "epoch": epoch + 1,
+                    "lr": lr,
+                    "train_loss": stats["loss"],
+                    "train_ce": stats["ce"],
+                    "test_top1": top1,
+                    "test_top5": top5,
+                    "epoch_seconds": seconds,
+                    "images_per_second": stats["samples"] / seconds,
+                    **{
+                        f"train_{k}": v
+                        for k, v in stats.items()
+                        if k not in ("loss", "ce", "samples")
+                    },
                 }
                 outputs.append_metrics(out, record)
-                state = _checkpoint_state(config, data, model, optimizer, scheduler, epoch + 1, best)
+                state = _checkpoint_state(
+                    config, data, model, optimizer, scheduler, epoch + 1, best
+                )
                 outputs.save_checkpoint(out / "last.pt", state)
                 if top1 >= best:
                     outputs.save_checkpoint(out / "best.pt", state)
                 outputs.plot_curves(out)
                 log.info("epoch %d: loss %.4f top-1 %.2f%%", epoch + 1, stats["loss"], top1)
             ctx.barrier()
-        return TrainResult(out, schedule.epochs, best, top1, top5, data.cache_fingerprint,
-                           step_losses)
+        return TrainResult(
+            out, schedule.epochs, best, top1, top5, data.cache_fingerprint, step_losses
+        )
 
 
 def _reduce_stats(stats: dict[str, float], ctx: DistContext) -> dict[str, float]:
@@ -280,24 +372,42 @@ def _reduce_stats(stats: dict[str, float], ctx: DistContext) -> dict[str, float]
     return {k: float(v) / total for k, v in zip(keys, t[:-1], strict=True)} | {"samples": total}
 
 
-def _checkpoint_state(config: TrainConfig, data: RunData, model: nn.Module,
-                      optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int,
-                      best: float) -> dict[str, Any]:
+def _checkpoint_state(
+    config: TrainConfig,
+    data: RunData,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    epoch: int,
+    best: float,
+) -> dict[str, Any]:
     spec = data.train.spec
     return {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "epoch": epoch, "best_top1": best,
-        "student": config.student, "num_classes": spec.num_classes, "in_chans": spec.in_chans,
-        "dataset": spec.name, "dataset_spec": spec.to_dict(),
-        "cache_fingerprint": data.cache_fingerprint, "config": config.to_dict(),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": epoch,
+        "best_top1": best,
+        "student": config.student,
+        "num_classes": spec.num_classes,
+        "in_chans": spec.in_chans,
+        "dataset": spec.name,
+        "dataset_spec": spec.to_dict(),
+        "cache_fingerprint": data.cache_fingerprint,
+        "config": config.to_dict(),
     }
 
 
 _RESUME_FREE = {"resume", "force", "workers", "device", "out", "data_dir", "cache"}
 
 
-def _restore(out: Path, config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-             scheduler: Any) -> tuple[int, float]:
+def _restore(
+    out: Path,
+    config: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+) -> tuple[int, float]:
     state = outputs.load_checkpoint(out / "last.pt")
     old = state.get("config", {})
     new = config.to_dict()
@@ -315,28 +425,39 @@ def _restore(out: Path, config: TrainConfig, model: nn.Module, optimizer: torch.
     return int(state["epoch"]), float(state["best_top1"])
 
 
-def _write_run_json(out: Path, config: TrainConfig, schedule: Schedule, data: RunData,
-                    ctx: DistContext) -> None:
+def _write_run_json(
+    out: Path, config: TrainConfig, schedule: Schedule, data: RunData, ctx: DistContext
+) -> None:
     import json
     from dataclasses import asdict
 
     from kdcache.extract import library_versions
 
     record = {
-        "config": config.to_dict(), "schedule": asdict(schedule),
+        "config": config.to_dict(),
+        "schedule": asdict(schedule),
         "cache_fingerprint": data.cache_fingerprint,
         "cache": data.reader.location if data.reader else None,
-        "dataset": {"name": data.train.spec.name, "split": data.train.split,
-                    "fingerprint": data.train.fingerprint()},
-        "world_size": ctx.world_size, "versions": library_versions(),
+        "dataset": {
+            "name": data.train.spec.name,
+            "split": data.train.split,
+            "fingerprint": data.train.fingerprint(),
+        },
+        "world_size": ctx.world_size,
+        "versions": library_versions(),
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     outputs.atomic_write_bytes(out / "run.json", json.dumps(record, indent=2).encode())
 
 
-def evaluate_checkpoint(checkpoint: str, data_dir: str | None, split: str | None,
-                        batch_size: int = 256, workers: int = 2,
-                        device_name: str = "auto") -> tuple[float, float, int]:
+def evaluate_checkpoint(
+    checkpoint: str,
+    data_dir: str | None,
+    split: str | None,
+    batch_size: int = 256,
+    workers: int = 2,
+    device_name: str = "auto",
+) -> tuple[float, float, int]:
     """``kdcache eval``: (top-1, top-5, N) of a kdcache checkpoint on a split of its dataset."""
     from kdcache.data import DatasetSpec, load_dataset
 
@@ -349,4 +470,3 @@ def evaluate_checkpoint(checkpoint: str, data_dir: str | None, split: str | None
     source = load_dataset(state["dataset"], data_dir, split or eval_split)
     top1, top5 = evaluate(model, source, batch_size, workers, device)
     return top1, top5, len(source)
-

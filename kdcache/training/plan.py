@@ -34,8 +34,13 @@ def epoch_views(seed: int, epoch: int, num_samples: int, allowed: np.ndarray) ->
 
 
 def _rank_order(
-    seed: int, epoch: int, num_samples: int, block_rows: int, window_blocks: int,
-    rank: int, world: int,
+    seed: int,
+    epoch: int,
+    num_samples: int,
+    block_rows: int,
+    window_blocks: int,
+    rank: int,
+    world: int,
 ) -> np.ndarray:
     num_blocks = -(-num_samples // block_rows)
     rng = np.random.default_rng(derived_seed(seed, epoch, 2))
@@ -43,17 +48,27 @@ def _rank_order(
     window_rng = np.random.default_rng(derived_seed(seed, epoch, 3, rank, world))
     parts = []
     for w in range(0, len(blocks), window_blocks):
-        idx = np.concatenate([
-            np.arange(b * block_rows, min((b + 1) * block_rows, num_samples))
-            for b in blocks[w : w + window_blocks]
-        ])
+        idx = np.concatenate(
+            [
+                np.arange(b * block_rows, min((b + 1) * block_rows, num_samples))
+                for b in blocks[w : w + window_blocks]
+            ]
+        )
         parts.append(window_rng.permutation(idx))
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 def plan_epoch(
-    *, seed: int, epoch: int, num_samples: int, block_rows: int, window_blocks: int,
-    allowed_views: np.ndarray, batch_size: int, rank: int = 0, world: int = 1,
+    *,
+    seed: int,
+    epoch: int,
+    num_samples: int,
+    block_rows: int,
+    window_blocks: int,
+    allowed_views: np.ndarray,
+    batch_size: int,
+    rank: int = 0,
+    world: int = 1,
 ) -> EpochPlan:
     """This rank's (view, index) items for ``epoch`` and the common number of steps."""
     views = epoch_views(seed, epoch, num_samples, allowed_views)
@@ -62,8 +77,10 @@ def plan_epoch(
         steps = -(-len(order) // batch_size)
     else:
         # DDP needs the same number of steps on every rank: the smallest share sets it.
-        shares = [len(_rank_order(seed, epoch, num_samples, block_rows, window_blocks, r, world))
-                  for r in range(world)]
+        shares = [
+            len(_rank_order(seed, epoch, num_samples, block_rows, window_blocks, r, world))
+            for r in range(world)
+        ]
         steps = min(shares) // batch_size
         order = order[: steps * batch_size]
     items = np.stack([views[order], order], axis=1).astype(np.int64)

@@ -45,8 +45,9 @@ def _check_views(requested: tuple[int, ...] | None, available: int) -> np.ndarra
         return np.arange(available, dtype=np.int64)
     bad = [v for v in requested if not 0 <= v < available]
     if bad or not requested:
-        raise ConfigError(f"--views {','.join(map(str, requested))}: the source has views "
-                          f"0..{available - 1}")
+        raise ConfigError(
+            f"--views {','.join(map(str, requested))}: the source has views 0..{available - 1}"
+        )
     return np.array(sorted(set(requested)), dtype=np.int64)
 
 
@@ -78,8 +79,16 @@ def _from_cache(config: TrainConfig) -> RunData:
         reader.require_complete()  # raises, naming the missing blocks
     recipe = create_recipe(ident.augmentation.recipe, train.spec, **ident.augmentation.params)
     eval_source = load_dataset(ident.dataset.name, config.data_dir, train.spec.eval_split)
-    return RunData(train, eval_source, recipe, ident.augmentation.seed, views,
-                   ident.storage.chunk_rows, n, reader)
+    return RunData(
+        train,
+        eval_source,
+        recipe,
+        ident.augmentation.seed,
+        views,
+        ident.storage.chunk_rows,
+        n,
+        reader,
+    )
 
 
 def _from_dataset(config: TrainConfig) -> RunData:
@@ -89,8 +98,16 @@ def _from_dataset(config: TrainConfig) -> RunData:
     views = _check_views(config.views, config.num_views)
     eval_source = load_dataset(config.dataset, config.data_dir, train.spec.eval_split)
     n = min(config.max_samples or len(train), len(train))
-    return RunData(train, eval_source, recipe, config.aug_seed, views,
-                   config.block_rows or DEFAULT_BLOCK_ROWS, n, None)
+    return RunData(
+        train,
+        eval_source,
+        recipe,
+        config.aug_seed,
+        views,
+        config.block_rows or DEFAULT_BLOCK_ROWS,
+        n,
+        None,
+    )
 
 
 def resolve_run_data(config: TrainConfig) -> RunData:

@@ -21,9 +21,11 @@ _END = object()
 
 
 class CachedTeacher:
-    """Serves cached teacher logits batch by batch; counts chunk decodes for tests and benchmarks."""
+    """Serves cached teacher logits batch by batch; counts chunk decodes (tests, benchmarks)."""
 
-    def __init__(self, reader: CacheReader, *, chunk_capacity: int, prefetch_batches: int = 16) -> None:
+    def __init__(
+        self, reader: CacheReader, *, chunk_capacity: int, prefetch_batches: int = 16
+    ) -> None:
         self.reader = reader
         self.rows = reader.identity.storage.chunk_rows
         self.chunk_capacity = max(chunk_capacity, 1)
@@ -36,13 +38,17 @@ class CachedTeacher:
         logits = self.reader.read_dense(view, block).astype(np.float32)  # [R, C]
         return logits, self.reader.read_input_hashes(view, block)
 
-    def _produce(self, items: np.ndarray, batch_size: int, out: queue.Queue, stop: threading.Event) -> None:
+    def _produce(
+        self, items: np.ndarray, batch_size: int, out: queue.Queue, stop: threading.Event
+    ) -> None:
         chunks: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
         try:
             for start in range(0, len(items), batch_size):
                 batch = items[start : start + batch_size]  # [B, 2] (view, index)
                 blocks, rows = np.divmod(batch[:, 1], self.rows)
-                logits = np.empty((len(batch), self.reader.identity.dataset.num_classes), np.float32)
+                logits = np.empty(
+                    (len(batch), self.reader.identity.dataset.num_classes), np.float32
+                )
                 hashes = np.empty(len(batch), np.int64)
                 for key in sorted(set(zip(batch[:, 0].tolist(), blocks.tolist(), strict=True))):
                     if key in chunks:
@@ -67,13 +73,19 @@ class CachedTeacher:
         except BaseException as exc:  # surfaced in the training thread
             out.put(exc)
 
-    def batches(self, items: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def batches(
+        self, items: np.ndarray, batch_size: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(logits, input_hashes)`` per batch of ``items`` [M, 2], in order."""
         self.decoded = []
         out: queue.Queue = queue.Queue(maxsize=self.prefetch_batches)
         stop = threading.Event()
-        worker = threading.Thread(target=self._produce, args=(items, batch_size, out, stop),
-                                  name="kdcache-logit-prefetch", daemon=True)
+        worker = threading.Thread(
+            target=self._produce,
+            args=(items, batch_size, out, stop),
+            name="kdcache-logit-prefetch",
+            daemon=True,
+        )
         worker.start()
         try:
             while True:

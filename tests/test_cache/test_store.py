@@ -34,8 +34,9 @@ def write_all(path: Path, meta: schema.CacheMeta) -> np.ndarray:
     for v in range(meta.identity.augmentation.num_views):
         for b in range(meta.num_blocks):
             r = meta.block_rows(b)
-            writer.write_block(v, b, logits[v, r].astype(np.float32), np.arange(r.start, r.stop),
-                               1, 2)
+            writer.write_block(
+                v, b, logits[v, r].astype(np.float32), np.arange(r.start, r.stop), 1, 2
+            )
     writer.finalize()
     return logits
 
@@ -48,10 +49,14 @@ def test_metadata_round_trips_through_plain_json():
 
 def test_fingerprint_changes_with_any_identity_field():
     base = make_meta()
-    other = schema.CacheMeta(identity=schema.CacheIdentity(
-        teacher=base.identity.teacher, dataset=base.identity.dataset,
-        augmentation=schema.AugmentationInfo("cifar", {"padding": 4}, 4, 2),
-        storage=base.identity.storage))
+    other = schema.CacheMeta(
+        identity=schema.CacheIdentity(
+            teacher=base.identity.teacher,
+            dataset=base.identity.dataset,
+            augmentation=schema.AugmentationInfo("cifar", {"padding": 4}, 4, 2),
+            storage=base.identity.storage,
+        )
+    )
     assert other.fingerprint != base.fingerprint
     assert base.identity.differences(other.identity) == ["augmentation.seed: 3 != 4"]
 
@@ -140,18 +145,28 @@ def digits_cache(tmp_path_factory, digits_extract_args) -> Path:
 def test_info_shows_what_the_cache_is(digits_cache):
     result = CliRunner().invoke(main, ["info", str(digits_cache)])
     assert result.exit_code == 0
-    for text in ("digits/train", "resnet8", "cifar", "seed 7", "views 2", "dense float16",
-                 "complete", "teacher top-1 per view"):
+    for text in (
+        "digits/train",
+        "resnet8",
+        "cifar",
+        "seed 7",
+        "views 2",
+        "dense float16",
+        "complete",
+        "teacher top-1 per view",
+    ):
         assert text in result.output
     as_json = json.loads(CliRunner().invoke(main, ["info", str(digits_cache), "--json"]).output)
     assert as_json["blocks"] == {"done": 12, "total": 12, "per_view": 6}
     assert len(as_json["teacher_top1"]) == 2
 
 
-def test_verify_passes_on_an_intact_cache_and_reruns_the_teacher(digits_cache,
-                                                                 digits_teacher_weights):
-    result = CliRunner().invoke(main, ["verify", str(digits_cache), "--teacher-weights",
-                                       str(digits_teacher_weights)])
+def test_verify_passes_on_an_intact_cache_and_reruns_the_teacher(
+    digits_cache, digits_teacher_weights
+):
+    result = CliRunner().invoke(
+        main, ["verify", str(digits_cache), "--teacher-weights", str(digits_teacher_weights)]
+    )
     assert result.exit_code == 0, result.output
     assert "[ok] replay: 64 sampled views regenerate bit-exactly" in result.output
     assert "[ok] teacher" in result.output
