@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kdcache.extract import ExtractConfig, run_extract
 from kdcache.training.config import TrainConfig
@@ -49,10 +50,10 @@ def run_demo(
 ) -> list[DemoRow]:
     """Run the pipeline under ``out`` (resumes finished steps); returns the comparison rows."""
     out.mkdir(parents=True, exist_ok=True)
-    common = dict(
+    common: dict[str, Any] = dict(
         batch_size=settings.batch_size, workers=settings.workers, device="auto", seed=settings.seed
     )
-    rows = []
+    rows: list[DemoRow] = []
 
     def train(step: int, name: str, config: TrainConfig) -> None:
         say(f"[{step}/4] {name}")
@@ -79,7 +80,7 @@ def run_demo(
             epochs=settings.teacher_epochs,
             **common,
         ),
-    )  # type: ignore[arg-type]
+    )
 
     cache = out / "cache"
     say(f"[2/4] extract {settings.views} views of the teacher's logits into {cache}")
@@ -116,7 +117,7 @@ def run_demo(
             epochs=settings.student_epochs,
             **common,
         ),
-    )  # type: ignore[arg-type]
+    )
     train(
         4,
         f"student {settings.student}: cross-entropy only",
@@ -128,7 +129,7 @@ def run_demo(
             epochs=settings.student_epochs,
             **common,
         ),
-    )  # type: ignore[arg-type]
+    )
     return rows
 
 

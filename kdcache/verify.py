@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from kdcache.cache.store import CacheReader, open_cache
+from kdcache.data import SeededViews, SourceDataset
 from kdcache.errors import KdcacheError
 from kdcache.seeding import derived_seed
 
@@ -120,7 +121,7 @@ def _check_replay(
     teacher_weights: str | None,
 ) -> None:
     from kdcache.augment import create_recipe
-    from kdcache.data import SeededViews, load_dataset
+    from kdcache.data import load_dataset
 
     ident = reader.identity
     try:
@@ -165,8 +166,13 @@ def _check_replay(
 
 
 def _check_teacher(
-    reader: CacheReader, report: VerifyReport, source, views, items, teacher_weights: str
-) -> None:  # type: ignore[no-untyped-def]
+    reader: CacheReader,
+    report: VerifyReport,
+    source: SourceDataset,
+    views: SeededViews,
+    items: np.ndarray,
+    teacher_weights: str,
+) -> None:
     from kdcache.data import normalize
     from kdcache.models import build_model, weights_sha256
 

@@ -49,7 +49,9 @@ class TeacherInfo:
     def from_dict(cls, d: dict[str, Any]) -> TeacherInfo:
         _require(isinstance(d.get("name"), str), "teacher.name must be a string")
         _require(isinstance(d.get("num_params"), int), "teacher.num_params must be an integer")
-        return cls(name=d["name"], weights_sha256=d.get("weights_sha256"), num_params=d["num_params"])
+        return cls(
+            name=d["name"], weights_sha256=d.get("weights_sha256"), num_params=d["num_params"]
+        )
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,9 @@ class AugmentationInfo:
         _require(isinstance(d.get("seed"), int) and d["seed"] >= 0, "augmentation.seed >= 0")
         _require(isinstance(d.get("num_views"), int) and d["num_views"] >= 1, "num_views >= 1")
         return cls(
-            recipe=d["recipe"], params=dict(d.get("params", {})), seed=d["seed"],
+            recipe=d["recipe"],
+            params=dict(d.get("params", {})),
+            seed=d["seed"],
             num_views=d["num_views"],
         )
 
@@ -118,7 +122,10 @@ class StorageInfo:
     def from_dict(cls, d: dict[str, Any]) -> StorageInfo:
         try:
             return cls(
-                mode=d["mode"], dtype=d["dtype"], chunk_rows=int(d["chunk_rows"]), topk=d.get("topk")
+                mode=d["mode"],
+                dtype=d["dtype"],
+                chunk_rows=int(d["chunk_rows"]),
+                topk=d.get("topk"),
             )
         except (KeyError, ConfigError) as exc:
             raise CacheError(f"malformed cache metadata: storage: {exc}") from exc
@@ -142,7 +149,7 @@ class CacheIdentity:
         }
 
     def fingerprint(self) -> str:
-        """sha256 of the canonical JSON of the identity (sorted keys, no spaces): names the cache."""
+        """sha256 of the identity's canonical JSON (sorted keys, no spaces): names the cache."""
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -190,7 +197,7 @@ class CacheMeta:
         return slice(block * rows, min((block + 1) * rows, self.identity.dataset.num_samples))
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"format_version": self.format_version, "fingerprint": self.fingerprint}
+        d: dict[str, Any] = {"format_version": self.format_version, "fingerprint": self.fingerprint}
         d.update(self.identity.to_dict())
         d.update(versions=dict(self.versions), created=self.created, complete=self.complete)
         if self.teacher_top1 is not None:

@@ -94,9 +94,9 @@ def extract_command(
             views=views,
             seed=seed,
             out=out,
-            dtype=dtype,
+            dtype=dtype,  # type: ignore[arg-type]  # click.Choice guarantees the literal
             topk=topk,
-            chunk_rows=chunk_rows,  # type: ignore[arg-type]
+            chunk_rows=chunk_rows,
             batch_size=batch_size,
             workers=workers,
             device=device,
