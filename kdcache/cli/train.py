@@ -61,6 +61,7 @@ _FIELDS = {
     "window_blocks": "window_blocks",
     "amp": "amp",
     "compile": "compile",
+    "block_rows": "block_rows",
     "channels_last": "channels_last",
 }
 
@@ -146,6 +147,9 @@ _FIELDS = {
     type=int,
     help="Cache blocks shuffled together.",
 )
+@click.option("--block-rows", type=int, default=None,
+              help="Without --cache: samples per shuffling block (match a cache's chunk rows to "
+              "reproduce its order).")
 @click.option("--out", default=None, help="Run directory.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out.")
 @click.option("--force", is_flag=True, help="Replace the run in --out.")
