@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,33 @@ def fp32_cache(tmp_path_factory, digits_teacher_weights) -> Path:
     )
     assert code == 0, output
     return out
+
+
+def train_one_epoch_from(cache: Path, out: Path) -> tuple[int, str]:
+    """`kdcache train` of one KD epoch from ``cache``; returns (exit code, output)."""
+    return cli(
+        [
+            "train",
+            "--cache",
+            cache,
+            "--student",
+            "resnet8",
+            "--loss",
+            "kd",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--out",
+            out,
+            "--no-progress",
+        ]
+    )
+
+
+def copy_cache(cache: Path, to: Path) -> Path:
+    shutil.copytree(cache, to)
+    return to
 
 
 def base_config(out: Path, **overrides) -> TrainConfig:
@@ -305,10 +333,7 @@ def test_missing_cache_is_a_clear_error(tmp_path):
 
 
 def test_incomplete_cache_is_refused(tmp_path, fp32_cache):
-    broken = tmp_path / "incomplete"
-    import shutil
-
-    shutil.copytree(fp32_cache, broken)
+    broken = copy_cache(fp32_cache, tmp_path / "incomplete")
     mark = broken / "block_done" / "c" / "1" / "2"
     mark.unlink()
     code, output = cli(
@@ -328,60 +353,20 @@ def test_incomplete_cache_is_refused(tmp_path, fp32_cache):
 
 
 def test_corrupted_chunk_stops_training_with_its_name(tmp_path, fp32_cache):
-    import shutil
-
-    broken = tmp_path / "corrupt"
-    shutil.copytree(fp32_cache, broken)
+    broken = copy_cache(fp32_cache, tmp_path / "corrupt")
     chunk = broken / "logits" / "c" / "0" / "0" / "0"
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0xFF
     chunk.write_bytes(bytes(data))
-    code, output = cli(
-        [
-            "train",
-            "--cache",
-            broken,
-            "--student",
-            "resnet8",
-            "--loss",
-            "kd",
-            "--epochs",
-            "1",
-            "--workers",
-            "0",
-            "--out",
-            tmp_path / "run",
-            "--no-progress",
-        ]
-    )
+    code, output = train_one_epoch_from(broken, tmp_path / "run")
     assert code != 0 and "checksum" in output and "view 0, block 0" in output
 
 
 def test_replay_mismatch_is_an_error_that_says_what_differs(tmp_path, fp32_cache):
-    import shutil
-
-    tampered = tmp_path / "tampered"
-    shutil.copytree(fp32_cache, tampered)
+    tampered = copy_cache(fp32_cache, tmp_path / "tampered")
     hashes = zarr.open_array(str(tampered / "input_hash"), mode="r+")
     hashes[:, :] = np.asarray(hashes[:, :]) + 1  # as if another Pillow/torchvision made the views
-    code, output = cli(
-        [
-            "train",
-            "--cache",
-            tampered,
-            "--student",
-            "resnet8",
-            "--loss",
-            "kd",
-            "--epochs",
-            "1",
-            "--workers",
-            "0",
-            "--out",
-            tmp_path / "run",
-            "--no-progress",
-        ]
-    )
+    code, output = train_one_epoch_from(tampered, tmp_path / "run")
     assert code != 0 and "differs from the one the teacher saw" in output
 
 
