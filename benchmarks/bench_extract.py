@@ -4,8 +4,9 @@
 
 1. Throughput: ``run_extract`` (augment + hash + forward + zarr writes) against a bare loop
    that only runs the teacher forward on the *same* augmented images, already in memory, with the
-   same batch size, device, memory format and thread count. Runs alternate (bare, extract, bare, extract...)
-   and the median of each is kept; the figure is the ratio of images/s (>= 0.9 is the target).
+   same batch size, device, memory format and thread count. Runs alternate (bare, extract,
+   bare, extract...) and the median of each is kept; the figure is the ratio of images/s
+   (>= 0.9 is the target).
 2. Storage: the same teacher logits written through the cache store in each storage mode; bytes on
    disk per sample per view against the raw float32 size (C * 4 bytes).
 

@@ -254,6 +254,8 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
         writer = open_for_writing(config.out, meta, source.labels, create=False)
 
     done = writer.done_mask()
+    # Every rank must read the record before any rank writes, or their pending lists differ.
+    ctx.barrier()
     pending = [
         (v, b) for v in range(config.views) for b in range(writer.meta.num_blocks) if not done[v, b]
     ]

@@ -9,7 +9,9 @@ zarr chunk (its own file or object), so concurrent writers never read-modify-wri
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,12 +19,13 @@ from typing import Any, TypeVar
 import numpy as np
 import zarr
 import zarr.storage
+from zarr.abc.store import Store
 from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 
-from kdcache.cache import schema
+from kdcache.cache import locations, schema
 from kdcache.cache.locations import open_zarr_store
 from kdcache.cache.schema import CacheMeta
-from kdcache.errors import CacheCorruptError, CacheError, CacheMismatchError, DataNotFoundError
+from kdcache.errors import CacheCorruptError, CacheError, CacheMismatchError, KdcacheError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -35,10 +38,17 @@ def _codecs() -> dict[str, Any]:
     return {"serializer": BytesCodec(), "compressors": list(_COMPRESSORS)}
 
 
-def _guard_read(what: str, fn: Callable[[], T]) -> T:
-    """Turn zarr's checksum failure into an error that names the damaged chunk."""
+def _guard_read(what: str, fn: Callable[[], T], location: str = "") -> T:
+    """Turn zarr's and the storage's failures into errors that name the damaged part."""
     try:
         return fn()
+    except KdcacheError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise CacheCorruptError(
+            f"corrupted cache metadata: a zarr.json document read for {what} is not valid JSON "
+            f"({exc}). Fetch an intact copy of {location or 'the cache'}."
+        ) from exc
     except ValueError as exc:
         if "checksum" in str(exc).lower():
             raise CacheCorruptError(
@@ -47,6 +57,16 @@ def _guard_read(what: str, fn: Callable[[], T]) -> T:
                 "fresh directory, or fetch an intact copy."
             ) from exc
         raise
+    except KeyError as exc:
+        raise CacheCorruptError(
+            f"cache {location} has no {exc} array (reading {what}): its objects were deleted or "
+            "only partly copied. Fetch a complete copy."
+        ) from exc
+    except Exception as exc:
+        err = locations.storage_error(exc, location or what)
+        if err is None:
+            raise
+        raise err from exc
 
 
 def _index_dtype(num_classes: int) -> str:
@@ -78,7 +98,9 @@ class CacheWriter:
         storage = self.meta.identity.storage
         expected = (rows.stop - rows.start, self.meta.identity.dataset.num_classes)
         if logits.shape != expected:
-            raise ValueError(f"block ({view}, {block}) expects logits {expected}, got {logits.shape}")
+            raise ValueError(
+                f"block ({view}, {block}) expects logits {expected}, got {logits.shape}"
+            )
         if not np.isfinite(logits).all():
             raise CacheError(
                 f"the teacher produced NaN/Inf logits in view {view}, rows {rows.start}-"
@@ -107,7 +129,9 @@ class CacheWriter:
         peak = logits.max(axis=1, keepdims=True)
         lse = (peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))).astype(np.float32)
         self.group[schema.TOPK_VALUES][view, rows, :] = values.astype(dtype)
-        self.group[schema.TOPK_INDICES][view, rows, :] = idx.astype(self.group[schema.TOPK_INDICES].dtype)
+        self.group[schema.TOPK_INDICES][view, rows, :] = idx.astype(
+            self.group[schema.TOPK_INDICES].dtype
+        )
         self.group[schema.LOGSUMEXP][view, rows] = lse
 
     def finalize(self) -> CacheMeta:
@@ -137,34 +161,59 @@ def _create_layout(group: zarr.Group, meta: CacheMeta, labels: np.ndarray) -> No
     R, nb = ident.storage.chunk_rows, meta.num_blocks
     if ident.storage.mode == "dense":
         group.create_array(
-            schema.LOGITS, shape=(V, N, C), chunks=(1, R, C), dtype=ident.storage.dtype,
-            fill_value=float("nan"), **_codecs(),
+            schema.LOGITS,
+            shape=(V, N, C),
+            chunks=(1, R, C),
+            dtype=ident.storage.dtype,
+            fill_value=float("nan"),
+            **_codecs(),
         )
     else:
         K = ident.storage.topk or 0
         group.create_array(
-            schema.TOPK_VALUES, shape=(V, N, K), chunks=(1, R, K), dtype=ident.storage.dtype,
-            fill_value=float("nan"), **_codecs(),
+            schema.TOPK_VALUES,
+            shape=(V, N, K),
+            chunks=(1, R, K),
+            dtype=ident.storage.dtype,
+            fill_value=float("nan"),
+            **_codecs(),
         )
         group.create_array(
-            schema.TOPK_INDICES, shape=(V, N, K), chunks=(1, R, K), dtype=_index_dtype(C),
-            fill_value=-1, **_codecs(),
+            schema.TOPK_INDICES,
+            shape=(V, N, K),
+            chunks=(1, R, K),
+            dtype=_index_dtype(C),
+            fill_value=-1,
+            **_codecs(),
         )
         group.create_array(
-            schema.LOGSUMEXP, shape=(V, N), chunks=(1, R), dtype="float32",
-            fill_value=float("nan"), **_codecs(),
+            schema.LOGSUMEXP,
+            shape=(V, N),
+            chunks=(1, R),
+            dtype="float32",
+            fill_value=float("nan"),
+            **_codecs(),
         )
-    group.create_array(schema.INPUT_HASH, shape=(V, N), chunks=(1, R), dtype="int64",
-                       fill_value=0, **_codecs())
-    lab = group.create_array(schema.LABELS, shape=(N,), chunks=(max(R, 65536),), dtype="int64",
-                             fill_value=-1, **_codecs())
+    group.create_array(
+        schema.INPUT_HASH, shape=(V, N), chunks=(1, R), dtype="int64", fill_value=0, **_codecs()
+    )
+    lab = group.create_array(
+        schema.LABELS,
+        shape=(N,),
+        chunks=(max(R, 65536),),
+        dtype="int64",
+        fill_value=-1,
+        **_codecs(),
+    )
     lab[:] = labels.astype(np.int64)
     # One chunk per block: each mark / count is its own object (no shared read-modify-write).
-    group.create_array(schema.BLOCK_DONE, shape=(V, nb), chunks=(1, 1), dtype="uint8",
-                       fill_value=0, **_codecs())
+    group.create_array(
+        schema.BLOCK_DONE, shape=(V, nb), chunks=(1, 1), dtype="uint8", fill_value=0, **_codecs()
+    )
     for name in (schema.BLOCK_TOP1, schema.BLOCK_TOP5):
-        group.create_array(name, shape=(V, nb), chunks=(1, 1), dtype="int64", fill_value=-1,
-                           **_codecs())
+        group.create_array(
+            name, shape=(V, nb), chunks=(1, 1), dtype="int64", fill_value=-1, **_codecs()
+        )
     # Attributes last: a directory without them is not (yet) a cache and is recreated.
     group.attrs[schema.ATTRS_KEY] = meta.to_dict()
 
@@ -172,23 +221,23 @@ def _create_layout(group: zarr.Group, meta: CacheMeta, labels: np.ndarray) -> No
 def _read_meta(group: zarr.Group, location: str) -> CacheMeta:
     attrs = group.attrs.asdict()
     if schema.ATTRS_KEY not in attrs:
-        raise CacheError(f"{location} is a zarr group but not a kdcache cache (no '{schema.ATTRS_KEY}' attribute)")
+        raise CacheError(
+            f"{location} is a zarr group but not a kdcache cache "
+            f"(no '{schema.ATTRS_KEY}' attribute)"
+        )
     return CacheMeta.from_dict(dict(attrs[schema.ATTRS_KEY]))
 
 
-def _is_nonempty_dir(location: str) -> bool:
-    p = Path(location)
-    return p.is_dir() and any(p.iterdir())
-
-
-def open_for_writing(location: str, meta: CacheMeta, labels: np.ndarray, *, create: bool) -> CacheWriter:
+def open_for_writing(
+    location: str, meta: CacheMeta, labels: np.ndarray, *, create: bool
+) -> CacheWriter:
     """Create a cache at ``location``, or reopen one with the same identity to resume it.
 
     Refuses (without touching anything) a location holding a cache of other settings, or a
     non-empty directory that is not a cache. ``create=False`` (non-zero ranks) only reopens.
     """
     store = open_zarr_store(location, read_only=False)
-    existing = _try_open_group(store)
+    existing = _guard_read("the group metadata", lambda: _try_open_group(store), location)
     if existing is not None and schema.ATTRS_KEY in existing.attrs:
         old = _read_meta(existing, location)
         if old.identity != meta.identity:
@@ -198,23 +247,27 @@ def open_for_writing(location: str, meta: CacheMeta, labels: np.ndarray, *, crea
                 f"refusing to overwrite it. Differences (existing != requested):\n  {diffs}\n"
                 "Choose another --out, or re-run with the existing cache's settings to resume it."
             )
-        log.info("resuming cache %s (%d of %d blocks done)", location,
-                 int(np.asarray(existing[schema.BLOCK_DONE][:]).sum()), old.num_blocks *
-                 old.identity.augmentation.num_views)
+        log.info(
+            "resuming cache %s (%d of %d blocks done)",
+            location,
+            int(np.asarray(existing[schema.BLOCK_DONE][:]).sum()),
+            old.num_blocks * old.identity.augmentation.num_views,
+        )
         return CacheWriter(existing, old)
     if not create:
         raise CacheError(f"{location} has no cache to join; rank 0 must create it first")
-    if existing is None and _is_nonempty_dir(location):
+    if existing is None and locations.holds_other_content(location):
+        kind = "prefix" if locations.is_url(location) else "directory"
         raise CacheError(
-            f"{location} is a non-empty directory that is not a kdcache cache; refusing to write "
-            "into it. Choose an empty or new --out path."
+            f"{location} is a non-empty {kind} that is not a kdcache cache; refusing to write "
+            f"into it. Choose an empty or new --out {kind}."
         )
     group = zarr.open_group(store=store, mode="w", zarr_format=3)
     _create_layout(group, meta, labels)
     return CacheWriter(group, meta)
 
 
-def _try_open_group(store: zarr.abc.store.Store) -> zarr.Group | None:
+def _try_open_group(store: Store) -> zarr.Group | None:
     try:
         return zarr.open_group(store=store, mode="r+", zarr_format=3)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
@@ -228,18 +281,33 @@ class CacheReader:
         self.group = group
         self.meta = meta
         self.location = location
+        # Array handles, opened once: each `group[name]` reads the array's zarr.json again, which
+        # over an object store is one request per block read.
+        self._arrays: dict[str, zarr.Array] = {}
+
+    def _array(self, name: str) -> zarr.Array:
+        array = self._arrays.get(name)
+        if array is None:
+            node = self.group[name]
+            if not isinstance(node, zarr.Array):
+                raise CacheCorruptError(f"cache {self.location}: {name!r} is not an array")
+            array = self._arrays[name] = node
+        return array
 
     @property
     def identity(self) -> schema.CacheIdentity:
         return self.meta.identity
 
+    def _read(self, what: str, fn: Callable[[], T]) -> T:
+        return _guard_read(what, fn, self.location)
+
     def labels(self) -> np.ndarray:
-        return np.asarray(_guard_read(f"{schema.LABELS}", lambda: self.group[schema.LABELS][:]))
+        return np.asarray(self._read(schema.LABELS, lambda: self._array(schema.LABELS)[:]))
 
     def done_mask(self) -> np.ndarray:
         """[V, n_blocks] bool completeness record."""
         return np.asarray(
-            _guard_read(schema.BLOCK_DONE, lambda: self.group[schema.BLOCK_DONE][:]), dtype=bool
+            self._read(schema.BLOCK_DONE, lambda: self._array(schema.BLOCK_DONE)[:]), dtype=bool
         )
 
     def require_complete(self) -> None:
@@ -258,10 +326,12 @@ class CacheReader:
         if self.identity.storage.mode != "dense":
             raise CacheError("this cache is sparse (top-K); it holds no dense logits")
         rows = self.meta.block_rows(block)
-        return np.asarray(_guard_read(
-            f"{schema.LOGITS} chunk (view {view}, block {block})",
-            lambda: self.group[schema.LOGITS][view, rows, :],
-        ))
+        return np.asarray(
+            self._read(
+                f"{schema.LOGITS} chunk (view {view}, block {block})",
+                lambda: self._array(schema.LOGITS)[view, rows, :],
+            )
+        )
 
     def read_sparse(self, view: int, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Top-K values [R, K], indices [R, K] and full log-sum-exp [R] of one block."""
@@ -269,42 +339,67 @@ class CacheReader:
             raise CacheError("this cache is dense; it holds no top-K arrays")
         rows = self.meta.block_rows(block)
         where = f"(view {view}, block {block})"
-        values = _guard_read(f"{schema.TOPK_VALUES} chunk {where}",
-                             lambda: self.group[schema.TOPK_VALUES][view, rows, :])
-        indices = _guard_read(f"{schema.TOPK_INDICES} chunk {where}",
-                              lambda: self.group[schema.TOPK_INDICES][view, rows, :])
-        lse = _guard_read(f"{schema.LOGSUMEXP} chunk {where}",
-                          lambda: self.group[schema.LOGSUMEXP][view, rows])
+        values = self._read(
+            f"{schema.TOPK_VALUES} chunk {where}",
+            lambda: self._array(schema.TOPK_VALUES)[view, rows, :],
+        )
+        indices = self._read(
+            f"{schema.TOPK_INDICES} chunk {where}",
+            lambda: self._array(schema.TOPK_INDICES)[view, rows, :],
+        )
+        lse = self._read(
+            f"{schema.LOGSUMEXP} chunk {where}", lambda: self._array(schema.LOGSUMEXP)[view, rows]
+        )
         return np.asarray(values), np.asarray(indices), np.asarray(lse)
 
     def read_input_hashes(self, view: int, block: int) -> np.ndarray:
         rows = self.meta.block_rows(block)
-        return np.asarray(_guard_read(
-            f"{schema.INPUT_HASH} chunk (view {view}, block {block})",
-            lambda: self.group[schema.INPUT_HASH][view, rows],
-        ))
+        return np.asarray(
+            self._read(
+                f"{schema.INPUT_HASH} chunk (view {view}, block {block})",
+                lambda: self._array(schema.INPUT_HASH)[view, rows],
+            )
+        )
 
     def block_correct_counts(self) -> tuple[np.ndarray, np.ndarray]:
         """Teacher top-1 and top-5 hits per block, [V, n_blocks] each (-1 where not written)."""
-        return (np.asarray(self.group[schema.BLOCK_TOP1][:]),
-                np.asarray(self.group[schema.BLOCK_TOP5][:]))
+        return (
+            np.asarray(self._read(schema.BLOCK_TOP1, lambda: self._array(schema.BLOCK_TOP1)[:])),
+            np.asarray(self._read(schema.BLOCK_TOP5, lambda: self._array(schema.BLOCK_TOP5)[:])),
+        )
 
     def stored_bytes(self) -> int | None:
-        """Total bytes of the stored objects, when the store can list sizes (local, fsspec)."""
-        store = self.group.store
-        if isinstance(store, zarr.storage.LocalStore):
-            root = Path(store.root)
-            return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-        return None
+        """Total bytes of the stored objects, when the store can list sizes (not http)."""
+        return locations.stored_size(self.group.store, self.location)
+
+    @property
+    def local_copies(self) -> Path | None:
+        """Where local copies of a remote cache's chunks are kept (None: local or off)."""
+        return locations.local_copy_dir(self.group.store)
 
 
-def open_cache(location: str) -> CacheReader:
-    """Open a cache read-only; a clear error if there is none or it is of a newer format."""
-    store = open_zarr_store(location, read_only=True)
+def open_cache(location: str, *, cache_dir: str | os.PathLike[str] | None = None) -> CacheReader:
+    """Open a cache read-only; a clear error if there is none or it is of a newer format.
+
+    Remote caches (fsspec URLs) that are complete keep local copies of the chunks they read under
+    ``cache_dir`` (default: $KDCACHE_REMOTE_CACHE_DIR, else ~/.cache/kdcache/remote; "off" turns
+    them off), so that later epochs and later runs do not download again.
+    """
+    store = open_zarr_store(location, read_only=True, cache_dir=cache_dir)
     try:
-        group = zarr.open_group(store=store, mode="r", zarr_format=3)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as exc:
-        raise DataNotFoundError(
-            f"no kdcache cache at {location}: create one with `kdcache extract --out {location}`"
-        ) from exc
-    return CacheReader(group, _read_meta(group, location), location)
+        group = _guard_read(
+            "the group metadata",
+            lambda: zarr.open_group(store=store, mode="r", zarr_format=3),
+            location,
+        )
+    except (
+        FileNotFoundError,
+        zarr.errors.GroupNotFoundError,
+        zarr.errors.NodeTypeValidationError,
+    ) as exc:
+        raise locations.missing_cache_error(location) from exc
+    meta = _read_meta(group, location)
+    if meta.complete:
+        # A complete cache's chunks never change again: safe to keep local copies of.
+        locations.enable_chunk_cache(store, location, meta.fingerprint, meta.created)
+    return CacheReader(group, meta, location)

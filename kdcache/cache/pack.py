@@ -1,0 +1,154 @@
+"""``kdcache pack``: one cache (directory or prefix) -> one ``.zip`` file that ``open_cache`` reads.
+
+The archive holds the zarr group exactly as stored (same keys, same bytes), uncompressed
+(``ZIP_STORED``: chunks are already zstd-compressed, and stored members can be read in place),
+members sorted and time-stamped 1980-01-01, so packing the same cache twice gives the same bytes.
+It is written to a temporary file beside OUT, re-opened and checked, then renamed: OUT is either
+absent, the old file, or a complete archive. Every chunk's crc32c is checked on the way, so a
+damaged cache is never published.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from kdcache.cache import remote
+from kdcache.cache.store import open_cache
+from kdcache.errors import CacheCorruptError, CacheError, ConfigError
+
+log = logging.getLogger(__name__)
+
+_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest zip timestamp: reproducible archives
+_BATCH = 64  # objects fetched per request batch from a remote source (bounded memory)
+
+
+@dataclass(frozen=True)
+class PackResult:
+    source: str
+    out: Path
+    members: int
+    bytes: int  # size of the archive
+    fingerprint: str
+    complete: bool
+
+
+def cache_members(location: str) -> list[str]:
+    """Keys of a cache's objects, relative to its root: ``zarr.json`` and its arrays' objects.
+
+    Only the zarr hierarchy is taken (the root document and every directory holding a
+    ``zarr.json``), so stray files beside a cache (``.DS_Store``, notes) stay out of the archive.
+    """
+    fs, root = remote.filesystem(location.rstrip("/"))
+    root = root.rstrip("/")
+    keys = sorted(p[len(root) + 1 :] for p in fs.find(root) if p.startswith(root + "/"))
+    arrays = {k.split("/", 1)[0] for k in keys if k.count("/") == 1 and k.endswith("/zarr.json")}
+    members = [k for k in keys if k == "zarr.json" or k.split("/", 1)[0] in arrays]
+    # The root document first: `unzip -l` and humans see what the archive is at once.
+    return sorted(members, key=lambda k: (k != "zarr.json", k))
+
+
+def _read_objects(location: str, keys: list[str]) -> Iterator[tuple[str, bytes]]:
+    fs, root = remote.filesystem(location.rstrip("/"))
+    root = root.rstrip("/")
+    for start in range(0, len(keys), _BATCH):
+        batch = keys[start : start + _BATCH]
+        paths = [f"{root}/{k}" for k in batch]
+        data = fs.cat(paths, on_error="raise")  # concurrent on object stores
+        for key, path in zip(batch, paths, strict=True):
+            yield key, data[path]
+
+
+def pack_cache(
+    source: str,
+    out: str | os.PathLike[str],
+    *,
+    allow_incomplete: bool = False,
+    force: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> PackResult:
+    """Write the cache at ``source`` into the zip file ``out``; see the module docstring."""
+    target = _check_target(source, out, force=force)
+    reader = open_cache(source)
+    done = reader.done_mask()
+    if not done.all() and not allow_incomplete:
+        try:
+            reader.require_complete()
+        except CacheError as exc:
+            raise CacheError(
+                f"{exc} Refusing to pack an incomplete cache (pass --allow-incomplete to pack it "
+                "anyway; a packed cache can no longer be resumed)."
+            ) from exc
+    keys = cache_members(source)
+    if "zarr.json" not in keys:
+        raise CacheError(f"{source}: found no zarr.json to pack")
+    tmp = target.with_name(f".{target.stem}.{uuid.uuid4().hex[:8]}.partial.zip")
+    try:
+        _write_archive(source, keys, tmp, progress)
+        packed = open_cache(str(tmp))
+        if (
+            packed.meta.fingerprint != reader.meta.fingerprint
+            or not (packed.done_mask() == done).all()
+        ):
+            raise CacheError(f"packing {source} produced an archive that does not read back")
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    size = target.stat().st_size
+    log.info("packed %s -> %s (%d objects, %d bytes)", source, target, len(keys), size)
+    return PackResult(
+        source=source,
+        out=target,
+        members=len(keys),
+        bytes=size,
+        fingerprint=reader.meta.fingerprint,
+        complete=bool(done.all()),
+    )
+
+
+def _check_target(source: str, out: str | os.PathLike[str], *, force: bool) -> Path:
+    out_s = os.fspath(out)
+    if remote.is_remote(out_s):
+        raise ConfigError(
+            f"pack writes a local file, not {out_s}: pack to a local OUT.zip, then upload it "
+            "with your storage's tool (e.g. `aws s3 cp OUT.zip s3://bucket/prefix/`)"
+        )
+    if source.rstrip("/").endswith(".zip"):
+        raise ConfigError(f"{source} is already a packed archive")
+    target = Path(out_s).expanduser()
+    if target.suffix != ".zip":
+        raise ConfigError(f"OUT must name a .zip file (got {out_s}): caches are read by suffix")
+    if target.exists() and not force:
+        raise ConfigError(f"{target} already exists; pass --force to replace it")
+    if target.is_dir():
+        raise ConfigError(f"{target} is a directory")
+    if not target.parent.is_dir():
+        raise ConfigError(f"the directory of {target} does not exist")
+    return target
+
+
+def _write_archive(
+    source: str, keys: list[str], path: Path, progress: Callable[[int], None] | None
+) -> None:
+    with path.open("wb") as fh:
+        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for key, data in _read_objects(source, keys):
+                if remote.is_chunk_key(key) and not remote.chunk_checksum_ok(data):
+                    raise CacheCorruptError(
+                        f"{source}/{key} fails its crc32c checksum; refusing to pack a damaged "
+                        "cache. Fetch an intact copy or re-extract it."
+                    )
+                info = zipfile.ZipInfo(key, date_time=_EPOCH)
+                info.external_attr = 0o644 << 16
+                archive.writestr(info, data)
+                if progress is not None:
+                    progress(len(data))
+        # On disk before the rename, so that OUT never names an archive with unwritten bytes.
+        fh.flush()
+        os.fsync(fh.fileno())
