@@ -73,13 +73,34 @@ def _index_dtype(num_classes: int) -> str:
     return "int16" if num_classes <= np.iinfo(np.int16).max else "int32"
 
 
+def _open_array(group: zarr.Group, name: str, location: str) -> zarr.Array:
+    node = group[name]
+    if not isinstance(node, zarr.Array):
+        raise CacheCorruptError(f"cache {location}: {name!r} is not an array")
+    return node
+
+
+def _per_view_arrays(mode: str) -> tuple[str, ...]:
+    data = (
+        (schema.LOGITS,)
+        if mode == "dense"
+        else (schema.TOPK_VALUES, schema.TOPK_INDICES, schema.LOGSUMEXP)
+    )
+    return (*data, schema.INPUT_HASH, schema.BLOCK_DONE, schema.BLOCK_TOP1, schema.BLOCK_TOP5)
+
+
 class CacheWriter:
     """Writes blocks into a cache whose metadata is fixed. Obtain via :func:`open_for_writing`."""
 
-    def __init__(self, group: zarr.Group, meta: CacheMeta) -> None:
+    def __init__(self, group: zarr.Group, meta: CacheMeta, location: str = "") -> None:
         self.group = group
         self.meta = meta
-        self._done = group[schema.BLOCK_DONE]
+        # Opened once: re-opening per block would re-read each array's zarr.json (slow on S3).
+        self._arrays = {
+            name: _open_array(group, name, location)
+            for name in _per_view_arrays(meta.identity.storage.mode)
+        }
+        self._done = self._arrays[schema.BLOCK_DONE]
 
     def done_mask(self) -> np.ndarray:
         """[V, n_blocks] bool: blocks already written and marked."""
@@ -113,12 +134,12 @@ class CacheWriter:
                     f"teacher logits overflow {storage.dtype} in view {view} (max |logit| "
                     f"{np.abs(logits).max():.4g}): extract with --dtype float32"
                 )
-            self.group[schema.LOGITS][view, rows, :] = stored
+            self._arrays[schema.LOGITS][view, rows, :] = stored
         else:
             self._write_sparse(view, rows, logits, storage.topk or 0, storage.dtype)
-        self.group[schema.INPUT_HASH][view, rows] = input_hashes.astype(np.int64)
-        self.group[schema.BLOCK_TOP1][view, block] = top1_correct
-        self.group[schema.BLOCK_TOP5][view, block] = top5_correct
+        self._arrays[schema.INPUT_HASH][view, rows] = input_hashes.astype(np.int64)
+        self._arrays[schema.BLOCK_TOP1][view, block] = top1_correct
+        self._arrays[schema.BLOCK_TOP5][view, block] = top5_correct
         # The mark comes last: a crash before this line leaves the block unmarked, so it is redone.
         self._done[view, block] = 1
 
@@ -128,19 +149,19 @@ class CacheWriter:
         values = np.take_along_axis(logits, idx, axis=1)
         peak = logits.max(axis=1, keepdims=True)
         lse = (peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))).astype(np.float32)
-        self.group[schema.TOPK_VALUES][view, rows, :] = values.astype(dtype)
-        self.group[schema.TOPK_INDICES][view, rows, :] = idx.astype(
-            self.group[schema.TOPK_INDICES].dtype
+        self._arrays[schema.TOPK_VALUES][view, rows, :] = values.astype(dtype)
+        self._arrays[schema.TOPK_INDICES][view, rows, :] = idx.astype(
+            self._arrays[schema.TOPK_INDICES].dtype
         )
-        self.group[schema.LOGSUMEXP][view, rows] = lse
+        self._arrays[schema.LOGSUMEXP][view, rows] = lse
 
     def finalize(self) -> CacheMeta:
         """If every block is marked, record completeness and the teacher's accuracy per view."""
         if not self.done_mask().all():
             return self.meta
         n = self.meta.identity.dataset.num_samples
-        top1 = np.asarray(self.group[schema.BLOCK_TOP1][:]).sum(axis=1) * 100.0 / n
-        top5 = np.asarray(self.group[schema.BLOCK_TOP5][:]).sum(axis=1) * 100.0 / n
+        top1 = np.asarray(self._arrays[schema.BLOCK_TOP1][:]).sum(axis=1) * 100.0 / n
+        top5 = np.asarray(self._arrays[schema.BLOCK_TOP5][:]).sum(axis=1) * 100.0 / n
         meta = CacheMeta(
             identity=self.meta.identity,
             format_version=self.meta.format_version,
@@ -225,7 +246,10 @@ def _read_meta(group: zarr.Group, location: str) -> CacheMeta:
             f"{location} is a zarr group but not a kdcache cache "
             f"(no '{schema.ATTRS_KEY}' attribute)"
         )
-    return CacheMeta.from_dict(dict(attrs[schema.ATTRS_KEY]))
+    record = attrs[schema.ATTRS_KEY]
+    if not isinstance(record, dict):
+        raise CacheError(f"{location}: the '{schema.ATTRS_KEY}' attribute is not a JSON object")
+    return CacheMeta.from_dict(dict(record))
 
 
 def open_for_writing(
@@ -250,10 +274,10 @@ def open_for_writing(
         log.info(
             "resuming cache %s (%d of %d blocks done)",
             location,
-            int(np.asarray(existing[schema.BLOCK_DONE][:]).sum()),
+            int(np.asarray(_open_array(existing, schema.BLOCK_DONE, location)[:]).sum()),
             old.num_blocks * old.identity.augmentation.num_views,
         )
-        return CacheWriter(existing, old)
+        return CacheWriter(existing, old, location)
     if not create:
         raise CacheError(f"{location} has no cache to join; rank 0 must create it first")
     if existing is None and locations.holds_other_content(location):
@@ -264,7 +288,7 @@ def open_for_writing(
         )
     group = zarr.open_group(store=store, mode="w", zarr_format=3)
     _create_layout(group, meta, labels)
-    return CacheWriter(group, meta)
+    return CacheWriter(group, meta, location)
 
 
 def _try_open_group(store: Store) -> zarr.Group | None:
@@ -288,10 +312,7 @@ class CacheReader:
     def _array(self, name: str) -> zarr.Array:
         array = self._arrays.get(name)
         if array is None:
-            node = self.group[name]
-            if not isinstance(node, zarr.Array):
-                raise CacheCorruptError(f"cache {self.location}: {name!r} is not an array")
-            array = self._arrays[name] = node
+            array = self._arrays[name] = _open_array(self.group, name, self.location)
         return array
 
     @property
