@@ -60,7 +60,7 @@ def run_demo(
         done = Path(config.out) / "last.pt"
         started = time.perf_counter()
         if done.is_file():  # a finished step of an earlier demo run: evaluate, don't retrain
-            from kdcache.training.loop import evaluate_checkpoint
+            from kdcache.training.evaluation import evaluate_checkpoint
 
             top1, top5, _ = evaluate_checkpoint(str(done), None, None, workers=0)
         else:

@@ -22,10 +22,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from kdcache import __version__
-from kdcache.augment import create_recipe
+from kdcache.augment import Recipe, create_recipe
 from kdcache.cache import schema
 from kdcache.cache.store import CacheWriter, open_for_writing
-from kdcache.data import SeededViews, load_dataset, normalize
+from kdcache.data import SeededViews, SourceDataset, load_dataset, normalize
 from kdcache.errors import ConfigError
 from kdcache.models import build_model, count_parameters, weights_sha256
 from kdcache.runtime import init_distributed, rank_device, resolve_device
@@ -278,7 +278,7 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
     if ctx.is_main:
         writer.finalize()
     ctx.barrier()
-    final = writer.meta if ctx.is_main else writer.meta
+    final = writer.meta  # on ranks > 0 this is the metadata as opened (complete is rank 0's)
     return ExtractResult(
         location=config.out,
         fingerprint=final.fingerprint,
@@ -292,8 +292,8 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
 
 def _stream_blocks(
     config: ExtractConfig,
-    source: Any,
-    recipe: Any,
+    source: SourceDataset,
+    recipe: Recipe,
     teacher: torch.nn.Module,
     writer: CacheWriter,
     blocks: list[tuple[int, int]],

@@ -221,7 +221,7 @@ def eval_command(
     device: str,
 ) -> None:
     """Top-1 / top-5 of a kdcache CHECKPOINT on a split of its dataset."""
-    from kdcache.training.loop import evaluate_checkpoint
+    from kdcache.training.evaluation import evaluate_checkpoint
 
     with user_errors():
         top1, top5, n = evaluate_checkpoint(

@@ -7,7 +7,6 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +15,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from kdcache.augment import create_recipe
 from kdcache.data import SeededViews, SourceDataset, normalize
 from kdcache.errors import ConfigError, ReplayMismatchError
 from kdcache.losses.objective import Objective, build_objective
 from kdcache.models import build_model
 from kdcache.runtime import DistContext, init_distributed, rank_device, resolve_device
-from kdcache.training import outputs
+from kdcache.training import outputs, run_state
 from kdcache.training.config import Schedule, TrainConfig, resolve_schedule
+from kdcache.training.evaluation import evaluate
 from kdcache.training.plan import plan_epoch
 from kdcache.training.sources import RunData, check_student_classes, resolve_run_data
 from kdcache.training.teacher_stream import CachedTeacher
@@ -153,38 +152,6 @@ def train_one_epoch(
     return {key: value / max(seen, 1) for key, value in sums.items()} | {"samples": seen}
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    source: SourceDataset,
-    batch_size: int,
-    workers: int,
-    device: torch.device,
-    channels_last: bool = True,
-) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy (%) on ``source`` with the evaluation transform."""
-    model.eval()
-    recipe = create_recipe("none", source.spec)
-    items = np.stack([np.zeros(len(source), np.int64), np.arange(len(source))], axis=1)
-    loader = DataLoader(
-        SeededViews(source, recipe, 0, items),
-        batch_size=batch_size,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-    )
-    top1 = top5 = 0
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    for batch in loader:
-        x = normalize(batch["image"].to(device, non_blocking=True), source.spec)
-        logits = model(x.contiguous(memory_format=memory_format)).float()
-        target = batch["label"].to(device)
-        k = min(5, logits.shape[1])
-        pred = logits.topk(k, dim=1).indices  # [B, k]
-        top1 += int((pred[:, 0] == target).sum())
-        top5 += int((pred == target[:, None]).any(dim=1).sum())
-    return 100.0 * top1 / len(source), 100.0 * top5 / len(source)
-
-
 def _build_student(config: TrainConfig, data: RunData, device: torch.device) -> nn.Module:
     spec = data.train.spec
     torch.manual_seed(config.seed)  # the student's initialisation is part of the run's seed
@@ -267,7 +234,7 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainR
         )
         start_epoch, best = 0, 0.0
         if config.resume:
-            start_epoch, best = _restore(out, config, model, optimizer, scheduler)
+            start_epoch, best = run_state.restore(out, config, model, optimizer, scheduler)
         train_model: nn.Module = model
         if ctx.enabled:
             train_model = nn.parallel.DistributedDataParallel(
@@ -281,7 +248,7 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainR
                 data.reader, chunk_capacity=2 * config.window_blocks * len(data.allowed_views)
             )
         if ctx.is_main and not config.resume:
-            _write_run_json(out, config, schedule, data, ctx)
+            run_state.write_run_json(out, config, schedule, data, ctx)
         step_losses: list[float] = []
         top1 = top5 = 0.0
         for epoch in range(start_epoch, schedule.epochs):
@@ -344,7 +311,7 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainR
                     },
                 }
                 outputs.append_metrics(out, record)
-                state = _checkpoint_state(
+                state = run_state.checkpoint_state(
                     config, data, model, optimizer, scheduler, epoch + 1, best
                 )
                 outputs.save_checkpoint(out / "last.pt", state)
@@ -370,103 +337,3 @@ def _reduce_stats(stats: dict[str, float], ctx: DistContext) -> dict[str, float]
     dist.all_reduce(t)
     total = float(t[-1])
     return {k: float(v) / total for k, v in zip(keys, t[:-1], strict=True)} | {"samples": total}
-
-
-def _checkpoint_state(
-    config: TrainConfig,
-    data: RunData,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    epoch: int,
-    best: float,
-) -> dict[str, Any]:
-    spec = data.train.spec
-    return {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "epoch": epoch,
-        "best_top1": best,
-        "student": config.student,
-        "num_classes": spec.num_classes,
-        "in_chans": spec.in_chans,
-        "dataset": spec.name,
-        "dataset_spec": spec.to_dict(),
-        "cache_fingerprint": data.cache_fingerprint,
-        "config": config.to_dict(),
-    }
-
-
-_RESUME_FREE = {"resume", "force", "workers", "device", "out", "data_dir", "cache"}
-
-
-def _restore(
-    out: Path,
-    config: TrainConfig,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-) -> tuple[int, float]:
-    state = outputs.load_checkpoint(out / "last.pt")
-    old = state.get("config", {})
-    new = config.to_dict()
-    changed = sorted(k for k in new if k not in _RESUME_FREE and old.get(k) != new[k])
-    if changed:
-        raise ConfigError(
-            f"--resume with settings that differ from the run in {out}: "
-            + ", ".join(f"{k} {old.get(k)!r} -> {new[k]!r}" for k in changed)
-        )
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    outputs.truncate_metrics(out, state["epoch"])
-    log.info("resumed %s at epoch %d", out, state["epoch"])
-    return int(state["epoch"]), float(state["best_top1"])
-
-
-def _write_run_json(
-    out: Path, config: TrainConfig, schedule: Schedule, data: RunData, ctx: DistContext
-) -> None:
-    import json
-    from dataclasses import asdict
-
-    from kdcache.extract import library_versions
-
-    record = {
-        "config": config.to_dict(),
-        "schedule": asdict(schedule),
-        "cache_fingerprint": data.cache_fingerprint,
-        "cache": data.reader.location if data.reader else None,
-        "dataset": {
-            "name": data.train.spec.name,
-            "split": data.train.split,
-            "fingerprint": data.train.fingerprint(),
-        },
-        "world_size": ctx.world_size,
-        "versions": library_versions(),
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    outputs.atomic_write_bytes(out / "run.json", json.dumps(record, indent=2).encode())
-
-
-def evaluate_checkpoint(
-    checkpoint: str,
-    data_dir: str | None,
-    split: str | None,
-    batch_size: int = 256,
-    workers: int = 2,
-    device_name: str = "auto",
-) -> tuple[float, float, int]:
-    """``kdcache eval``: (top-1, top-5, N) of a kdcache checkpoint on a split of its dataset."""
-    from kdcache.data import DatasetSpec, load_dataset
-
-    state = outputs.load_checkpoint(Path(checkpoint))
-    device = resolve_device(device_name)
-    model = build_model(state["student"], state["num_classes"], in_chans=state["in_chans"])
-    model.load_state_dict(state["model"])
-    model = model.to(device).to(memory_format=torch.channels_last)
-    eval_split = DatasetSpec.from_dict(state["dataset_spec"]).eval_split
-    source = load_dataset(state["dataset"], data_dir, split or eval_split)
-    top1, top5 = evaluate(model, source, batch_size, workers, device)
-    return top1, top5, len(source)
