@@ -10,7 +10,8 @@ and seeds are trained for ``--steps`` optimiser steps in three modes:
 * ``online`` : KD with the live teacher forward on every step.
 
 Step times come from the training loop's own progress callback (evaluation excluded), skipping the
-first 4 steps. Modes alternate within each repeat and the median is kept.
+first 4 steps. Modes alternate within each repeat (their order rotating from one repeat to the
+next) and the median is kept.
 
 The caches used here hold the teacher's *shape* but not its knowledge: logits are random normal
 numbers (the speed of streaming them does not depend on their values) and the input hashes are the
@@ -130,8 +131,11 @@ def step_throughput(
             ),
         }
         ips: dict[str, list[float]] = {m: [] for m in modes}
-        for _ in range(repeats):
-            for mode, extra in modes.items():
+        names = list(modes)
+        for repeat in range(repeats):
+            # Rotate the order each repeat so no mode always runs right after the heavy online one.
+            for mode in names[repeat % len(names) :] + names[: repeat % len(names)]:
+                extra = modes[mode]
                 config = TrainConfig(out=str(tmp / f"run_{mode}"), **common, **extra)  # type: ignore[arg-type]
                 ips[mode].append(timed_run(config))
         results.append((teacher, student, {m: statistics.median(v) for m, v in ips.items()}))
