@@ -30,35 +30,19 @@ def cli(args: list[str]) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+def extract_digits(weights: Path, out: Path, *extra: str) -> None:
+    """`kdcache extract` of the fixed resnet8 over the digits train split into ``out``."""
+    args = ["extract", "--teacher", "resnet8", "--weights", weights, "--dataset", "digits"]
+    code, output = cli([*args, "--workers", "0", "--out", out, "--no-progress", *extra])
+    assert code == 0, output
+
+
 @pytest.fixture(scope="module")
 def fp32_cache(tmp_path_factory, digits_teacher_weights) -> Path:
-    """Dense float32 cache of the digits train split, 2 views, default chunking."""
+    """Dense float32 cache of the digits train split, 2 views, 256 rows per chunk."""
     out = tmp_path_factory.mktemp("cache") / "digits_fp32"
-    code, output = cli(
-        [
-            "extract",
-            "--teacher",
-            "resnet8",
-            "--weights",
-            digits_teacher_weights,
-            "--dataset",
-            "digits",
-            "--views",
-            "2",
-            "--seed",
-            "7",
-            "--dtype",
-            "float32",
-            "--chunk-rows",
-            "256",
-            "--workers",
-            "0",
-            "--out",
-            out,
-            "--no-progress",
-        ]
-    )
-    assert code == 0, output
+    extract_digits(digits_teacher_weights, out, "--views", "2", "--seed", "7", "--dtype", "float32",
+                   "--chunk-rows", "256")  # fmt: skip
     return out
 
 
@@ -448,25 +432,7 @@ def test_student_with_another_class_count_is_refused(tmp_path, fp32_cache):
 
 def test_sparse_cache_with_a_dense_loss_is_refused(tmp_path, digits_teacher_weights):
     cache = tmp_path / "sparse"
-    code, output = cli(
-        [
-            "extract",
-            "--teacher",
-            "resnet8",
-            "--weights",
-            digits_teacher_weights,
-            "--dataset",
-            "digits",
-            "--topk",
-            "3",
-            "--workers",
-            "0",
-            "--out",
-            cache,
-            "--no-progress",
-        ]
-    )
-    assert code == 0, output
+    extract_digits(digits_teacher_weights, cache, "--topk", "3")
     code, output = cli(
         [
             "train",

@@ -81,52 +81,15 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
+    def extract(split: str, recipe: str, views: int, out: Path, *extra: str) -> None:
+        kdcache("extract", "--teacher", "resnet56", "--weights", weights, "--dataset", "cifar100",
+                "--data-dir", data, "--split", split, "--recipe", recipe, "--views", str(views),
+                "--seed", "0", "--out", str(out), "--no-progress", *extra)  # fmt: skip
+
     started = time.perf_counter()
-    kdcache(
-        "extract",
-        "--teacher",
-        "resnet56",
-        "--weights",
-        weights,
-        "--dataset",
-        "cifar100",
-        "--data-dir",
-        data,
-        "--split",
-        "train",
-        "--recipe",
-        "cifar",
-        "--views",
-        str(args.views),
-        "--seed",
-        "0",
-        "--out",
-        str(work / "cache"),
-        "--no-progress",
-    )
+    extract("train", "cifar", args.views, work / "cache")
     timings["extract"] = time.perf_counter() - started
-    kdcache(
-        "extract",
-        "--teacher",
-        "resnet56",
-        "--weights",
-        weights,
-        "--dataset",
-        "cifar100",
-        "--data-dir",
-        data,
-        "--split",
-        "test",
-        "--recipe",
-        "none",
-        "--views",
-        "1",
-        "--dtype",
-        "float32",
-        "--out",
-        str(work / "teacher_test"),
-        "--no-progress",
-    )
+    extract("test", "none", 1, work / "teacher_test", "--dtype", "float32")
 
     for method in METHODS:
         timings[method] = train(
