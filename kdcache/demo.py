@@ -25,6 +25,10 @@ from kdcache.verify import verify_cache
 log = logging.getLogger(__name__)
 
 
+# The CIFAR crop with 1 pixel of padding: pad 4 would shift an 8x8 digit by half its width.
+RECIPE_PARAMS = {"padding": 1}
+
+
 @dataclass(frozen=True)
 class DemoRow:
     name: str
@@ -53,6 +57,7 @@ def run_demo(
     common: dict[str, Any] = dict(
         batch_size=settings.batch_size, workers=settings.workers, device="auto", seed=settings.seed
     )
+    views: dict[str, Any] = dict(recipe="cifar", recipe_params=dict(RECIPE_PARAMS))
     rows: list[DemoRow] = []
 
     def train(step: int, name: str, config: TrainConfig) -> None:
@@ -77,6 +82,7 @@ def run_demo(
             out=str(teacher_dir),
             dataset="digits",
             loss="ce",
+            **views,
             epochs=settings.teacher_epochs,
             **common,
         ),
@@ -91,6 +97,7 @@ def run_demo(
             weights=str(teacher_dir / "last.pt"),
             dataset="digits",
             recipe="cifar",
+            recipe_params=dict(RECIPE_PARAMS),
             views=settings.views,
             seed=settings.seed,
             out=str(cache),
@@ -126,6 +133,7 @@ def run_demo(
             out=str(out / "student_ce"),
             dataset="digits",
             loss="ce",
+            **views,
             epochs=settings.student_epochs,
             **common,
         ),
