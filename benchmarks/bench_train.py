@@ -145,36 +145,11 @@ def step_throughput(
 def reader_throughput(data_dir: Path, tmp: Path) -> float:
     """Rows/s the logit stream serves over a full CIFAR-100-sized epoch (N=50000, 2 views)."""
     cache = str(tmp / "reader_cache")
-    source = load_dataset("cifar100", data_dir, "train")
-    ident = schema.CacheIdentity(
-        teacher=schema.TeacherInfo("synthetic", None, 0),
-        dataset=schema.DatasetInfo("cifar100", "train", len(source), 100, "x", {}),
-        augmentation=schema.AugmentationInfo("cifar", {}, 0, 2),
-        storage=schema.StorageInfo("dense", "float16", 1024),
-    )
-    writer = open_for_writing(cache, schema.CacheMeta(identity=ident), source.labels, create=True)
-    rng = np.random.default_rng(0)
-    for view in range(2):
-        for block in range(writer.meta.num_blocks):
-            r = writer.meta.block_rows(block)
-            writer.write_block(
-                view,
-                block,
-                rng.normal(0, 3, (r.stop - r.start, 100)).astype(np.float32),
-                np.zeros(r.stop - r.start, np.int64),
-                0,
-                0,
-            )
+    synthetic_cache(cache, "synthetic", data_dir, rows=50_000, views=2)
     reader = open_cache(cache)
-    plan = plan_epoch(
-        seed=0,
-        epoch=0,
-        num_samples=len(source),
-        block_rows=1024,
-        window_blocks=4,
-        allowed_views=np.arange(2),
-        batch_size=64,
-    )
+    n = reader.identity.dataset.num_samples
+    plan = plan_epoch(seed=0, epoch=0, num_samples=n, block_rows=1024, window_blocks=4,
+                      allowed_views=np.arange(2), batch_size=64)  # fmt: skip
     stream = CachedTeacher(reader, chunk_capacity=16)
     started = time.perf_counter()
     rows = sum(len(logits) for logits, _ in stream.batches(plan.items, 64))

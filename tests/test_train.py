@@ -138,39 +138,27 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(
     assert epochs == [1, 2]
 
 
-def test_each_chunk_is_decoded_at_most_once_per_epoch(fp32_cache):
-    reader = open_cache(str(fp32_cache))
-    plan = plan_epoch(
-        seed=1,
-        epoch=0,
-        num_samples=1438,
-        block_rows=256,
-        window_blocks=2,
-        allowed_views=np.array([0, 1]),
-        batch_size=64,
-    )
+def decode_one_epoch(cache: Path, *, epoch: int, views: list[int], window: int):  # type: ignore[no-untyped-def]
+    """Stream one epoch of cached logits; returns (the CachedTeacher, the plan, the batches)."""
+    reader = open_cache(str(cache))
+    plan = plan_epoch(seed=1, epoch=epoch, num_samples=1438, block_rows=256, batch_size=64,
+                      window_blocks=window, allowed_views=np.array(views))  # fmt: skip
     teacher = CachedTeacher(reader, chunk_capacity=8)
     served = [logits for logits, _ in teacher.batches(plan.items, 64)]
+    return teacher, plan, served
+
+
+def test_each_chunk_is_decoded_at_most_once_per_epoch(fp32_cache):
+    teacher, plan, served = decode_one_epoch(fp32_cache, epoch=0, views=[0, 1], window=2)
     assert len(teacher.decoded) == len(set(teacher.decoded)) == 12  # 2 views x 6 blocks
     full = np.concatenate(served)
     view, index = plan.items[100]
+    reader = open_cache(str(fp32_cache))
     np.testing.assert_array_equal(full[100], reader.read_dense(view, index // 256)[index % 256])
 
 
 def test_a_view_subset_reads_only_those_views(fp32_cache):
-    reader = open_cache(str(fp32_cache))
-    plan = plan_epoch(
-        seed=1,
-        epoch=3,
-        num_samples=1438,
-        block_rows=256,
-        window_blocks=4,
-        allowed_views=np.array([1]),
-        batch_size=64,
-    )
-    teacher = CachedTeacher(reader, chunk_capacity=8)
-    for _ in teacher.batches(plan.items, 64):
-        pass
+    teacher, _, _ = decode_one_epoch(fp32_cache, epoch=3, views=[1], window=4)
     assert {view for view, _ in teacher.decoded} == {1}
 
 
