@@ -1,4 +1,5 @@
-"""Write one ``## Section`` of docs/benchmarks.md, leaving the other sections as they are."""
+"""Write one ``## Section`` of a generated doc (docs/benchmarks.md, docs/results.md), leaving the
+other sections (hand-written ones included) as they are."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ HEADER = (
 )
 
 
-def write_section(path: Path, title: str, body: str) -> None:
-    text = path.read_text() if path.exists() else HEADER
+def write_section(path: Path, title: str, body: str, header: str = HEADER) -> None:
+    """Replace (or append) the section ``## title`` of ``path``; ``header`` starts a new file."""
+    text = path.read_text() if path.exists() else header
     section = f"## {title}\n\n{body.strip()}\n"
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(text):

@@ -9,10 +9,9 @@ batch size, worker count or rank count.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -28,18 +27,12 @@ from kdcache.cache.store import CacheWriter, open_for_writing
 from kdcache.data import SeededViews, SourceDataset, load_dataset, normalize
 from kdcache.errors import ConfigError
 from kdcache.models import build_model, count_parameters, weights_sha256
+from kdcache.models.inference import prepare_teacher, teacher_inference, teacher_logits
 from kdcache.runtime import init_distributed, rank_device, resolve_device
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int], None]
-
-# CPU kernels are chosen by batch size: a forward of 1-2 rows can differ in the last bits from the
-# same rows inside a larger batch (measured: up to 1.4e-5 on ResNet-56). Short batches (the last
-# one of a run, or a tiny --batch-size) are padded to this many rows so every row goes through the
-# same kernels and the cache's bytes do not depend on --batch-size.
-MIN_FORWARD_ROWS = 16
-
 
 @dataclass(frozen=True)
 class ExtractConfig:
@@ -175,26 +168,6 @@ def topk_hits(logits: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
     return int((top[:, 0] == labels).sum()), int((top == labels[:, None]).any(axis=1).sum())
 
 
-@contextlib.contextmanager
-def _inference_context(device: torch.device) -> Iterator[None]:
-    # fp16 autocast on CUDA: more mantissa than bf16 for logits that are stored as fp16 anyway.
-    with torch.inference_mode():
-        if device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.float16):
-                yield
-        else:
-            yield
-
-
-def _padded_forward(teacher: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Teacher logits (float32) of ``x`` [B, ...], padding short batches to MIN_FORWARD_ROWS."""
-    n = x.shape[0]
-    if n < MIN_FORWARD_ROWS:
-        x = torch.cat([x, x[-1:].expand(MIN_FORWARD_ROWS - n, *x.shape[1:])])
-    x = x.contiguous(memory_format=torch.channels_last)
-    return teacher(x)[:n].float()  # [B, C]
-
-
 def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> ExtractResult:
     """Create or resume the cache ``config.out``; returns what was done."""
     device = resolve_device(config.device)
@@ -311,12 +284,12 @@ def _stream_blocks(
         persistent_workers=False,
         prefetch_factor=4 if config.workers > 0 else None,
     )
-    teacher = teacher.to(device).eval().to(memory_format=torch.channels_last)
+    teacher = prepare_teacher(teacher, device)
     assembler = _BlockAssembler(writer, blocks)
-    with _inference_context(device):
+    with teacher_inference(device):
         for batch in loader:
             images = batch["image"].to(device, non_blocking=True)  # uint8 [B, C, H, W]
-            logits = _padded_forward(teacher, normalize(images, source.spec)).cpu().numpy()
+            logits = teacher_logits(teacher, normalize(images, source.spec)).cpu().numpy()
             assembler.add(logits, batch["input_hash"].numpy(), batch["label"].numpy())
             if progress is not None:
                 progress(len(logits))

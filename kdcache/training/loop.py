@@ -19,6 +19,8 @@ from kdcache.data import SeededViews, SourceDataset, normalize
 from kdcache.errors import ConfigError, ReplayMismatchError
 from kdcache.losses.objective import Objective, build_objective
 from kdcache.models import build_model
+from kdcache.models.inference import prepare_teacher, teacher_inference
+from kdcache.models.inference import teacher_logits as teacher_forward
 from kdcache.runtime import DistContext, init_distributed, rank_device, resolve_device
 from kdcache.training import outputs, run_state
 from kdcache.training.config import Schedule, TrainConfig, resolve_schedule
@@ -130,8 +132,9 @@ def train_one_epoch(
                 _check_replay(batch, hashes, config.verify_replay, data)
             teacher_logits = torch.from_numpy(logits_np).to(device, non_blocking=True)  # [B, C]
         elif teacher is not None:
-            with torch.no_grad(), _amp_context(device, config.amp):
-                teacher_logits = teacher(x).float()
+            # The extract forward, so that online logits equal a float32 cache's bit for bit.
+            with teacher_inference(device):
+                teacher_logits = teacher_forward(teacher, x)
         with _amp_context(device, config.amp):
             student_logits = model(x)
         # Losses in float32 whatever the autocast dtype (DESIGN.md §4).
@@ -167,16 +170,10 @@ def _build_teacher(config: TrainConfig, data: RunData, device: torch.device) -> 
     if config.teacher is None:
         return None
     spec = data.train.spec
-    teacher = (
-        build_model(
-            config.teacher, spec.num_classes, in_chans=spec.in_chans, weights=config.teacher_weights
-        )
-        .to(device)
-        .eval()
+    teacher = build_model(
+        config.teacher, spec.num_classes, in_chans=spec.in_chans, weights=config.teacher_weights
     )
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return teacher.to(memory_format=torch.channels_last) if config.channels_last else teacher
+    return prepare_teacher(teacher, device)
 
 
 def _check_loss_vs_source(config: TrainConfig) -> None:
@@ -200,7 +197,8 @@ def _distributed(config: TrainConfig) -> Iterator[tuple[DistContext, torch.devic
 
 
 def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
-    """Train a student; writes checkpoints, metrics.jsonl, run.json and curves.png under ``out``."""
+    """Train a student; writes checkpoints, metrics.jsonl, steps.jsonl, run.json and
+    curves.png under ``out``."""
     _check_loss_vs_source(config)
     out = Path(config.out)
     with _distributed(config) as (ctx, device):
@@ -264,6 +262,7 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainR
                 world=ctx.world_size,
             )
             started = time.perf_counter()
+            steps_before = len(step_losses)
             stats = train_one_epoch(
                 train_model,
                 objective,
@@ -311,6 +310,10 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainR
                     },
                 }
                 outputs.append_metrics(out, record)
+                epoch_losses = step_losses[steps_before:]
+                outputs.append_metrics(
+                    out, {"epoch": epoch + 1, "loss": epoch_losses}, outputs.STEP_LOSSES
+                )
                 state = run_state.checkpoint_state(
                     config, data, model, optimizer, scheduler, epoch + 1, best
                 )

@@ -1,4 +1,4 @@
-"""A run's directory: atomic checkpoints, metrics.jsonl, run.json, curves PNG.
+"""A run's directory: atomic checkpoints, metrics.jsonl, steps.jsonl, run.json, curves PNG.
 
 Files written here are replaced atomically (write to a temporary file in the same directory, then
 ``os.replace``), so a crash never leaves a half-written checkpoint where a good one was.
@@ -16,7 +16,9 @@ import torch
 
 from kdcache.errors import ConfigError
 
-RUN_FILES = ("run.json", "metrics.jsonl", "last.pt", "best.pt", "curves.png")
+METRICS = "metrics.jsonl"  # one record per epoch
+STEP_LOSSES = "steps.jsonl"  # one record per epoch: every optimiser step's loss (main process)
+RUN_FILES = ("run.json", METRICS, STEP_LOSSES, "last.pt", "best.pt", "curves.png")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -65,15 +67,16 @@ def prepare_run_dir(out: Path, *, resume: bool, force: bool) -> None:
         (out / name).unlink()
 
 
-def append_metrics(out: Path, record: dict[str, Any]) -> None:
-    with open(out / "metrics.jsonl", "a") as f:
+def append_metrics(out: Path, record: dict[str, Any], name: str = METRICS) -> None:
+    """Append one epoch's record (it carries an ``epoch`` key) to the run's ``name`` file."""
+    with open(out / name, "a") as f:
         f.write(json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
 
-def read_metrics(out: Path) -> list[dict[str, Any]]:
-    path = out / "metrics.jsonl"
+def read_metrics(out: Path, name: str = METRICS) -> list[dict[str, Any]]:
+    path = out / name
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -81,8 +84,9 @@ def read_metrics(out: Path) -> list[dict[str, Any]]:
 
 def truncate_metrics(out: Path, last_epoch: int) -> None:
     """On resume, drop records of epochs after the checkpoint (they will be redone)."""
-    kept = [r for r in read_metrics(out) if r["epoch"] <= last_epoch]
-    atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept).encode())
+    for name in (METRICS, STEP_LOSSES):
+        kept = [r for r in read_metrics(out, name) if r["epoch"] <= last_epoch]
+        atomic_write_bytes(out / name, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
 
 def plot_curves(out: Path) -> None:
