@@ -1,6 +1,6 @@
 """CIFAR-100 on a CPU budget: ResNet-56 teacher -> resnet20 students, with kdcache commands only.
 
-    python experiments/cifar100/run.py [--data-dir ../shared/data] [--epochs 4] [--views 2]
+    python experiments/cifar100/run.py [--data-dir ../shared/data] [--epochs 6] [--views 2]
                                        [--work experiments/cifar100/work] [--report docs/results.md]
 
 Steps (each resumable: re-running the script continues where it stopped):
@@ -14,7 +14,7 @@ Steps (each resumable: re-running the script continues where it stopped):
 4. ``docs/results.md`` sections (tables, commands, versions) and a PNG, written by ``report.py``
    from the run directories.
 
-The default budget (4 epochs, 2 views) takes about an hour and a half on 2 CPU cores; the report
+The default budget (6 epochs, 2 views) takes about an hour and a half on 2 CPU cores; the report
 says what each step took.
 """
 
@@ -104,7 +104,7 @@ def finished(run: Path, epochs: int) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--views", type=int, default=2)
     parser.add_argument("--work", type=Path, default=REPO / "experiments" / "cifar100" / "work")
     parser.add_argument("--report", type=Path, default=REPO / "docs" / "results.md")

@@ -16,6 +16,9 @@ Defaults alpha 1, beta 8, T 4 and ``alpha_temperature = T`` (the published runs;
 default is 1.0). Optional logit standardisation z-scores both logit sets first (then argmax and the
 mask are taken on the standardised teacher, as in the official code).
 
+With ``alpha_temperature == temperature`` the rows are computed from one softmax per side
+(``_RLDSharedRows``, docs/losses.md); otherwise from four (``_RLDRows``).
+
 Closed-form backward, with ``r`` the student softmax over ``c != y`` at tau, ``P = q^t_m``
 and ``q_y = q^s_y``::
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -36,6 +40,7 @@ from kdcache.losses._common import (
     MASK_FILL,
     batch_mean_scaled,
     binary_kl,
+    exclusion_offset,
     offset_kl_forward,
     prepare_logits,
     prepare_target,
@@ -44,6 +49,10 @@ from kdcache.losses._common import (
     standardize,
 )
 from kdcache.losses.base import DistillationLoss
+
+# Below this, the teacher's mass outside its arg-max, taken as ``sum - max``, has lost too many
+# digits to cancellation (float32: ~1e-5 relative at 1e-2); such rows are recomputed exactly.
+REST_MIN = 1e-2
 
 
 class _RLDRows(torch.autograd.Function):
@@ -89,6 +98,113 @@ class _RLDRows(torch.autograd.Function):
         return grad, None, None, None, None
 
 
+class _RLDSharedRows(torch.autograd.Function):
+    """``_RLDRows`` for ``alpha_temperature == temperature`` (the published setting), faster.
+
+    With one temperature both terms come from one full softmax per side, ``q^s = softmax(s/T)``
+    and ``q^t = softmax(t/T)``: SCD needs ``q^s_y``, ``q^t_m`` and the masses of the other
+    classes, and MCD's softmaxes over ``S`` are the full ones renormalised,
+    ``softmax_S(z/T) = q * 1_S / sum_S q``, since ``y`` and ``m`` are never in ``S``. That is two
+    softmaxes instead of four plus a log-sum-exp, and no arg-max: ``q^t_m`` is the largest
+    probability, and the teacher's other mass is ``sum_c q^t_c - q^t_m``.
+
+    These shortcuts lose precision in rare rows, which are recomputed exactly (the ``_RLDRows``
+    way, on those rows only): where ``sum - q^t_m`` cancels (``< REST_MIN``: a teacher sure of its
+    arg-max), and where a probability the shortcuts divide by or take the log of is too small to
+    be accurate (``q^s_y``, the student's other mass, or either side's mass on ``S``: the logit
+    scale of 100+ that the contract tests use).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, student: Tensor, teacher: Tensor, target: Tensor, temperature: float
+    ) -> tuple[Tensor, Tensor]:
+        index = target.unsqueeze(1)  # [B, 1]
+        # 1 on S = {c : t_c < t_y}, else 0; arithmetic because bool compares are slow on CPU.
+        keep = (teacher.gather(1, index) - teacher).sign_().clamp_(min=0.0)  # [B, C]
+        has_support = keep.sum(dim=1, keepdim=True) > 0  # [B, 1]
+        u = student / temperature  # [B, C]
+        v = teacher / temperature
+        qs = F.softmax(u, dim=1)
+        qt = F.softmax(v, dim=1)
+        # Teacher (SCD): log q^t_m, log(1 - q^t_m), and lse(v) for MCD.
+        p_top = qt.amax(dim=1, keepdim=True)  # [B, 1]; the fused kernel's exp(0) / sum, exact
+        lt_in = p_top.log()
+        lt_out = (qt.sum(dim=1, keepdim=True) - p_top).log()
+        lse_t = v.amax(dim=1, keepdim=True) - lt_in
+        # Student (SCD): q^s_y, the mass of the others (exact: summed with y zeroed), and the log
+        # of qs's normaliser, lse(u); qs then holds the student probabilities of c != y.
+        q_y = qs.gather(1, index)
+        qs.scatter_(1, index, 0.0)
+        rest_s = qs.sum(dim=1, keepdim=True)
+        ls_in, ls_out = q_y.log(), rest_s.log()
+        lse_s = u.gather(1, index) - ls_in
+
+        tiny = _underflow_floor(student.dtype, student.shape[1])
+        redo_teacher = (qt.sum(dim=1) - p_top.squeeze(1) < REST_MIN).nonzero().squeeze(1)
+        if redo_teacher.numel():
+            lt_in[redo_teacher], lt_out[redo_teacher] = _exact_binary_logs(
+                v[redo_teacher], v[redo_teacher].argmax(dim=1, keepdim=True)
+            )
+        redo_student = ((q_y < tiny) | (rest_s < tiny)).squeeze(1).nonzero().squeeze(1)
+        if redo_student.numel():
+            # qs becomes the softmax over c != y, normalised by lse_s = lse_{c != y}(u).
+            rows, at = redo_student, index[redo_student]
+            r, lse_rest = softmax_lse(u[rows].scatter(1, at, MASK_FILL))
+            qs[rows], rest_s[rows] = r, 1.0
+            log_in, log_out = split_log_probs(u[rows].gather(1, at).squeeze(1), lse_rest)
+            ls_in[rows], ls_out[rows] = log_in.unsqueeze(1), log_out.unsqueeze(1)
+            lse_s[rows], q_y[rows] = lse_rest.unsqueeze(1), log_in.exp().unsqueeze(1)
+        scd = binary_kl(lt_in, lt_out, ls_in, ls_out).squeeze(1)  # [B]
+
+        # MCD = sum_S p^t (v - u) - lse_S(v) + lse_S(u), lse_S(z) = lse(z) + log(mass of q on S).
+        ws = qs * keep  # [B, C]; unnormalised softmax_S(u)
+        wt = qt.mul_(keep)  # unnormalised softmax_S(v)
+        # An empty S (no support) has zero masses: 1 instead keeps 0 / 0 out of the gradient.
+        zs = ws.sum(dim=1, keepdim=True).masked_fill_(~has_support, 1.0)  # [B, 1]
+        zt = wt.sum(dim=1, keepdim=True).masked_fill_(~has_support, 1.0)
+        cross = v.sub_(u).mul_(wt).sum(dim=1, keepdim=True)
+        mcd = cross / zt + (lse_s - lse_t) + (zs / zt).log()  # [B, 1]
+        redo_mcd = ((zs < tiny) | (zt < tiny)).squeeze(1).nonzero().squeeze(1)
+        if redo_mcd.numel():
+            rows = redo_mcd
+            offset = exclusion_offset(keep[rows], student.dtype)
+            kl, ws[rows], wt[rows] = offset_kl_forward(
+                student[rows], teacher[rows], offset, temperature
+            )
+            mcd[rows], zs[rows], zt[rows] = kl.unsqueeze(1), 1.0, 1.0
+        mcd = mcd.masked_fill_(~has_support, 0.0).squeeze(1)
+
+        ctx.save_for_backward(ws, wt, qs, index, zs, zt, rest_s, q_y, p_top, has_support)
+        ctx.temperature = temperature
+        return scd, mcd
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, g_scd: Tensor, g_mcd: Tensor) -> tuple[Tensor | None, ...]:
+        ws, wt, qs, index, zs, zt, rest_s, q_y, p_top, has_support = ctx.saved_tensors
+        temperature = ctx.temperature
+        on_mcd = (g_mcd.unsqueeze(1) / temperature).masked_fill_(~has_support, 0.0)  # [B, 1]
+        on_y = g_scd.unsqueeze(1) * (p_top - q_y) / temperature
+        # (softmax_S(u) - softmax_S(v)) on_mcd + r (P - q_y) / T, with r = qs / rest_s.
+        grad = torch.mul(ws, on_mcd / zs).addcmul_(wt, -on_mcd / zt).addcmul_(qs, on_y / rest_s)
+        return grad.scatter_(1, index, -on_y), None, None, None
+
+
+def _underflow_floor(dtype: torch.dtype, classes: int) -> float:
+    """Masses below this may hold subnormal probabilities (relative error above eps): redo."""
+    info = torch.finfo(dtype)
+    return info.tiny * classes / info.eps
+
+
+def _exact_binary_logs(v: Tensor, top: Tensor) -> tuple[Tensor, Tensor]:
+    """``(log q_top, log(1 - q_top))`` [R, 1] of ``softmax(v)`` from log-sum-exps (no cancel)."""
+    v_top = v.gather(1, top).squeeze(1)
+    lse_rest = torch.logsumexp(v.scatter(1, top, MASK_FILL), dim=1)
+    log_in, log_out = split_log_probs(v_top, lse_rest)
+    return log_in.unsqueeze(1), log_out.unsqueeze(1)
+
+
 def rld_terms(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -110,7 +226,10 @@ def rld_terms(
     target = prepare_target(target, s)
     if logit_stand:
         s, t = standardize(s), standardize(t)
-    scd, mcd = _RLDRows.apply(s, t, target, temperature, tau)
+    if tau == temperature:
+        scd, mcd = _RLDSharedRows.apply(s, t, target, temperature)
+    else:
+        scd, mcd = _RLDRows.apply(s, t, target, temperature, tau)
     return {"scd": batch_mean_scaled(scd, tau), "mcd": batch_mean_scaled(mcd, temperature)}
 
 

@@ -10,6 +10,7 @@ from reference_ldrld import ldrld_loop
 from kdcache.losses import dkd_loss, dkd_terms, ldrld_loss, ldrld_terms, rld_loss, rld_terms
 from kdcache.losses._common import masked_kl
 from kdcache.losses.ldrld import adw_weight
+from kdcache.losses.rld import _RLDRows, _RLDSharedRows
 
 
 def _logits(batch: int, classes: int, scale: float = 3.0, seed: int = 0, dtype=torch.float64):
@@ -130,3 +131,53 @@ def test_ldrld_with_k_equal_to_the_class_count_has_no_remaining_knowledge() -> N
 def test_adaptive_decay_weight_uses_one_based_ranks() -> None:
     assert adw_weight(0, 1) == pytest.approx(2.0 * torch.exp(torch.tensor(-0.15)).item() / 2.5)
     assert adw_weight(2, 5, a=1.0, b=1.0, gamma=0.0) == pytest.approx(1.0 / 4.0)
+
+
+def _rld_rows_both_ways(student, teacher, target, temperature: float = 4.0):
+    """(shared-softmax rows, general rows): values and student gradients of alpha*SCD + beta*MCD."""
+    results = []
+    for rows in (_RLDSharedRows.apply, lambda s, t, y, T: _RLDRows.apply(s, t, y, T, T)):
+        s = student.clone().requires_grad_(True)
+        scd, mcd = rows(s, teacher, target, temperature)
+        (grad,) = torch.autograd.grad((scd + 8.0 * mcd).sum(), s)
+        results.append((torch.stack([scd, mcd]).detach(), grad))
+    return results
+
+
+def _rld_hard_rows(dtype: torch.dtype):
+    """Rows that send the shared-softmax path to each exact fallback, beside ordinary rows."""
+    student, teacher, target = _logits(8, 12, dtype=dtype)
+    top = teacher.argmax(dim=1)
+    teacher[0, top[0]] += 200.0  # teacher sure of its arg-max: sum - max cancels to 0 or less
+    student[1, target[1]] = -900.0  # student sure the label is wrong: q_y underflows
+    student[2, target[2]] = 900.0  # student sure of the label: its other mass underflows
+    below = teacher[3] < teacher[3, target[3]]
+    student[3] = torch.where(below, student[3] - 700.0, student[3])  # student mass on S underflows
+    teacher[4] = torch.where(teacher[4] < teacher[4, target[4]], teacher[4] - 700.0, teacher[4])
+    target[5] = teacher[5].argmin()  # empty MCD support
+    teacher[6, 3] = teacher[6, 5] = teacher[6].max() + 1.0  # tied teacher arg-max
+    return student, teacher, target
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_rld_shared_softmax_path_equals_the_general_one_on_hard_rows(dtype, tol) -> None:
+    student, teacher, target = _rld_hard_rows(dtype)
+    (fast, fast_grad), (general, general_grad) = _rld_rows_both_ways(student, teacher, target)
+    assert torch.isfinite(fast).all() and torch.isfinite(fast_grad).all()
+    torch.testing.assert_close(fast, general, rtol=tol, atol=tol)
+    torch.testing.assert_close(fast_grad, general_grad, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize(
+    "disable",
+    [("REST_MIN", 0.0), ("_underflow_floor", lambda dtype, classes: 0.0)],
+    ids=["teacher_rest_cancellation", "underflowing_masses"],
+)
+def test_rld_shared_softmax_path_needs_each_exact_fallback(disable, monkeypatch) -> None:
+    """With a fallback switched off, the hard rows give inf / nan: the test above can fail."""
+    import kdcache.losses.rld as rld_module
+
+    monkeypatch.setattr(rld_module, *disable)
+    student, teacher, target = _rld_hard_rows(torch.float32)
+    (fast, fast_grad), _ = _rld_rows_both_ways(student, teacher, target)
+    assert not (torch.isfinite(fast).all() and torch.isfinite(fast_grad).all())
