@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int], None]
 
+
 @dataclass(frozen=True)
 class ExtractConfig:
     """Everything ``kdcache extract`` needs. Only the identity fields change the cache's bytes."""

@@ -17,6 +17,7 @@ from kdcache.cache.store import open_cache
 from kdcache.losses import loss_info
 from kdcache.training import outputs
 
+REPO = Path(__file__).resolve().parents[2]
 HEADER = (
     "# Results: CIFAR-100, ResNet-56 -> resnet20, on a reduced CPU budget\n\n"
     "The sections below are written by `experiments/cifar100/report.py` from the runs of "
@@ -56,8 +57,9 @@ def _plot(work: Path, runs: dict[str, list[dict[str, Any]]], png: Path) -> None:
     ax_acc.set(xlabel="epoch", ylabel="test top-1 (%)", title="resnet20 students, CIFAR-100 test")
     ax_loss.set(xlabel="optimiser step", ylabel="training loss (every step)",
                 title="LDRLD: cached vs online teacher")  # fmt: skip
-    ax_acc.legend()
-    ax_loss.legend()
+    for ax in (ax_acc, ax_loss):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
@@ -65,23 +67,25 @@ def _plot(work: Path, runs: dict[str, list[dict[str, Any]]], png: Path) -> None:
 
 def _setup(work: Path, epochs: int, views: int, timings: dict[str, float]) -> str:
     cache = open_cache(str(work / "cache"))
-    meta = cache.meta
+    meta, ident = cache.meta, cache.meta.identity
     teacher_test = open_cache(str(work / "teacher_test")).meta.teacher_top1 or [float("nan")]
     size = cache.stored_bytes() or 0
-    rows = meta.num_samples * meta.num_views
+    rows = ident.dataset.num_samples * ident.augmentation.num_views
     schedule = _run_json(work, "ldrld")["schedule"]
     versions = ", ".join(f"{k} {v}" for k, v in sorted(meta.versions.items()))
     per_view = ", ".join(f"{x:.2f}%" for x in meta.teacher_top1 or [])
     lines = [
         f"Command: `python experiments/cifar100/run.py --epochs {epochs} --views {views}` "
-        f"on {os.cpu_count()} CPU cores, no GPU.",
+        f"on {os.cpu_count()} CPU cores, no GPU; runs started "
+        f"{_run_json(work, 'ldrld')['started'][:10]}.",
         "",
         f"- **Teacher**: the real ResNet-56 in `../shared/data`: **{teacher_test[0]:.2f}%** top-1 "
         f"on the test split (`kdcache extract --split test --recipe none`, then `kdcache info`); "
-        f"on the cached training views ({meta.recipe} recipe): {per_view}.",
-        f"- **Cache**: {meta.num_views} views x {meta.num_samples:,} samples, dense "
-        f"{meta.dtype}, **{size / 2**20:.1f} MiB** on disk ({size / rows:.0f} B per sample per "
-        f"view), extracted in **{timings['cache']:.0f} s** ({rows / timings['cache']:.0f} img/s). "
+        f"on the cached training views ({ident.augmentation.recipe} recipe): {per_view}.",
+        f"- **Cache**: {ident.augmentation.num_views} views x {ident.dataset.num_samples:,} "
+        f"samples, {ident.storage.mode} {ident.storage.dtype}, **{size / 2**20:.1f} MiB** on "
+        f"disk ({size / rows:.0f} B per sample per view), extracted in "
+        f"**{timings['cache']:.0f} s** ({rows / timings['cache']:.0f} img/s). "
         "float32 rather than the default float16, so that the online run can be compared bit for "
         "bit; float16 halves the size (docs/benchmarks.md).",
         f"- **Budget**: {epochs} epochs of the 240-epoch CIFAR protocol, scaled: batch "
@@ -95,7 +99,7 @@ def _setup(work: Path, epochs: int, views: int, timings: dict[str, float]) -> st
     ]
     for name in METHODS[1:]:
         info = loss_info(name)
-        params = ", ".join(f"{k}={v}" for k, v in info.defaults.items())
+        params = ", ".join(f"{k}={'T' if v is None else v}" for k, v in info.defaults.items())
         lines.append(
             f"  - {name}: {params}; ce_weight={info.ce_weight}, "
             f"distill_weight={info.distill_weight}, warm-up {info.warmup_epochs} of 240 epochs"
@@ -159,9 +163,10 @@ def write_report(work: Path, report: Path, epochs: int, views: int) -> None:
     runs = _runs(work)
     png = report.parent / "results_cifar100.png"
     _plot(work, runs, png)
-    commands = (
-        (work / "commands.log").read_text().strip() if (work / "commands.log").exists() else ""
-    )
+    log = work / "commands.log"
+    # Paths as a reader's checkout sees them: the shared data beside the repository.
+    shared = str(REPO.parent / "shared")
+    commands = log.read_text().strip().replace(shared, "../shared") if log.exists() else ""
     sections = {
         "Setup": _setup(work, epochs, views, timings),
         "Accuracy and time": _table(runs) + f"\n\n![test top-1 and LDRLD step losses]({png.name})",

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import click
 
+from kdcache.cache.remote import REMOTE_CACHE_ENV
 from kdcache.errors import KdcacheError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @contextlib.contextmanager
@@ -30,3 +35,22 @@ def progress_bar(
         desc=desc, unit=unit, unit_scale=True, disable=disable, dynamic_ncols=True, mininterval=0.5
     ) as bar:
         yield bar.update
+
+
+def _set_remote_cache_dir(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    # An environment variable rather than an argument threaded through every call: DataLoader
+    # workers and torchrun ranks read remote caches too, and they inherit the environment.
+    if value is not None:
+        os.environ[REMOTE_CACHE_ENV] = value
+
+
+def remote_cache_dir_option(command: F) -> F:
+    """``--remote-cache-dir DIR``: where local copies of a remote cache's chunks are kept."""
+    return click.option(
+        "--remote-cache-dir",
+        metavar="DIR",
+        expose_value=False,
+        callback=_set_remote_cache_dir,
+        help=f"Where local copies of remote (URL, s3://) cache chunks are kept; 'off' reads "
+        f"remotely every time [env {REMOTE_CACHE_ENV}; default ~/.cache/kdcache/remote].",
+    )(command)

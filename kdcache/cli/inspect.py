@@ -7,10 +7,11 @@ import sys
 
 import click
 
-from kdcache.cli._common import user_errors
+from kdcache.cli._common import remote_cache_dir_option, user_errors
 
 
 @click.command("info")
+@remote_cache_dir_option
 @click.argument("cache")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 def info_command(cache: str, as_json: bool) -> None:
@@ -24,6 +25,7 @@ def info_command(cache: str, as_json: bool) -> None:
 
 
 @click.command("verify")
+@remote_cache_dir_option
 @click.argument("cache")
 @click.option(
     "--data-dir",

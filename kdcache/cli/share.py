@@ -6,10 +6,11 @@ import json
 
 import click
 
-from kdcache.cli._common import user_errors
+from kdcache.cli._common import remote_cache_dir_option, user_errors
 
 
 @click.command("pack")
+@remote_cache_dir_option
 @click.argument("cache")
 @click.argument("out")
 @click.option(

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from kdcache.cli._common import progress_bar, user_errors
+from kdcache.cli._common import progress_bar, remote_cache_dir_option, user_errors
 
 
 def _parse_views(value: str | None) -> tuple[int, ...] | None:
@@ -67,6 +67,7 @@ _FIELDS = {
 
 
 @click.command("train")
+@remote_cache_dir_option
 @click.option(
     "--config",
     "config_file",
@@ -147,9 +148,13 @@ _FIELDS = {
     type=int,
     help="Cache blocks shuffled together.",
 )
-@click.option("--block-rows", type=int, default=None,
-              help="Without --cache: samples per shuffling block (match a cache's chunk rows to "
-              "reproduce its order).")
+@click.option(
+    "--block-rows",
+    type=int,
+    default=None,
+    help="Without --cache: samples per shuffling block (match a cache's chunk rows to "
+    "reproduce its order).",
+)
 @click.option("--out", default=None, help="Run directory.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out.")
 @click.option("--force", is_flag=True, help="Replace the run in --out.")

@@ -196,3 +196,12 @@ def test_http_directory_and_zip_read_like_the_local_cache(digits_cache, http_roo
     assert_same_blocks(every_block(f"{http_root}/digits.zip", cache_dir=tmp_path / "c2"), local)
     code, output = run_cli(["info", f"{http_root}/missing"])
     assert code != 0 and "no kdcache cache at" in output and "Traceback" not in output
+
+
+def test_the_remote_cache_dir_flag_says_where_local_copies_go(digits_cache, prefix, tmp_path):
+    upload(digits_cache, prefix)
+    flag_dir = tmp_path / "flag-copies"
+    code, output = run_cli(["verify", "--remote-cache-dir", str(flag_dir), prefix, "--replay", "0"])
+    assert code == 0, output
+    assert len([p for p in flag_dir.rglob("*") if p.is_file()]) > 0
+    assert not any(p.is_file() for p in (tmp_path / "chunk-copies").rglob("*"))
