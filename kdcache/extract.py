@@ -27,7 +27,12 @@ from kdcache.cache.store import CacheWriter, open_for_writing
 from kdcache.data import SeededViews, SourceDataset, load_dataset, normalize
 from kdcache.errors import ConfigError
 from kdcache.models import build_model, count_parameters, weights_sha256
-from kdcache.models.inference import prepare_teacher, teacher_inference, teacher_logits
+from kdcache.models.inference import (
+    forward_description,
+    prepare_teacher,
+    teacher_inference,
+    teacher_logits,
+)
 from kdcache.runtime import init_distributed, rank_device, resolve_device
 
 log = logging.getLogger(__name__)
@@ -217,6 +222,7 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
         identity=identity,
         versions=library_versions(),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
+        producers=(forward_description(device),),
     )
 
     # Rank 0 creates (or validates) the cache before the others join it.

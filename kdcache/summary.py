@@ -68,5 +68,17 @@ def format_summary(s: dict[str, Any]) -> str:
     elif s.get("teacher_top1_partial"):
         part = ", ".join("-" if x is None else f"{x:.2f}" for x in s["teacher_top1_partial"])
         lines.append(f"teacher top-1 so far (%): {part}")
+    producers = s.get("producers") or []
+    for i, p in enumerate(producers):
+        label = "produced on " if i == 0 else "           + "
+        lines.append(
+            f"{label} {p.get('device')}, {p.get('precision')}, {p.get('memory_format')}"
+            f", torch {p.get('torch')}"
+        )
+    if len(producers) > 1:
+        lines.append(
+            "             (blocks were written by more than one forward configuration: logits "
+            "may differ in the last bits between blocks)"
+        )
     lines.append("versions     " + ", ".join(f"{k} {v}" for k, v in sorted(s["versions"].items())))
     return "\n".join(lines)

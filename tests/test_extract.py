@@ -72,6 +72,30 @@ def test_bytes_do_not_depend_on_batch_size_or_workers(tmp_path, digits_extract_a
     assert cache_attrs(a) == cache_attrs(b) == cache_attrs(c)
 
 
+def test_the_cache_records_how_the_teacher_forward_ran(tmp_path, digits_extract_args, monkeypatch):
+    out = tmp_path / "c"
+    extract(digits_extract_args, out, "--workers", "0")
+    first = open_cache(str(out)).meta
+    assert first.producers == (
+        {
+            "device": "cpu",
+            "precision": "float32",
+            "memory_format": "channels_last",
+            "min_forward_rows": "16",
+            "torch": torch.__version__,
+        },
+    )
+    # A resume elsewhere (here: faked) is appended, and `info` warns about the mix.
+    other = {**first.producers[0], "device": "cuda (NVIDIA H100)", "precision": "float16 autocast"}
+    monkeypatch.setattr("kdcache.extract.forward_description", lambda device: other)
+    extract(digits_extract_args, out, "--workers", "0")
+    meta = open_cache(str(out)).meta
+    assert meta.producers == (first.producers[0], other)
+    assert meta.fingerprint == first.fingerprint and meta.complete
+    code, output = run_cli(["info", str(out)])
+    assert code == 0 and "more than one forward configuration" in output
+
+
 def test_interrupted_extract_resumes_to_the_same_bytes(tmp_path, digits_extract_args, monkeypatch):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     extract(digits_extract_args, whole, "--workers", "0")

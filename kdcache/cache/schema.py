@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from kdcache.errors import CacheError, ConfigError, FormatVersionError
 
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
+FORMAT_MINOR = 1  # 1.1: + producers (1.0 caches read with none recorded)
 FORMAT_VERSION = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
 ATTRS_KEY = "kdcache"  # the group attribute that holds the whole self-description
 
@@ -177,6 +177,10 @@ class CacheMeta:
     format_version: str = FORMAT_VERSION
     versions: dict[str, str] = field(default_factory=dict)  # libraries that affect the bytes
     created: str = ""  # ISO 8601 UTC
+    # How the teacher's forward ran (device, precision, ...): not part of the identity, since
+    # every producer computes the same logits up to the last bits, but a consumer should see it.
+    # One entry per distinct configuration that wrote blocks (a resume elsewhere appends one).
+    producers: tuple[dict[str, str], ...] = ()
     # Filled in when the last block is written (absent while incomplete):
     complete: bool = False
     teacher_top1: list[float] | None = None  # per view, percent
@@ -185,6 +189,11 @@ class CacheMeta:
     @property
     def fingerprint(self) -> str:
         return self.identity.fingerprint()
+
+    def with_producers(self, producers: tuple[dict[str, str], ...]) -> CacheMeta:
+        """This metadata with any of ``producers`` it does not list yet appended."""
+        new = tuple(p for p in producers if p not in self.producers)
+        return replace(self, producers=self.producers + new) if new else self
 
     @property
     def num_blocks(self) -> int:
@@ -200,6 +209,7 @@ class CacheMeta:
         d: dict[str, Any] = {"format_version": self.format_version, "fingerprint": self.fingerprint}
         d.update(self.identity.to_dict())
         d.update(versions=dict(self.versions), created=self.created, complete=self.complete)
+        d["producers"] = [dict(p) for p in self.producers]
         if self.teacher_top1 is not None:
             d["teacher_top1"] = list(self.teacher_top1)
             d["teacher_top5"] = list(self.teacher_top5 or [])
@@ -220,6 +230,7 @@ class CacheMeta:
             format_version=d["format_version"],
             versions=dict(d.get("versions", {})),
             created=str(d.get("created", "")),
+            producers=tuple(dict(p) for p in d.get("producers", [])),
             complete=bool(d.get("complete", False)),
             teacher_top1=d.get("teacher_top1"),
             teacher_top5=d.get("teacher_top5"),

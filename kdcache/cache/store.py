@@ -9,6 +9,7 @@ zarr chunk (its own file or object), so concurrent writers never read-modify-wri
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -162,11 +163,8 @@ class CacheWriter:
         n = self.meta.identity.dataset.num_samples
         top1 = np.asarray(self._arrays[schema.BLOCK_TOP1][:]).sum(axis=1) * 100.0 / n
         top5 = np.asarray(self._arrays[schema.BLOCK_TOP5][:]).sum(axis=1) * 100.0 / n
-        meta = CacheMeta(
-            identity=self.meta.identity,
-            format_version=self.meta.format_version,
-            versions=self.meta.versions,
-            created=self.meta.created,
+        meta = dataclasses.replace(
+            self.meta,
             complete=True,
             teacher_top1=[round(float(x), 4) for x in top1],
             teacher_top5=[round(float(x), 4) for x in top5],
@@ -277,7 +275,10 @@ def open_for_writing(
             int(np.asarray(_open_array(existing, schema.BLOCK_DONE, location)[:]).sum()),
             old.num_blocks * old.identity.augmentation.num_views,
         )
-        return CacheWriter(existing, old, location)
+        merged = old.with_producers(meta.producers)
+        if create and merged is not old:  # rank 0 records a new forward configuration
+            existing.attrs[schema.ATTRS_KEY] = merged.to_dict()
+        return CacheWriter(existing, merged, location)
     if not create:
         raise CacheError(f"{location} has no cache to join; rank 0 must create it first")
     if existing is None and locations.holds_other_content(location):

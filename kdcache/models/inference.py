@@ -45,3 +45,18 @@ def teacher_logits(teacher: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         x = torch.cat([x, x[-1:].expand(MIN_FORWARD_ROWS - n, *x.shape[1:])])
     x = x.contiguous(memory_format=torch.channels_last)
     return teacher(x)[:n].float()
+
+
+def forward_description(device: torch.device) -> dict[str, str]:
+    """How ``teacher_logits`` runs on ``device``, for a cache's ``producers`` record."""
+    if device.type == "cuda":
+        where, precision = f"cuda ({torch.cuda.get_device_name(device)})", "float16 autocast"
+    else:
+        where, precision = device.type, "float32"
+    return {
+        "device": where,
+        "precision": precision,
+        "memory_format": "channels_last",
+        "min_forward_rows": str(MIN_FORWARD_ROWS),
+        "torch": torch.__version__,
+    }

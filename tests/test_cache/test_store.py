@@ -95,6 +95,17 @@ def test_newer_major_format_is_refused_with_the_version_needed(tmp_path):
         open_cache(str(tmp_path / "c"))
 
 
+def test_a_format_1_0_cache_without_producers_still_reads(tmp_path):
+    write_all(tmp_path / "c", make_meta())
+    group = zarr.open_group(str(tmp_path / "c"), mode="r+")
+    attrs = dict(group.attrs["kdcache"])
+    attrs["format_version"] = "1.0"
+    del attrs["producers"]
+    group.attrs["kdcache"] = attrs
+    reader = open_cache(str(tmp_path / "c"))
+    assert reader.meta.producers == () and reader.meta.complete
+
+
 def test_edited_identity_is_detected(tmp_path):
     write_all(tmp_path / "c", make_meta())
     group = zarr.open_group(str(tmp_path / "c"), mode="r+")
