@@ -90,7 +90,7 @@ def _setup(work: Path, epochs: int, views: int, timings: dict[str, float]) -> st
         "bit; float16 halves the size (docs/benchmarks.md).",
         f"- **Budget**: {epochs} epochs of the 240-epoch CIFAR protocol, scaled: batch "
         f"{schedule['batch_size']}, SGD lr {schedule['lr']} momentum 0.9, weight decay "
-        f"{schedule['weight_decay']}, lr x{schedule['lr_decay']} at epochs "
+        f"{schedule['weight_decay']}, lr x{schedule['lr_decay']} after epochs "
         f"{', '.join(map(str, schedule['milestones'])) or '(none)'}, DKD/RLD warm-up "
         f"{schedule['warmup_epochs']:.2f} epochs. Each epoch sees every sample once, in one of "
         f"the {views} cached views. Same student seed (0) for every method.",
