@@ -110,15 +110,16 @@ def _setup(work: Path, epochs: int, views: int, timings: dict[str, float]) -> st
 
 def _table(runs: dict[str, list[dict[str, Any]]]) -> str:
     lines = [
-        "| method | top-1 (%) | top-5 (%) | best top-1 (%) | s / epoch (train) | img/s |",
+        "| method | top-1 (%) | top-5 (%) | best top-1 (%) | median s / epoch (train) | img/s |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, records in runs.items():
         if not records:
             continue
         last = records[-1]
-        seconds = np.mean([r["epoch_seconds"] for r in records])
-        rate = np.mean([r["images_per_second"] for r in records])
+        # Medians: an epoch that shared the machine with other work does not drag the figure.
+        seconds = np.median([r["epoch_seconds"] for r in records])
+        rate = np.median([r["images_per_second"] for r in records])
         lines.append(
             f"| {name} | {last['test_top1']:.2f} | {last['test_top5']:.2f} | "
             f"{max(r['test_top1'] for r in records):.2f} | {seconds:.0f} | {rate:.0f} |"
@@ -147,13 +148,19 @@ def _online(work: Path, runs: dict[str, list[dict[str, Any]]]) -> str:
             "",
             "| | cached | online | online / cached |",
             "| --- | ---: | ---: | ---: |",
-            f"| mean s / epoch | {np.mean(t_cached):.0f} | {np.mean(t_online):.0f} | "
-            f"{np.mean(t_online) / np.mean(t_cached):.2f}x |",
+            f"| median s / epoch | {np.median(t_cached):.0f} | {np.median(t_online):.0f} | "
+            f"{np.median(t_online) / np.median(t_cached):.2f}x |",
             f"| fastest epoch, s | {min(t_cached):.0f} | {min(t_online):.0f} | "
             f"{min(t_online) / min(t_cached):.2f}x |",
             "",
             "Epoch times are the training loop only (evaluation excluded), on a shared 2-core "
-            "machine; the fastest-epoch row is the least disturbed by other load.",
+            "machine; the fastest-epoch row is the least disturbed by other load. Per-epoch "
+            "times of every run: "
+            + "; ".join(
+                f"{name} " + ", ".join(f"{r['epoch_seconds']:.0f}" for r in runs[name])
+                for name in ("ldrld", "ldrld_online")
+            )
+            + " s.",
         ]
     )
 
