@@ -124,8 +124,13 @@ def _table(runs: dict[str, list[dict[str, Any]]]) -> str:
             f"| {name} | {last['test_top1']:.2f} | {last['test_top5']:.2f} | "
             f"{max(r['test_top1'] for r in records):.2f} | {seconds:.0f} | {rate:.0f} |"
         )
-    done = {n: len(r) for n, r in runs.items()}
-    lines += ["", f"Epochs completed per run: {done}. Test metrics after the last epoch."]
+    done = ", ".join(f"{name} {len(records)}" for name, records in runs.items())
+    total = sum(r["epoch_seconds"] for records in runs.values() for r in records)
+    lines += [
+        "",
+        f"Epochs completed: {done}. Test metrics after the last epoch. Training loops of all "
+        f"runs together: {total / 60:.0f} min (evaluation and extraction not included).",
+    ]
     return "\n".join(lines)
 
 
