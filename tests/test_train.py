@@ -494,3 +494,33 @@ def test_existing_run_is_never_clobbered(tmp_path, fp32_cache):
     assert code != 0 and "already holds a training run" in output
     assert (out / "last.pt").read_bytes() == before
     assert cli([*args, "--force"])[0] == 0
+
+
+def test_online_teacher_logits_can_be_saved_for_backward(
+    tmp_path, digits_teacher_weights, monkeypatch
+):
+    """The online teacher runs under inference mode; a loss must still be free to save them."""
+    from kdcache.losses.objective import Objective
+
+    real_forward = Objective.forward
+    seen: list[bool] = []
+
+    def recording_forward(self, student, teacher, target, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(teacher.is_inference())
+        return real_forward(self, student, teacher, target, *args, **kwargs)
+
+    monkeypatch.setattr(Objective, "forward", recording_forward)
+    run_train(
+        base_config(
+            tmp_path / "online",
+            dataset="digits",
+            recipe="cifar",
+            aug_seed=7,
+            num_views=2,
+            teacher="resnet8",
+            teacher_weights=str(digits_teacher_weights),
+            loss="kd",
+            max_samples=128,
+        )
+    )
+    assert seen and not any(seen)

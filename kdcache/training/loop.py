@@ -135,6 +135,8 @@ def train_one_epoch(
             # The extract forward, so that online logits equal a float32 cache's bit for bit.
             with teacher_inference(device):
                 teacher_logits = teacher_forward(teacher, x)
+            # An inference-mode tensor cannot be saved for backward: a plain copy for the loss.
+            teacher_logits = teacher_logits.clone()
         with _amp_context(device, config.amp):
             student_logits = model(x)
         # Losses in float32 whatever the autocast dtype (DESIGN.md §4).
