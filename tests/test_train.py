@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -88,23 +89,19 @@ def base_config(out: Path, **overrides) -> TrainConfig:
     return TrainConfig(**settings)
 
 
+def online_config(out: Path, teacher_weights: Path, **overrides: Any) -> TrainConfig:
+    """KD with the live digits teacher, on the views of the ``fp32_cache`` fixture's settings."""
+    settings: dict[str, Any] = dict(dataset="digits", recipe="cifar", aug_seed=7, num_views=2,
+                                    teacher="resnet8", teacher_weights=str(teacher_weights),
+                                    loss="kd")  # fmt: skip
+    return base_config(out, **settings, **overrides)
+
+
 def test_cached_and_online_training_give_the_same_step_losses(
     tmp_path, fp32_cache, digits_teacher_weights
 ):
     cached = run_train(base_config(tmp_path / "cached", cache=str(fp32_cache), loss="kd"))
-    online = run_train(
-        base_config(
-            tmp_path / "online",
-            dataset="digits",
-            recipe="cifar",
-            aug_seed=7,
-            num_views=2,
-            teacher="resnet8",
-            teacher_weights=str(digits_teacher_weights),
-            loss="kd",
-            block_rows=256,
-        )
-    )
+    online = run_train(online_config(tmp_path / "online", digits_teacher_weights, block_rows=256))
     assert len(cached.step_losses) == 8
     # One teacher forward for extract and online, batch-size independent: the same bits.
     assert cached.step_losses == online.step_losses
@@ -510,17 +507,5 @@ def test_online_teacher_logits_can_be_saved_for_backward(
         return real_forward(self, student, teacher, target, *args, **kwargs)
 
     monkeypatch.setattr(Objective, "forward", recording_forward)
-    run_train(
-        base_config(
-            tmp_path / "online",
-            dataset="digits",
-            recipe="cifar",
-            aug_seed=7,
-            num_views=2,
-            teacher="resnet8",
-            teacher_weights=str(digits_teacher_weights),
-            loss="kd",
-            max_samples=128,
-        )
-    )
+    run_train(online_config(tmp_path / "online", digits_teacher_weights, max_samples=128))
     assert seen and not any(seen)
