@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,17 @@ DATA_DIR = SHARED / "data"
 TEACHER_WEIGHTS = DATA_DIR / "teachers" / "resnet56_cifar100_020118.pth"
 
 torch.set_num_threads(2)
+
+
+def run_kdcache_process(
+    args: list[str], *, ranks: int = 1, port: int = 29517, timeout: int = 600
+) -> subprocess.CompletedProcess[str]:
+    """``kdcache ARGS`` in a fresh process, or under torchrun when ``ranks`` > 1 (1 thread each)."""
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
+                "--master_port", str(port)] if ranks > 1 else []  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, *launcher, "-m", "kdcache", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 
 def require_shared_data() -> Path:

@@ -21,6 +21,7 @@ from tests.conftest import (
     cache_attrs,
     cache_chunk_bytes,
     require_shared_data,
+    run_kdcache_process,
 )
 
 
@@ -150,26 +151,8 @@ def test_killed_process_resumes_to_the_same_bytes(tmp_path, digits_extract_args)
 def test_two_torchrun_ranks_write_the_same_bytes_as_one_process(tmp_path, digits_extract_args):
     single, multi = tmp_path / "single", tmp_path / "multi"
     extract(digits_extract_args, single, "--workers", "0")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29517",
-        "-m",
-        "kdcache",
-        *digits_extract_args,
-        "--out",
-        str(multi),
-        "--workers",
-        "0",
-        "--device",
-        "cpu",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    args = [*digits_extract_args, "--out", str(multi), "--workers", "0", "--device", "cpu"]
+    done = run_kdcache_process(args, ranks=2, port=29517, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert cache_chunk_bytes(single) == cache_chunk_bytes(multi)
     assert cache_attrs(single) == cache_attrs(multi)

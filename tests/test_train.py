@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +20,7 @@ from kdcache.training.config import TrainConfig
 from kdcache.training.loop import run_train
 from kdcache.training.plan import plan_epoch
 from kdcache.training.teacher_stream import CachedTeacher
-from tests.conftest import REPO
+from tests.conftest import run_kdcache_process
 
 
 def cli(args: list[str]) -> tuple[int, str]:
@@ -166,26 +163,10 @@ def test_a_view_subset_reads_only_those_views(fp32_cache):
 
 
 def test_view_choice_depends_on_seed_epoch_and_sample_only():
-    a = plan_epoch(
-        seed=5,
-        epoch=2,
-        num_samples=1000,
-        block_rows=100,
-        window_blocks=3,
-        allowed_views=np.arange(4),
-        batch_size=10,
-    )
-    b = plan_epoch(
-        seed=5,
-        epoch=2,
-        num_samples=1000,
-        block_rows=100,
-        window_blocks=3,
-        allowed_views=np.arange(4),
-        batch_size=50,
-        rank=1,
-        world=2,
-    )
+    common: dict[str, Any] = dict(seed=5, epoch=2, num_samples=1000, block_rows=100,
+                                  window_blocks=3, allowed_views=np.arange(4))  # fmt: skip
+    a = plan_epoch(**common, batch_size=10)
+    b = plan_epoch(**common, batch_size=50, rank=1, world=2)
     views_a = dict(zip(a.items[:, 1].tolist(), a.items[:, 0].tolist(), strict=True))
     assert all(views_a[i] == v for v, i in b.items.tolist())
     assert sorted(a.items[:, 1].tolist()) == list(range(1000))
@@ -240,55 +221,12 @@ def test_yaml_config_values_are_overridden_by_flags(tmp_path, fp32_cache):
 
 
 def test_two_process_ddp_matches_one_process_within_tolerance(tmp_path, fp32_cache):
-    args = [
-        "-m",
-        "kdcache",
-        "train",
-        "--cache",
-        str(fp32_cache),
-        "--student",
-        "resnet8",
-        "--loss",
-        "kd",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "64",
-        "--workers",
-        "0",
-        "--device",
-        "cpu",
-        "--no-progress",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    single = subprocess.run(
-        [sys.executable, *args, "--out", str(tmp_path / "one")],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    args = ["train", "--cache", str(fp32_cache), "--student", "resnet8", "--loss", "kd",
+            "--epochs", "2", "--batch-size", "64", "--workers", "0", "--device", "cpu",
+            "--no-progress"]  # fmt: skip
+    single = run_kdcache_process([*args, "--out", str(tmp_path / "one")])
     assert single.returncode == 0, single.stderr[-2000:]
-    multi = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29533",
-            *args[1:],
-            "--out",
-            str(tmp_path / "two"),
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    multi = run_kdcache_process([*args, "--out", str(tmp_path / "two")], ranks=2, port=29533)
     assert multi.returncode == 0, multi.stderr[-3000:]
     one, two = (outputs.read_metrics(tmp_path / d) for d in ("one", "two"))
     assert [r["epoch"] for r in two] == [1, 2]

@@ -49,7 +49,13 @@ class Experiment:
         print("$ " + line, flush=True)
         with open(self.work / "commands.log", "a") as f:  # for the report's "exact commands"
             f.write(line + "\n")
-        subprocess.run([sys.executable, "-m", "kdcache", *args], check=True, cwd=REPO)
+        code = subprocess.run([sys.executable, "-m", "kdcache", *args], cwd=REPO).returncode
+        if code:
+            # kdcache has printed what went wrong; finished steps are kept for the next run.
+            sys.exit(
+                f"run.py: `kdcache {args[0]}` failed (exit {code}); see its error above. "
+                "Fix it and re-run: finished steps are skipped, started ones resume."
+            )
 
     def extract(self, split: str, recipe: str, views: int, name: str) -> None:
         out = self.work / name

@@ -130,7 +130,8 @@ class _RLDSharedRows(torch.autograd.Function):
         # Teacher (SCD): log q^t_m, log(1 - q^t_m), and lse(v) for MCD.
         p_top = qt.amax(dim=1, keepdim=True)  # [B, 1]; the fused kernel's exp(0) / sum, exact
         lt_in = p_top.log()
-        lt_out = (qt.sum(dim=1, keepdim=True) - p_top).log()
+        rest_t = qt.sum(dim=1, keepdim=True) - p_top  # cancels when p_top ~ 1: see REST_MIN
+        lt_out = rest_t.log()
         lse_t = v.amax(dim=1, keepdim=True) - lt_in
         # Student (SCD): q^s_y, the mass of the others (exact: summed with y zeroed), and the log
         # of qs's normaliser, lse(u); qs then holds the student probabilities of c != y.
@@ -141,7 +142,7 @@ class _RLDSharedRows(torch.autograd.Function):
         lse_s = u.gather(1, index) - ls_in
 
         tiny = _underflow_floor(student.dtype, student.shape[1])
-        redo_teacher = (qt.sum(dim=1) - p_top.squeeze(1) < REST_MIN).nonzero().squeeze(1)
+        redo_teacher = (rest_t < REST_MIN).squeeze(1).nonzero().squeeze(1)
         if redo_teacher.numel():
             lt_in[redo_teacher], lt_out[redo_teacher] = _exact_binary_logs(
                 v[redo_teacher], v[redo_teacher].argmax(dim=1, keepdim=True)

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
-from tests.conftest import REPO, cache_attrs, cache_chunk_bytes
+from tests.conftest import cache_attrs, cache_chunk_bytes, run_kdcache_process
 from tests.test_share.conftest import (
     BUCKET,
     chunk_bytes,
@@ -42,11 +39,8 @@ def test_extract_to_s3_writes_the_bytes_of_a_local_extract(
 def test_two_torchrun_ranks_write_to_s3_the_bytes_of_one_process(
     digits_cache, digits_extract_args, prefix
 ):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29533", "-m", "kdcache", *digits_extract_args, "--out", prefix,
-           "--workers", "0", "--device", "cpu"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    args = [*digits_extract_args, "--out", prefix, "--workers", "0", "--device", "cpu"]
+    done = run_kdcache_process(args, ranks=2, port=29533, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert chunk_bytes(s3_objects(prefix)) == cache_chunk_bytes(digits_cache)
     assert remote_attrs(prefix) == cache_attrs(digits_cache)
