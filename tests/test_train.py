@@ -144,7 +144,7 @@ def decode_one_epoch(cache: Path, *, epoch: int, views: list[int], window: int):
     plan = plan_epoch(seed=1, epoch=epoch, num_samples=1438, block_rows=256, batch_size=64,
                       window_blocks=window, allowed_views=np.array(views))  # fmt: skip
     teacher = CachedTeacher(reader, chunk_capacity=8)
-    served = [logits for logits, _ in teacher.batches(plan.items, 64)]
+    served = [logits for logits, _ in teacher.batches(plan.items, plan.bounds)]
     return teacher, plan, served
 
 

@@ -63,6 +63,7 @@ _FIELDS = {
     "compile": "compile",
     "block_rows": "block_rows",
     "channels_last": "channels_last",
+    "eval_every": "eval_every",
 }
 
 
@@ -155,6 +156,13 @@ _FIELDS = {
     help="Without --cache: samples per shuffling block (match a cache's chunk rows to "
     "reproduce its order).",
 )
+@click.option(
+    "--eval-every",
+    default=1,
+    show_default=True,
+    type=int,
+    help="Evaluate every N epochs and after the last; 0: never (benchmarks).",
+)
 @click.option("--out", default=None, help="Run directory.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out.")
 @click.option("--force", is_flag=True, help="Replace the run in --out.")
@@ -201,10 +209,14 @@ def train_command(
         config = TrainConfig.from_dict({**settings, "resume": resume, "force": force})
         with progress_bar("train", disable=no_progress) as bar:
             result = run_train(config, progress=bar)
-    click.echo(
-        f"trained {config.student} for {result.epochs} epochs: test top-1 "
-        f"{result.final_top1:.2f}% (best {result.best_top1:.2f}%), top-5 {result.final_top5:.2f}%"
-    )
+    if result.final_top1 is None or result.best_top1 is None or result.final_top5 is None:
+        click.echo(f"trained {config.student} for {result.epochs} epochs (not evaluated)")
+    else:
+        click.echo(
+            f"trained {config.student} for {result.epochs} epochs: test top-1 "
+            f"{result.final_top1:.2f}% (best {result.best_top1:.2f}%), top-5 "
+            f"{result.final_top5:.2f}%"
+        )
     if result.cache_fingerprint:
         click.echo(f"cache fingerprint {result.cache_fingerprint[:16]}")
     click.echo(f"outputs in {result.out}")

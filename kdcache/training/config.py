@@ -85,6 +85,7 @@ class TrainConfig:
     window_blocks: int = 4  # cache blocks shuffled together
     block_rows: int | None = None  # ordering blocks without a cache (a cache uses its chunk rows)
     eval_batch_size: int = 256
+    eval_every: int = 1  # evaluate every N epochs and after the last; 0 = never (benchmarks)
     resume: bool = False
     force: bool = False
 
@@ -117,6 +118,8 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
         if self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+        if self.eval_every < 0:
+            raise ConfigError(f"--eval-every must be >= 0 (0: never), got {self.eval_every}")
         if self.verify_replay not in ("all", "sample", "off"):
             raise ConfigError(
                 f"--verify-replay must be all, sample or off, got {self.verify_replay!r}"

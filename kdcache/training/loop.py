@@ -1,22 +1,25 @@
-"""``run_train``: a flat loop (``train_one_epoch``, ``evaluate``) in the timm ``train.py`` style."""
+"""``run_train``: a flat loop (``train_one_epoch``, ``evaluate``) in the timm ``train.py`` style.
+
+The batches come from :mod:`kdcache.training.stream`, the very stream ``kdcache.open_cache(...)
+.loader(...)`` gives to your own loop. ``run_train`` is: set up (:func:`_set_up`), then per epoch
+the batches (:func:`_epoch_batches`), the steps (:func:`train_one_epoch`) and the epoch's record
+(:func:`_end_epoch`: evaluation, metrics, checkpoints, curves).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from kdcache.data import SeededViews, SourceDataset, normalize
-from kdcache.errors import ConfigError, ReplayMismatchError
+from kdcache.errors import ConfigError
 from kdcache.losses.objective import Objective, build_objective
 from kdcache.models import build_model
 from kdcache.models.inference import prepare_teacher, teacher_inference
@@ -25,24 +28,30 @@ from kdcache.runtime import DistContext, init_distributed, rank_device, resolve_
 from kdcache.training import outputs, run_state
 from kdcache.training.config import Schedule, TrainConfig, resolve_schedule
 from kdcache.training.evaluation import evaluate
-from kdcache.training.plan import plan_epoch
 from kdcache.training.sources import RunData, check_student_classes, resolve_run_data
+from kdcache.training.stream import Batch, EpochBatches, EpochSource, chunk_capacity, epoch_batches
 from kdcache.training.teacher_stream import CachedTeacher
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[int], None]
-SAMPLE_REPLAY_EVERY = 16  # --verify-replay sample: compare rows whose index % 16 == 0
 
 
 @dataclass(frozen=True)
 class TrainResult:
     out: Path
     epochs: int
-    best_top1: float
-    final_top1: float
-    final_top5: float
+    best_top1: float | None  # None: no epoch was evaluated (--eval-every 0)
+    final_top1: float | None  # of the last evaluated epoch
+    final_top5: float | None
     cache_fingerprint: str | None
     step_losses: list[float]  # every optimiser step's total loss, this process (for tests)
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    means: dict[str, float]  # sample-weighted means: "loss" (total), "ce", each loss term ...
+    samples: int
+    step_losses: list[float]  # every step's total loss, in order (this process)
 
 
 def _amp_context(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -51,110 +60,104 @@ def _amp_context(device: torch.device, enabled: bool) -> contextlib.AbstractCont
     return contextlib.nullcontext()
 
 
-def _loader(
-    source: SourceDataset,
-    data: RunData,
-    items: np.ndarray,
-    recipe: Any,
-    seed: int,
-    batch_size: int,
-    workers: int,
-    device: torch.device,
-) -> DataLoader:
-    return DataLoader(
-        SeededViews(source, recipe, seed, items),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        drop_last=False,
-        prefetch_factor=4 if workers > 0 else None,
-        persistent_workers=False,
-    )
-
-
-def _check_replay(
-    batch: dict[str, torch.Tensor], cached_hashes: np.ndarray, mode: str, data: RunData
-) -> None:
-    got = batch["input_hash"].numpy()
-    rows = np.arange(len(got))
-    if mode == "sample":
-        rows = rows[(batch["index"].numpy() % SAMPLE_REPLAY_EVERY == 0) | (rows == 0)]
-    bad = rows[got[rows] != cached_hashes[rows]]
-    if len(bad):
-        r = int(bad[0])
-        versions = data.reader.meta.versions if data.reader else {}
-        raise ReplayMismatchError(
-            f"the regenerated image of (view {int(batch['view'][r])}, sample "
-            f"{int(batch['index'][r])}) differs from the one the teacher saw ({len(bad)} of "
-            f"{len(rows)} checked rows in this batch): the augmentation does not replay on this "
-            f"machine. The cache was written with {versions}; install those versions, or "
-            "re-extract "
-            "the cache here. (--verify-replay off skips this check at your own risk.)"
-        )
+def _online_logits(teacher: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """float32 [B, C]: the extract forward, so that online logits equal a float32 cache's bits."""
+    with teacher_inference(images.device):
+        logits = teacher_forward(teacher, images)
+    # An inference-mode tensor cannot be saved for backward: a plain copy for the loss.
+    return logits.clone()
 
 
 def train_one_epoch(
     model: nn.Module,
     objective: Objective,
     optimizer: torch.optim.Optimizer,
-    data: RunData,
-    plan_items: np.ndarray,
-    steps: int,
-    batch_size: int,
+    batches: Iterable[Batch],
+    *,
     epoch: int,
-    config: TrainConfig,
-    schedule: Schedule,
-    device: torch.device,
-    teacher: nn.Module | None,
-    cached: CachedTeacher | None,
-    progress: ProgressFn | None,
-    step_losses: list[float],
-) -> dict[str, float]:
+    teacher: nn.Module | None = None,
+    amp: bool = True,
+    progress: ProgressFn | None = None,
+) -> EpochStats:
+    """One optimiser step per batch; ``epoch`` is 0-based (the objective's warm-up counts from 1).
+
+    Teacher logits come with the batch (a cache) or, when it has none, from ``teacher`` (online
+    KD); with neither the objective must be cross-entropy.
+    """
     model.train()
-    loader = _loader(
-        data.train, data, plan_items, data.recipe, data.aug_seed, batch_size, config.workers, device
-    )
-    stream = cached.batches(plan_items, batch_size) if cached is not None else None
     sums: dict[str, float] = {}
     seen = 0
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    for step, batch in enumerate(loader):
-        if step >= steps:
-            break
-        images = batch["image"].to(device, non_blocking=True)  # uint8 [B, C, H, W]
-        x = normalize(images, data.train.spec).contiguous(memory_format=memory_format)
-        target = batch["label"].to(device, non_blocking=True)
-        teacher_logits = None
-        if stream is not None:
-            logits_np, hashes = next(stream)
-            if config.verify_replay != "off":
-                _check_replay(batch, hashes, config.verify_replay, data)
-            teacher_logits = torch.from_numpy(logits_np).to(device, non_blocking=True)  # [B, C]
-        elif teacher is not None:
-            # The extract forward, so that online logits equal a float32 cache's bit for bit.
-            with teacher_inference(device):
-                teacher_logits = teacher_forward(teacher, x)
-            # An inference-mode tensor cannot be saved for backward: a plain copy for the loss.
-            teacher_logits = teacher_logits.clone()
-        with _amp_context(device, config.amp):
-            student_logits = model(x)
+    step_losses: list[float] = []
+    for batch in batches:
+        teacher_logits = batch.teacher_logits  # [B, C] or None
+        if teacher_logits is None and teacher is not None:
+            teacher_logits = _online_logits(teacher, batch.images)
+        with _amp_context(batch.images.device, amp):
+            student_logits = model(batch.images)  # [B, C]
         # Losses in float32 whatever the autocast dtype (DESIGN.md §4).
-        loss, parts = objective(student_logits.float(), teacher_logits, target, epoch=epoch + 1)
+        loss, parts = objective(
+            student_logits.float(), teacher_logits, batch.labels, epoch=epoch + 1
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        n = len(target)
+        n = len(batch.labels)
         step_losses.append(float(loss.detach()))
-        sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * n
-        for key, value in parts.items():
+        for key, value in {"loss": loss.detach(), **parts}.items():
             sums[key] = sums.get(key, 0.0) + float(value) * n
         seen += n
         if progress is not None:
             progress(n)
-    if stream is not None:
-        stream.close()  # type: ignore[attr-defined]
-    return {key: value / max(seen, 1) for key, value in sums.items()} | {"samples": seen}
+    means = {key: value / max(seen, 1) for key, value in sums.items()}
+    return EpochStats(means, seen, step_losses)
+
+
+# ---------------------------------------------------------------------------- set-up
+
+
+@dataclass
+class _Run:
+    """Everything one training run holds between epochs."""
+
+    config: TrainConfig
+    ctx: DistContext
+    device: torch.device
+    out: Path
+    data: RunData
+    schedule: Schedule
+    source: EpochSource
+    model: nn.Module  # the student itself: evaluated and checkpointed
+    train_model: nn.Module  # what the steps run: ``model`` under DDP / torch.compile
+    teacher: nn.Module | None  # online KD only
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    start_epoch: int = 0
+    best: float = 0.0
+    top1: float | None = None
+    top5: float | None = None
+    evaluated: bool = False
+    step_losses: list[float] = field(default_factory=list)
+
+
+def _check_loss_vs_source(config: TrainConfig) -> None:
+    if config.loss != "ce" and not config.uses_teacher:
+        raise ConfigError(
+            f"loss {config.loss!r} needs a teacher signal: pass --cache, or "
+            "--teacher with --teacher-weights; or use --loss ce"
+        )
+
+
+@contextlib.contextmanager
+def _distributed(config: TrainConfig) -> Iterator[tuple[DistContext, torch.device]]:
+    device = resolve_device(config.device)
+    ctx = init_distributed(device)
+    try:
+        yield ctx, rank_device(device, ctx)
+    finally:
+        from kdcache.runtime import shutdown_distributed
+
+        shutdown_distributed(ctx)
 
 
 def _build_student(config: TrainConfig, data: RunData, device: torch.device) -> nn.Module:
@@ -178,167 +181,157 @@ def _build_teacher(config: TrainConfig, data: RunData, device: torch.device) -> 
     return prepare_teacher(teacher, device)
 
 
-def _check_loss_vs_source(config: TrainConfig) -> None:
-    if config.loss != "ce" and not config.uses_teacher:
+def _stream_source(config: TrainConfig, data: RunData) -> EpochSource:
+    """The stream's source; cached logits only where there are dense ones to read."""
+    teacher = None
+    if data.reader is not None and data.reader.identity.storage.mode == "dense":
+        capacity = chunk_capacity(config.window_blocks, data.allowed_views)
+        teacher = CachedTeacher(data.reader, chunk_capacity=capacity)
+    return EpochSource(data.train, data.recipe, data.aug_seed, data.allowed_views,
+                       data.block_rows, data.num_samples, teacher)  # fmt: skip
+
+
+def _set_up(config: TrainConfig, ctx: DistContext, device: torch.device) -> _Run:
+    """Data, schedule, student, teacher, objective, optimiser; restored state on --resume."""
+    out = Path(config.out)
+    if ctx.is_main:
+        outputs.prepare_run_dir(out, resume=config.resume, force=config.force)
+    ctx.barrier()
+    data = resolve_run_data(config)
+    schedule = resolve_schedule(config, data.train.spec.name)
+    if schedule.batch_size % ctx.world_size:
         raise ConfigError(
-            f"loss {config.loss!r} needs a teacher signal: pass --cache, or "
-            "--teacher with --teacher-weights; or use --loss ce"
+            f"--batch-size {schedule.batch_size} must divide evenly over {ctx.world_size} ranks"
         )
+    objective = build_objective(
+        config.loss,
+        warmup_epochs=schedule.warmup_epochs if config.loss != "ce" else None,
+        ce_weight=config.ce_weight,
+        distill_weight=config.distill_weight,
+        **config.loss_params,
+    ).to(device)
+    model = _build_student(config, data, device)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=schedule.lr,
+        momentum=config.momentum,
+        weight_decay=schedule.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=list(schedule.milestones), gamma=schedule.lr_decay
+    )
+    start_epoch, best = 0, 0.0
+    if config.resume:
+        start_epoch, best = run_state.restore(out, config, model, optimizer, scheduler)
+    train_model: nn.Module = model
+    if ctx.enabled:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if config.compile:
+        train_model = torch.compile(train_model)  # type: ignore[assignment]
+    if ctx.is_main and not config.resume:
+        run_state.write_run_json(out, config, schedule, data, ctx)
+    return _Run(config, ctx, device, out, data, schedule, _stream_source(config, data), model,
+                train_model, _build_teacher(config, data, device), objective, optimizer,
+                scheduler, start_epoch, best)  # fmt: skip
 
 
-@contextlib.contextmanager
-def _distributed(config: TrainConfig) -> Iterator[tuple[DistContext, torch.device]]:
-    device = resolve_device(config.device)
-    ctx = init_distributed(device)
-    try:
-        yield ctx, rank_device(device, ctx)
-    finally:
-        from kdcache.runtime import shutdown_distributed
+# ---------------------------------------------------------------------------- per epoch
 
-        shutdown_distributed(ctx)
+
+def _epoch_batches(run: _Run, epoch: int) -> EpochBatches:
+    """This rank's share of the epoch: the public loader's stream, global batch split over ranks."""
+    config = run.config
+    return epoch_batches(
+        run.source,
+        seed=config.seed,
+        epoch=epoch,
+        batch_size=run.schedule.batch_size // run.ctx.world_size,
+        rank=run.ctx.rank,
+        world=run.ctx.world_size,
+        window_blocks=config.window_blocks,
+        workers=config.workers,
+        device=run.device,
+        verify_replay=config.verify_replay,
+        channels_last=config.channels_last,
+    )
+
+
+def _evaluation_due(eval_every: int, epoch: int, epochs: int) -> bool:
+    """Every ``eval_every``-th epoch and the last one; never with 0."""
+    return eval_every > 0 and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs)
+
+
+def _end_epoch(run: _Run, epoch: int, stats: EpochStats, lr: float, seconds: float) -> None:
+    """Main process: evaluation (when due), metrics.jsonl, steps.jsonl, checkpoints, curves."""
+    config, out = run.config, run.out
+    evaluated = _evaluation_due(config.eval_every, epoch, run.schedule.epochs)
+    if evaluated:
+        run.top1, run.top5 = evaluate(run.model, run.data.eval, config.eval_batch_size,
+                                      config.workers, run.device, config.channels_last)  # fmt: skip
+        run.best = max(run.best, run.top1)
+        run.evaluated = True
+    means = stats.means
+    record = {
+        "epoch": epoch + 1,
+        "lr": lr,
+        "train_loss": means["loss"],
+        "train_ce": means["ce"],
+        "test_top1": run.top1 if evaluated else None,
+        "test_top5": run.top5 if evaluated else None,
+        "epoch_seconds": seconds,
+        "images_per_second": stats.samples / seconds,
+        **{f"train_{k}": v for k, v in means.items() if k not in ("loss", "ce")},
+    }
+    outputs.append_metrics(out, record)
+    steps = {"epoch": epoch + 1, "loss": stats.step_losses}
+    outputs.append_metrics(out, steps, outputs.STEP_LOSSES)
+    state = run_state.checkpoint_state(config, run.data, run.model, run.optimizer, run.scheduler,
+                                       epoch + 1, run.best)  # fmt: skip
+    outputs.save_checkpoint(out / "last.pt", state)
+    if evaluated and run.top1 is not None and run.top1 >= run.best:
+        outputs.save_checkpoint(out / "best.pt", state)
+    outputs.plot_curves(out)
+    top1 = f"{run.top1:.2f}%" if evaluated else "not evaluated"
+    log.info("epoch %d: loss %.4f top-1 %s", epoch + 1, means["loss"], top1)
 
 
 def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
     """Train a student; writes checkpoints, metrics.jsonl, steps.jsonl, run.json and
     curves.png under ``out``."""
     _check_loss_vs_source(config)
-    out = Path(config.out)
     with _distributed(config) as (ctx, device):
-        if ctx.is_main:
-            outputs.prepare_run_dir(out, resume=config.resume, force=config.force)
-        ctx.barrier()
-        data = resolve_run_data(config)
-        schedule = resolve_schedule(config, data.train.spec.name)
-        if schedule.batch_size % ctx.world_size:
-            raise ConfigError(
-                f"--batch-size {schedule.batch_size} must divide evenly over {ctx.world_size} ranks"
-            )
-        per_rank_batch = schedule.batch_size // ctx.world_size
-        objective = build_objective(
-            config.loss,
-            warmup_epochs=schedule.warmup_epochs if config.loss != "ce" else None,
-            ce_weight=config.ce_weight,
-            distill_weight=config.distill_weight,
-            **config.loss_params,
-        ).to(device)
-        model = _build_student(config, data, device)
-        teacher = _build_teacher(config, data, device)
-        optimizer = torch.optim.SGD(
-            model.parameters(),
-            lr=schedule.lr,
-            momentum=config.momentum,
-            weight_decay=schedule.weight_decay,
-        )
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=list(schedule.milestones), gamma=schedule.lr_decay
-        )
-        start_epoch, best = 0, 0.0
-        if config.resume:
-            start_epoch, best = run_state.restore(out, config, model, optimizer, scheduler)
-        train_model: nn.Module = model
-        if ctx.enabled:
-            train_model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None
-            )
-        if config.compile:
-            train_model = torch.compile(train_model)  # type: ignore[assignment]
-        cached = None
-        if data.reader is not None:
-            cached = CachedTeacher(
-                data.reader, chunk_capacity=2 * config.window_blocks * len(data.allowed_views)
-            )
-        if ctx.is_main and not config.resume:
-            run_state.write_run_json(out, config, schedule, data, ctx)
-        step_losses: list[float] = []
-        top1 = top5 = 0.0
-        for epoch in range(start_epoch, schedule.epochs):
-            plan = plan_epoch(
-                seed=config.seed,
-                epoch=epoch,
-                num_samples=data.num_samples,
-                block_rows=data.block_rows,
-                window_blocks=config.window_blocks,
-                allowed_views=data.allowed_views,
-                batch_size=per_rank_batch,
-                rank=ctx.rank,
-                world=ctx.world_size,
-            )
+        run = _set_up(config, ctx, device)
+        for epoch in range(run.start_epoch, run.schedule.epochs):
+            batches = _epoch_batches(run, epoch)
             started = time.perf_counter()
-            steps_before = len(step_losses)
-            stats = train_one_epoch(
-                train_model,
-                objective,
-                optimizer,
-                data,
-                plan.items,
-                plan.steps,
-                per_rank_batch,
-                epoch,
-                config,
-                schedule,
-                device,
-                teacher,
-                cached,
-                progress,
-                step_losses,
-            )
+            stats = train_one_epoch(run.train_model, run.objective, run.optimizer, batches,
+                                    epoch=epoch, teacher=run.teacher, amp=config.amp,
+                                    progress=progress)  # fmt: skip
             seconds = time.perf_counter() - started
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
+            lr = run.optimizer.param_groups[0]["lr"]
+            run.scheduler.step()
+            run.step_losses += stats.step_losses
             stats = _reduce_stats(stats, ctx)
             if ctx.is_main:
-                top1, top5 = evaluate(
-                    model,
-                    data.eval,
-                    config.eval_batch_size,
-                    config.workers,
-                    device,
-                    config.channels_last,
-                )
-                best = max(best, top1)
-                record = {
-                    "epoch": epoch + 1,
-                    "lr": lr,
-                    "train_loss": stats["loss"],
-                    "train_ce": stats["ce"],
-                    "test_top1": top1,
-                    "test_top5": top5,
-                    "epoch_seconds": seconds,
-                    "images_per_second": stats["samples"] / seconds,
-                    **{
-                        f"train_{k}": v
-                        for k, v in stats.items()
-                        if k not in ("loss", "ce", "samples")
-                    },
-                }
-                outputs.append_metrics(out, record)
-                epoch_losses = step_losses[steps_before:]
-                outputs.append_metrics(
-                    out, {"epoch": epoch + 1, "loss": epoch_losses}, outputs.STEP_LOSSES
-                )
-                state = run_state.checkpoint_state(
-                    config, data, model, optimizer, scheduler, epoch + 1, best
-                )
-                outputs.save_checkpoint(out / "last.pt", state)
-                if top1 >= best:
-                    outputs.save_checkpoint(out / "best.pt", state)
-                outputs.plot_curves(out)
-                log.info("epoch %d: loss %.4f top-1 %.2f%%", epoch + 1, stats["loss"], top1)
+                _end_epoch(run, epoch, stats, lr, seconds)
             ctx.barrier()
-        return TrainResult(
-            out, schedule.epochs, best, top1, top5, data.cache_fingerprint, step_losses
-        )
+        return TrainResult(run.out, run.schedule.epochs, run.best if run.evaluated else None,
+                           run.top1, run.top5, run.data.cache_fingerprint,
+                           run.step_losses)  # fmt: skip
 
 
-def _reduce_stats(stats: dict[str, float], ctx: DistContext) -> dict[str, float]:
-    """Sample-weighted means over ranks."""
+def _reduce_stats(stats: EpochStats, ctx: DistContext) -> EpochStats:
+    """Sample-weighted means over ranks (the step losses stay this process's)."""
     if not ctx.enabled:
         return stats
     import torch.distributed as dist
 
-    keys = sorted(k for k in stats if k != "samples")
-    n = stats["samples"]
-    t = torch.tensor([stats[k] * n for k in keys] + [n], dtype=torch.float64)
+    keys = sorted(stats.means)
+    n = stats.samples
+    t = torch.tensor([stats.means[k] * n for k in keys] + [n], dtype=torch.float64)
     dist.all_reduce(t)
     total = float(t[-1])
-    return {k: float(v) / total for k, v in zip(keys, t[:-1], strict=True)} | {"samples": total}
+    means = {k: float(v) / total for k, v in zip(keys, t[:-1], strict=True)}
+    return EpochStats(means, int(total), stats.step_losses)

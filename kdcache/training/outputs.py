@@ -105,8 +105,9 @@ def plot_curves(out: Path) -> None:
     ax_loss.plot(epochs, [r["train_ce"] for r in records], label="cross-entropy")
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss")
     ax_loss.legend()
-    ax_acc.plot(epochs, [r["test_top1"] for r in records], label="top-1")
-    ax_acc.plot(epochs, [r["test_top5"] for r in records], label="top-5")
+    tested = [r for r in records if r.get("test_top1") is not None]  # --eval-every skips some
+    ax_acc.plot([r["epoch"] for r in tested], [r["test_top1"] for r in tested], label="top-1")
+    ax_acc.plot([r["epoch"] for r in tested], [r["test_top5"] for r in tested], label="top-5")
     ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="accuracy")
     ax_acc.legend()
     fig.tight_layout()

@@ -21,7 +21,7 @@ from kdcache.training.sources import RunData
 log = logging.getLogger(__name__)
 
 # Settings that may change between a run and its --resume (they do not change the result).
-_RESUME_FREE = {"resume", "force", "workers", "device", "out", "data_dir", "cache"}
+_RESUME_FREE = {"resume", "force", "workers", "device", "out", "data_dir", "cache", "eval_every"}
 
 
 def checkpoint_state(

@@ -40,7 +40,8 @@ class RunData:
         return self.reader.meta.fingerprint if self.reader else None
 
 
-def _check_views(requested: tuple[int, ...] | None, available: int) -> np.ndarray:
+def check_views(requested: tuple[int, ...] | None, available: int) -> np.ndarray:
+    """int64 [V']: the sorted views to train on (``None``: all ``available``)."""
     if requested is None:
         return np.arange(available, dtype=np.int64)
     bad = [v for v in requested if not 0 <= v < available]
@@ -51,18 +52,25 @@ def _check_views(requested: tuple[int, ...] | None, available: int) -> np.ndarra
     return np.array(sorted(set(requested)), dtype=np.int64)
 
 
-def _from_cache(config: TrainConfig) -> RunData:
-    assert config.cache is not None
-    reader = open_cache(config.cache)
+def require_dense_logits(reader: CacheReader, loss: str | None) -> None:
+    """Refuse a sparse cache where every class's teacher logit is needed (``loss`` None: the
+    loader's dense ``teacher_logits``)."""
     ident = reader.identity
-    if ident.storage.mode != "dense" and config.loss != "ce":
-        raise CacheError(
-            f"{config.cache} is a sparse top-{ident.storage.topk} cache, but loss "
-            f"{config.loss!r} needs every class's teacher logit (RLD and LDRLD mask against the "
-            "true-class logit and rank class pairs; KD and DKD need the full distribution at "
-            "temperature T). Extract a dense cache (omit --topk) to train with it."
-        )
-    train = load_dataset(ident.dataset.name, config.data_dir, ident.dataset.split)
+    if ident.storage.mode == "dense":
+        return
+    who = f"loss {loss!r}" if loss else "the loader's teacher_logits [B, K]"
+    raise CacheError(
+        f"{reader.location} is a sparse top-{ident.storage.topk} cache, but {who} needs every "
+        "class's teacher logit (RLD and LDRLD mask against the true-class logit and rank class "
+        "pairs; KD and DKD need the full distribution at temperature T). Extract a dense cache "
+        "(omit --topk) to train with it."
+    )
+
+
+def load_cache_data(reader: CacheReader, data_dir: str | None) -> SourceDataset:
+    """The cache's split from ``data_dir``; refused unless it is the data the cache was made of."""
+    ident = reader.identity
+    train = load_dataset(ident.dataset.name, data_dir, ident.dataset.split)
     local = train.fingerprint()
     if local != ident.dataset.fingerprint:
         raise CacheMismatchError(
@@ -71,18 +79,38 @@ def _from_cache(config: TrainConfig) -> RunData:
             f"(N={len(train)}), the cache records {ident.dataset.fingerprint[:16]} "
             f"(N={ident.dataset.num_samples}). Point --data-dir at the same copy of the dataset."
         )
-    views = _check_views(config.views, ident.augmentation.num_views)
-    n = min(config.max_samples or len(train), len(train))
-    blocks = -(-n // ident.storage.chunk_rows)
+    return train
+
+
+def require_blocks(reader: CacheReader, views: np.ndarray, num_samples: int) -> None:
+    """Every block holding the first ``num_samples`` rows of ``views`` must be marked written."""
+    blocks = -(-num_samples // reader.identity.storage.chunk_rows)
     done = reader.done_mask()[np.ix_(views, np.arange(blocks))]
     if not done.all():
         reader.require_complete()  # raises, naming the missing blocks
-    recipe = create_recipe(ident.augmentation.recipe, train.spec, **ident.augmentation.params)
+
+
+def cache_recipe(reader: CacheReader, train: SourceDataset) -> Recipe:
+    """The augmentation recipe the cache's views were made with."""
+    aug = reader.identity.augmentation
+    return create_recipe(aug.recipe, train.spec, **aug.params)
+
+
+def _from_cache(config: TrainConfig) -> RunData:
+    assert config.cache is not None
+    reader = open_cache(config.cache)
+    ident = reader.identity
+    if config.loss != "ce":
+        require_dense_logits(reader, config.loss)
+    train = load_cache_data(reader, config.data_dir)
+    views = check_views(config.views, ident.augmentation.num_views)
+    n = min(config.max_samples or len(train), len(train))
+    require_blocks(reader, views, n)
     eval_source = load_dataset(ident.dataset.name, config.data_dir, train.spec.eval_split)
     return RunData(
         train,
         eval_source,
-        recipe,
+        cache_recipe(reader, train),
         ident.augmentation.seed,
         views,
         ident.storage.chunk_rows,
@@ -95,7 +123,7 @@ def _from_dataset(config: TrainConfig) -> RunData:
     assert config.dataset is not None
     train = load_dataset(config.dataset, config.data_dir, config.split or "train")
     recipe = create_recipe(config.recipe, train.spec, **config.recipe_params)
-    views = _check_views(config.views, config.num_views)
+    views = check_views(config.views, config.num_views)
     eval_source = load_dataset(config.dataset, config.data_dir, train.spec.eval_split)
     n = min(config.max_samples or len(train), len(train))
     return RunData(

@@ -39,12 +39,12 @@ class CachedTeacher:
         return logits, self.reader.read_input_hashes(view, block)
 
     def _produce(
-        self, items: np.ndarray, batch_size: int, out: queue.Queue, stop: threading.Event
+        self, items: np.ndarray, bounds: np.ndarray, out: queue.Queue, stop: threading.Event
     ) -> None:
         chunks: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
         try:
-            for start in range(0, len(items), batch_size):
-                batch = items[start : start + batch_size]  # [B, 2] (view, index)
+            for start, stop_row in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+                batch = items[start:stop_row]  # [B, 2] (view, index)
                 blocks, rows = np.divmod(batch[:, 1], self.rows)
                 logits = np.empty(
                     (len(batch), self.reader.identity.dataset.num_classes), np.float32
@@ -74,15 +74,16 @@ class CachedTeacher:
             out.put(exc)
 
     def batches(
-        self, items: np.ndarray, batch_size: int
+        self, items: np.ndarray, bounds: np.ndarray
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield ``(logits, input_hashes)`` per batch of ``items`` [M, 2], in order."""
+        """Yield ``(logits [B, C], input_hashes [B])`` for each batch ``items[bounds[k] :
+        bounds[k + 1]]`` of ``items`` [M, 2] (an :class:`EpochPlan`'s), in order."""
         self.decoded = []
         out: queue.Queue = queue.Queue(maxsize=self.prefetch_batches)
         stop = threading.Event()
         worker = threading.Thread(
             target=self._produce,
-            args=(items, batch_size, out, stop),
+            args=(items, np.asarray(bounds), out, stop),
             name="kdcache-logit-prefetch",
             daemon=True,
         )
