@@ -18,6 +18,7 @@ views, order, batches, prefetch and replay checks. Details and a full loop: ``do
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -37,11 +38,13 @@ from kdcache.training.sources import (
     require_dense_logits,
 )
 from kdcache.training.stream import (
+    Batch,
     EpochBatches,
     EpochSource,
     ReplayMode,
     chunk_capacity,
     epoch_batches,
+    evaluation_batches,
 )
 from kdcache.training.teacher_stream import CachedTeacher
 from kdcache.verify import VerifyReport, verify_cache
@@ -60,6 +63,7 @@ class Cache:
         split: the split the views are of (``train``).
         num_samples: N, samples per view.
         classes: K, logits per sample.
+        in_chans, image_size: the images' channels and side (None if the cache does not say).
         recipe: the augmentation recipe's name; ``recipe_params`` its parameters.
         seed: the cache seed: view v of sample i is a function of (seed, v, i).
         views: V, views per sample.
@@ -92,6 +96,9 @@ class Cache:
         self.dtype: LogitDtype = ident.storage.dtype
         self.topk: int | None = ident.storage.topk
         self.chunk_rows: int = ident.storage.chunk_rows
+        spec = ident.dataset.spec
+        self.in_chans: int | None = int(spec["in_chans"]) if "in_chans" in spec else None
+        self.image_size: int | None = int(spec["image_size"]) if "image_size" in spec else None
         self.complete: bool = meta.complete
         self.teacher_top1: list[float] | None = (
             list(meta.teacher_top1) if meta.teacher_top1 is not None else None
@@ -175,7 +182,7 @@ class Cache:
         rank, world_size = _shard(rank, world_size)
         allowed = check_views(tuple(views) if views is not None else None, self.views)
         require_blocks(self.reader, allowed, self.num_samples)
-        train = self._source(str(data_dir) if data_dir is not None else None)
+        train = self._source(os.fspath(data_dir) if data_dir is not None else None)
         if window_blocks < 1:
             raise ConfigError(f"window_blocks must be >= 1, got {window_blocks}")
         teacher = CachedTeacher(self.reader, chunk_capacity=chunk_capacity(window_blocks, allowed))
@@ -193,6 +200,33 @@ class Cache:
             workers=workers,
             device=device if isinstance(device, torch.device) else resolve_device(device),
             verify_replay=verify_replay,
+            channels_last=channels_last,
+        )
+
+
+    def eval_loader(
+        self,
+        data_dir: str | os.PathLike[str] | None,
+        *,
+        batch_size: int = 256,
+        split: str | None = None,
+        workers: int = 0,
+        device: str | torch.device = "cpu",
+        channels_last: bool = False,
+    ) -> Iterator[Batch]:
+        """The dataset's evaluation split (default: its test / val split), no augmentation:
+        :class:`~kdcache.training.stream.Batch` es of ``images`` float32 ``[B, C, H, W]``
+        normalised as :meth:`loader`'s, ``labels`` ``[B]``, ``teacher_logits`` None."""
+        from kdcache.data import DatasetSpec, load_dataset
+
+        spec = DatasetSpec.from_dict(self.reader.identity.dataset.spec)
+        path = os.fspath(data_dir) if data_dir is not None else None
+        source = load_dataset(self.dataset, path, split or spec.eval_split)
+        return evaluation_batches(
+            source,
+            batch_size=batch_size,
+            workers=workers,
+            device=device if isinstance(device, torch.device) else resolve_device(device),
             channels_last=channels_last,
         )
 

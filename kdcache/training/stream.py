@@ -199,6 +199,33 @@ def epoch_batches(
                         verify_replay=verify_replay, channels_last=channels_last)  # fmt: skip
 
 
+def evaluation_batches(
+    source: SourceDataset,
+    *,
+    batch_size: int,
+    workers: int = 0,
+    device: torch.device,
+    channels_last: bool = False,
+) -> Iterator[Batch]:
+    """Every sample of ``source`` once, in index order, with the evaluation transform (recipe
+    ``none``), normalised like the training batches; ``teacher_logits`` is None."""
+    from kdcache.augment import create_recipe
+
+    items = np.stack([np.zeros(len(source), np.int64), np.arange(len(source))], axis=1)
+    loader = DataLoader(
+        SeededViews(source, create_recipe("none", source.spec), 0, items),
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    for batch in loader:
+        images = normalize(batch["image"].to(device, non_blocking=True), source.spec)
+        labels = batch["label"].to(device, non_blocking=True)
+        yield Batch(images.contiguous(memory_format=memory_format), labels, None, batch["view"],
+                    batch["index"])  # fmt: skip
+
+
 def chunk_capacity(window_blocks: int, views: Sequence[int] | np.ndarray) -> int:
     """Decoded chunks the logit reader keeps: two windows of blocks of every allowed view."""
     return 2 * window_blocks * len(views)

@@ -1,0 +1,426 @@
+"""The public API: open_cache, Cache.loader (the stream `kdcache train` runs on), examples."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+import kdcache
+from kdcache.cache.store import open_cache as open_reader
+from kdcache.models import create_model
+from kdcache.training import outputs
+from kdcache.training.config import TrainConfig
+from kdcache.training.loop import run_train
+from kdcache.training.plan import epoch_views
+from tests.conftest import REPO
+from tests.test_train import cli, extract_digits
+
+N_DIGITS = 1438  # samples in the digits train split
+
+
+@pytest.fixture(scope="module")
+def fp32_cache(tmp_path_factory, digits_teacher_weights) -> Path:
+    """Dense float32 cache of the digits train split, 2 views, 256 rows per chunk (6 blocks)."""
+    out = tmp_path_factory.mktemp("cache") / "digits_fp32"
+    extract_digits(
+        digits_teacher_weights,
+        out,
+        "--views",
+        "2",
+        "--seed",
+        "7",
+        "--dtype",
+        "float32",
+        "--chunk-rows",
+        "256",
+    )
+    return out
+
+
+def every_file(root: Path) -> dict[str, bytes]:
+    """Every file under a cache, metadata included: what a writer would change."""
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def load_example(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, REPO / "examples" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------- the API surface
+
+
+def test_import_kdcache_stays_light_and_every_public_name_resolves():
+    code = "import sys, kdcache; assert 'torch' not in sys.modules, 'torch imported eagerly'"
+    subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    for name in kdcache.__all__:
+        assert getattr(kdcache, name) is not None, name
+    with pytest.raises(AttributeError):
+        kdcache.no_such_name  # noqa: B018
+
+
+def test_open_cache_exposes_the_identity_as_typed_attributes(fp32_cache):
+    cache = kdcache.open_cache(fp32_cache)
+    meta = open_reader(str(fp32_cache)).meta
+    assert cache.fingerprint == meta.fingerprint
+    assert (cache.teacher, cache.dataset, cache.split, cache.recipe) == (
+        "resnet8",
+        "digits",
+        "train",
+        "cifar",
+    )
+    assert (cache.seed, cache.views, cache.classes, cache.num_samples) == (7, 2, 10, N_DIGITS)
+    assert (cache.storage, cache.dtype, cache.chunk_rows, cache.topk) == (
+        "dense",
+        "float32",
+        256,
+        None,
+    )
+    assert (
+        cache.complete and cache.teacher_top1 == meta.teacher_top1 and len(cache.teacher_top1) == 2
+    )
+    assert (cache.in_chans, cache.image_size) == (1, 8)
+    assert cache.fingerprint[:16] in repr(cache)
+
+
+def test_verify_method_reports_what_kdcache_verify_reports(tmp_path, fp32_cache):
+    report = kdcache.open_cache(fp32_cache).verify(replay=8)
+    assert report.ok and [c.name for c in report.checks] == [
+        "metadata",
+        "complete",
+        "chunks",
+        "dataset",
+        "replay",
+    ]
+    code, output = cli(["verify", fp32_cache, "--replay", "8"])
+    assert code == 0
+    assert all(f"[ok] {c.name}: {c.detail}" in output for c in report.checks)
+
+
+def test_a_zip_of_the_cache_opens_and_streams_the_same_batches(tmp_path, fp32_cache):
+    packed = tmp_path / "digits.zip"
+    code, output = cli(["pack", fp32_cache, packed])
+    assert code == 0, output
+    args: dict[str, Any] = dict(batch_size=100, seed=4, epoch=1)
+    local = list(kdcache.open_cache(fp32_cache).loader(None, **args))
+    zipped = list(kdcache.open_cache(packed).loader(None, **args))
+    assert kdcache.open_cache(packed).fingerprint == kdcache.open_cache(fp32_cache).fingerprint
+    for a, b in zip(local, zipped, strict=True):
+        assert torch.equal(a.index, b.index) and torch.equal(a.teacher_logits, b.teacher_logits)
+
+
+# ---------------------------------------------------------------- the loader's epoch
+
+
+@pytest.mark.parametrize(
+    ("world", "batch", "workers"), [(1, 50, 0), (2, 64, 0), (3, 37, 0), (2, 100, 2)]
+)
+def test_one_epoch_holds_every_sample_exactly_once(fp32_cache, world, batch, workers):
+    handle = kdcache.open_cache(fp32_cache)
+    steps, seen = set(), []
+    for rank in range(world):
+        loader = handle.loader(
+            None, batch_size=batch, seed=3, epoch=2, rank=rank, world_size=world, workers=workers
+        )
+        batches = list(loader)
+        steps.add(len(batches))
+        assert len(batches) == len(loader) and all(0 < len(b.labels) <= batch for b in batches)
+        seen += [b.index.numpy() for b in batches]
+        b = batches[-1]
+        assert b.images.dtype == torch.float32 and b.images.shape[1:] == (1, 8, 8)
+        assert b.teacher_logits is not None and b.teacher_logits.shape == (len(b.labels), 10)
+    assert len(steps) == 1  # DDP: every rank runs the same number of steps
+    assert sorted(np.concatenate(seen).tolist()) == list(range(N_DIGITS))
+
+
+def test_batches_carry_the_cached_logits_labels_and_view_of_each_sample(fp32_cache):
+    reader = open_reader(str(fp32_cache))
+    labels = reader.labels()
+    views = epoch_views(5, 1, N_DIGITS, np.arange(2))
+    for batch in kdcache.open_cache(fp32_cache).loader(None, batch_size=128, seed=5, epoch=1):
+        index, view = batch.index.numpy(), batch.view.numpy()
+        np.testing.assert_array_equal(view, views[index])  # view of (seed, epoch, sample)
+        np.testing.assert_array_equal(batch.labels.numpy(), labels[index])
+        for r in (0, len(index) - 1):
+            block, row = divmod(int(index[r]), 256)
+            cached = reader.read_dense(int(view[r]), block)[row]
+            np.testing.assert_array_equal(batch.teacher_logits[r].numpy(), cached)
+
+
+def test_order_depends_on_seed_and_epoch_only(fp32_cache):
+    def order(**kw: Any) -> list[int]:
+        batches = kdcache.open_cache(fp32_cache).loader(None, **kw)
+        return np.concatenate([b.index.numpy() for b in batches]).tolist()
+
+    base = order(batch_size=64, seed=1, epoch=0)
+    assert order(batch_size=100, seed=1, epoch=0, workers=2, verify_replay="all") == base
+    assert order(batch_size=64, seed=1, epoch=1) != base
+    assert order(batch_size=64, seed=2, epoch=0) != base
+
+
+def test_drop_last_serves_only_full_batches(fp32_cache):
+    loader = kdcache.open_cache(fp32_cache).loader(
+        None, batch_size=100, seed=0, epoch=0, drop_last=True
+    )
+    assert len(loader) == N_DIGITS // 100
+    assert all(len(b.labels) == 100 for b in loader)
+
+
+def test_the_loader_refuses_more_ranks_than_blocks(fp32_cache):
+    with pytest.raises(kdcache.ConfigError, match="at most 6 ranks"):
+        kdcache.open_cache(fp32_cache).loader(
+            None, batch_size=8, seed=0, epoch=0, rank=0, world_size=7
+        )
+
+
+# ---------------------------------------------------------------- one stream, not two
+
+
+def test_own_loop_example_and_kdcache_train_give_bit_identical_step_losses(tmp_path, fp32_cache):
+    own = load_example("own_loop").main(
+        [str(fp32_cache), "--student", "cifar_resnet8", "--epochs", "1", "--seed", "2"]
+    )
+    config = TrainConfig(
+        cache=str(fp32_cache),
+        student="resnet8",
+        loss="ldrld",
+        epochs=1,
+        seed=2,
+        workers=0,
+        device="cpu",
+        channels_last=False,
+        out=str(tmp_path / "run"),
+    )
+    trained = run_train(config).step_losses
+    assert len(own) == len(trained) == -(-N_DIGITS // 64)
+    assert own == trained
+
+
+def test_eval_every_sets_which_epochs_are_evaluated(tmp_path, fp32_cache):
+    settings: dict[str, Any] = dict(
+        cache=str(fp32_cache),
+        student="resnet8",
+        loss="kd",
+        epochs=3,
+        max_samples=128,
+        workers=0,
+        device="cpu",
+    )
+    result = run_train(TrainConfig(out=str(tmp_path / "every2"), eval_every=2, **settings))
+    tested = [r["test_top1"] is not None for r in outputs.read_metrics(result.out)]
+    assert tested == [False, True, True] and result.final_top1 is not None
+    never = run_train(TrainConfig(out=str(tmp_path / "never"), eval_every=0, **settings))
+    assert never.final_top1 is None and never.best_top1 is None
+    assert all(r["test_top1"] is None for r in outputs.read_metrics(never.out))
+    assert not (never.out / "best.pt").exists() and (never.out / "curves.png").is_file()
+
+
+# ---------------------------------------------------------------- the same errors as the CLI
+
+
+def error_through_api(cache: Path, data_dir: Path | None = None, *, iterate: bool = False) -> str:
+    with pytest.raises(kdcache.KdcacheError) as info:
+        loader = kdcache.open_cache(cache).loader(data_dir, batch_size=64, seed=0, epoch=0)
+        if iterate:
+            list(loader)
+    return str(info.value)
+
+
+def error_through_cli(cache: Path, out: Path, *extra: Any) -> str:
+    code, output = cli(
+        [
+            "train",
+            "--cache",
+            cache,
+            "--student",
+            "resnet8",
+            "--loss",
+            "kd",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--out",
+            out,
+            "--no-progress",
+            *extra,
+        ]
+    )
+    assert code == 1 and "Traceback" not in output
+    return output
+
+
+def test_incomplete_cache_same_error_nothing_written(tmp_path, fp32_cache):
+    broken = tmp_path / "incomplete"
+    shutil.copytree(fp32_cache, broken)
+    (broken / "block_done" / "c" / "1" / "2").unlink()
+    before = every_file(broken)
+    message = error_through_api(broken)
+    assert "incomplete" in message and "(view 1, block 2)" in message
+    assert message in error_through_cli(broken, tmp_path / "run")
+    assert every_file(broken) == before
+
+
+def test_replay_mismatch_same_error_nothing_written(tmp_path, fp32_cache):
+    tampered = tmp_path / "tampered"
+    shutil.copytree(fp32_cache, tampered)
+    hashes = zarr.open_array(str(tampered / "input_hash"), mode="r+")
+    hashes[:, :] = np.asarray(hashes[:, :]) + 1  # as if another Pillow had made the views
+    before = every_file(tampered)
+    with pytest.raises(kdcache.ReplayMismatchError) as info:
+        list(kdcache.open_cache(tampered).loader(None, batch_size=64, seed=0, epoch=0))
+    assert "differs from the one the teacher saw" in str(info.value)
+    assert str(info.value) in error_through_cli(tampered, tmp_path / "run")
+    assert every_file(tampered) == before
+    # verify_replay="off" is the documented escape hatch.
+    assert (
+        len(
+            list(
+                kdcache.open_cache(tampered).loader(
+                    None, batch_size=512, seed=0, epoch=0, verify_replay="off"
+                )
+            )
+        )
+        == 3
+    )
+
+
+def test_sparse_cache_same_error_nothing_written(tmp_path, digits_teacher_weights):
+    sparse = tmp_path / "sparse"
+    extract_digits(digits_teacher_weights, sparse, "--topk", "3", "--chunk-rows", "1024")
+    before = every_file(sparse)
+    api, command = error_through_api(sparse), error_through_cli(sparse, tmp_path / "run")
+    for text in (api, command):
+        assert "sparse top-3 cache" in text and "needs every class's teacher logit" in text
+        assert "Extract a dense cache" in text
+    assert every_file(sparse) == before
+
+
+def test_foreign_data_same_error_nothing_written(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "folder"
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            for k in range(3):
+                Image.new("RGB", (40, 40), (k * 40, 10, 99)).save(root / split / cls / f"{k}.png")
+    weights = tmp_path / "r8.pth"
+    torch.save(create_model("resnet8", 2).state_dict(), weights)
+    cache = tmp_path / "cache"
+    code, output = cli(
+        [
+            "extract",
+            "--teacher",
+            "resnet8",
+            "--weights",
+            weights,
+            "--dataset",
+            "imagefolder",
+            "--data-dir",
+            root,
+            "--recipe",
+            "imagenet",
+            "--workers",
+            "0",
+            "--out",
+            cache,
+            "--no-progress",
+        ]
+    )
+    assert code == 0, output
+    Image.new("RGB", (41, 40), (1, 2, 3)).save(root / "train" / "a" / "0.png")  # other data
+    before = every_file(cache)
+    with pytest.raises(kdcache.CacheMismatchError) as info:
+        kdcache.open_cache(cache).loader(root, batch_size=4, seed=0, epoch=0)
+    assert "not the data this cache was made from" in str(info.value)
+    assert str(info.value) in error_through_cli(cache, tmp_path / "run", "--data-dir", root)
+    assert every_file(cache) == before
+
+
+# ---------------------------------------------------------------- real processes
+
+
+def torchrun(script: Path, *args: Any, port: int) -> subprocess.CompletedProcess[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        str(script),
+        *map(str, args),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+PROBE = """
+import json, sys
+import torch.distributed as dist
+import kdcache
+dist.init_process_group("gloo")
+loader = kdcache.open_cache(sys.argv[1]).loader(None, batch_size=50, seed=9, epoch=1)
+indices = [int(i) for batch in loader for i in batch.index]
+with open(f"{sys.argv[2]}/rank{dist.get_rank()}.json", "w") as f:
+    json.dump({"steps": len(loader), "indices": indices}, f)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_under_torch_distributed_the_loader_shards_by_rank_itself(tmp_path, fp32_cache):
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE)
+    done = torchrun(probe, fp32_cache, tmp_path, port=29541)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["steps"] == ranks[1]["steps"]
+    assert not set(ranks[0]["indices"]) & set(ranks[1]["indices"])
+    assert sorted(ranks[0]["indices"] + ranks[1]["indices"]) == list(range(N_DIGITS))
+
+
+@pytest.mark.slow
+def test_own_loop_ddp_example_runs_under_torchrun(fp32_cache):
+    done = torchrun(
+        REPO / "examples" / "own_loop_ddp.py",
+        fp32_cache,
+        "--student",
+        "cifar_resnet8",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        port=29543,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = [
+        int(line.split(": ")[1].split()[0])
+        for line in done.stdout.splitlines()
+        if line.startswith("rank ")
+    ]
+    assert len(counts) == 2 and sum(counts) == N_DIGITS
+    assert "epoch 1: top-1" in done.stdout
