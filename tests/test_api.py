@@ -424,3 +424,13 @@ def test_own_loop_ddp_example_runs_under_torchrun(fp32_cache):
     ]
     assert len(counts) == 2 and sum(counts) == N_DIGITS
     assert "epoch 1: top-1" in done.stdout
+
+
+def test_the_readme_shows_own_loop_py_as_it_is():
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Use a cache from your own training loop", 1)[1]
+    shown = section.split("```python\n", 1)[1].split("```", 1)[0]
+    example = [
+        line.strip() for line in (REPO / "examples" / "own_loop.py").read_text().splitlines()
+    ]
+    assert shown.strip() and all(line.strip() in example for line in shown.splitlines())
