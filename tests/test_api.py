@@ -22,7 +22,7 @@ from kdcache.models import create_model
 from kdcache.training import outputs
 from kdcache.training.config import TrainConfig
 from kdcache.training.loop import run_train
-from kdcache.training.plan import epoch_views
+from kdcache.training.plan import epoch_views, plan_epoch
 from tests.conftest import REPO
 from tests.test_train import cli, extract_digits
 
@@ -152,6 +152,34 @@ def test_one_epoch_holds_every_sample_exactly_once(fp32_cache, world, batch, wor
         assert b.teacher_logits is not None and b.teacher_logits.shape == (len(b.labels), 10)
     assert len(steps) == 1  # DDP: every rank runs the same number of steps
     assert sorted(np.concatenate(seen).tolist()) == list(range(N_DIGITS))
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize(("num_samples", "block_rows", "batch"), [(1438, 256, 64), (777, 100, 7)])
+def test_the_sharding_function_deals_every_sample_once_in_equal_step_counts(
+    world, num_samples, block_rows, batch
+):
+    common: dict[str, Any] = dict(
+        seed=11,
+        epoch=4,
+        num_samples=num_samples,
+        block_rows=block_rows,
+        window_blocks=2,
+        allowed_views=np.arange(3),
+        batch_size=batch,
+    )
+    plans = [plan_epoch(**common, rank=r, world=world) for r in range(world)]
+    assert len({p.steps for p in plans}) == 1
+    served = np.concatenate([p.items[s, 1] for p in plans for s in p.batch_slices()])
+    assert sorted(served.tolist()) == list(range(num_samples))
+    assert all(0 < s.stop - s.start <= batch for p in plans for s in p.batch_slices())
+    for p in plans:  # each rank reads only its own blocks
+        others = [q for q in plans if q is not p]
+        mine = set((p.items[:, 1] // block_rows).tolist())
+        assert not any(mine & set((q.items[:, 1] // block_rows).tolist()) for q in others)
+    full = [plan_epoch(**common, rank=r, world=world, drop_last=True) for r in range(world)]
+    assert len({p.steps for p in full}) == 1
+    assert all(s.stop - s.start == batch for p in full for s in p.batch_slices())
 
 
 def test_batches_carry_the_cached_logits_labels_and_view_of_each_sample(fp32_cache):
