@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -146,6 +147,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     cores = args.workers + 1 if args.workers else 1
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         cache = str(Path(tmp) / "cache")
         synthetic_cache(cache, args.data_dir)
@@ -155,7 +157,9 @@ def main() -> None:
         f"Command: `python benchmarks/bench_loader.py --write-docs` (CPU, CIFAR-100 train, "
         f"batch {args.batch_size}, {args.workers} loader workers, torch threads 1, "
         f"{args.images:,} images per measurement after one warm-up batch, median of "
-        f"{args.repeats} alternating repeats; {cores} core(s) per mode).",
+        f"{args.repeats} alternating repeats; {cores} core(s) per mode; load average "
+        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after: the machine is shared, so "
+        "absolute rates are low, the ratios side by side are the figures to read).",
         "",
         "| data path | images/s | per core | vs torchvision | vs seeded views | cores for "
         "20k img/s | cores for 50k img/s |",

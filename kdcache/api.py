@@ -203,7 +203,6 @@ class Cache:
             channels_last=channels_last,
         )
 
-
     def eval_loader(
         self,
         data_dir: str | os.PathLike[str] | None,

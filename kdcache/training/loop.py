@@ -232,9 +232,23 @@ def _set_up(config: TrainConfig, ctx: DistContext, device: torch.device) -> _Run
         train_model = torch.compile(train_model)  # type: ignore[assignment]
     if ctx.is_main and not config.resume:
         run_state.write_run_json(out, config, schedule, data, ctx)
-    return _Run(config, ctx, device, out, data, schedule, _stream_source(config, data), model,
-                train_model, _build_teacher(config, data, device), objective, optimizer,
-                scheduler, start_epoch, best)  # fmt: skip
+    return _Run(
+        config=config,
+        ctx=ctx,
+        device=device,
+        out=out,
+        data=data,
+        schedule=schedule,
+        source=_stream_source(config, data),
+        model=model,
+        train_model=train_model,
+        teacher=_build_teacher(config, data, device),
+        objective=objective,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        start_epoch=start_epoch,
+        best=best,
+    )
 
 
 # ---------------------------------------------------------------------------- per epoch
