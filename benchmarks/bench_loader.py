@@ -154,8 +154,8 @@ def main() -> None:
         r = measure(args.data_dir, cache, args)
     base, views = r["torchvision"], r["seeded views"]
     lines = [
-        f"Command: `python benchmarks/bench_loader.py --write-docs` (CPU, CIFAR-100 train, "
-        f"batch {args.batch_size}, {args.workers} loader workers, torch threads 1, "
+        f"Command: `python benchmarks/bench_loader.py {' '.join(sys.argv[1:])}` (CPU, CIFAR-100 "
+        f"train, batch {args.batch_size}, {args.workers} loader workers, torch threads 1, "
         f"{args.images:,} images per measurement after one warm-up batch, median of "
         f"{args.repeats} alternating repeats; {cores} core(s) per mode; load average "
         f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after: the machine is shared, so "
