@@ -342,6 +342,19 @@ def test_sparse_cache_same_error_nothing_written(tmp_path, digits_teacher_weight
     for text in (api, command):
         assert "sparse top-3 cache" in text and "needs every class's teacher logit" in text
         assert "Extract a dense cache" in text
+    # Cross-entropy on a sparse cache's views needs no logits: it trains (it used to fail).
+    ce = TrainConfig(
+        cache=str(sparse),
+        student="resnet8",
+        loss="ce",
+        epochs=1,
+        max_samples=128,
+        workers=0,
+        device="cpu",
+        eval_every=0,
+        out=str(tmp_path / "ce"),
+    )
+    assert len(run_train(ce).step_losses) == 2
     assert every_file(sparse) == before
 
 

@@ -187,6 +187,9 @@ def _stream_source(config: TrainConfig, data: RunData) -> EpochSource:
     if data.reader is not None and data.reader.identity.storage.mode == "dense":
         capacity = chunk_capacity(config.window_blocks, data.allowed_views)
         teacher = CachedTeacher(data.reader, chunk_capacity=capacity)
+    elif data.reader is not None and config.verify_replay != "off":
+        # Only --loss ce gets here (sources refuses a sparse cache for the distillation losses).
+        log.warning("sparse cache, loss ce: no logits are read, so no replay checks are made")
     return EpochSource(data.train, data.recipe, data.aug_seed, data.allowed_views,
                        data.block_rows, data.num_samples, teacher)  # fmt: skip
 
