@@ -19,7 +19,9 @@ from kdcache.losses._common import (
     prepare_target,
     standardize,
 )
+from kdcache.errors import ConfigError
 from kdcache.losses.base import DistillationLoss
+from kdcache.losses.sparse import SparseTeacher, sparse_kd_loss
 
 
 def kd_loss(
@@ -58,8 +60,20 @@ class KDLoss(DistillationLoss):
         self.logit_stand = check_bool("logit_stand", logit_stand)
 
     def terms(
-        self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor | None = None
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor | SparseTeacher,
+        target: Tensor | None = None,
     ) -> dict[str, Tensor]:
+        if isinstance(teacher_logits, SparseTeacher):
+            if self.logit_stand:
+                raise ConfigError(
+                    "kd with logit_stand=true needs every teacher logit (standardising divides by "
+                    "each row's std, a temperature the sparse cache did not record): train it "
+                    "from a dense cache"
+                )
+            kd = sparse_kd_loss(student_logits, teacher_logits, target, temperature=self.temperature)
+            return {"kd": kd}
         kd = kd_loss(
             student_logits,
             teacher_logits,
