@@ -144,3 +144,63 @@ def sparse_kd_loss(
     log_p = sparse_log_probs(teacher, temperature, dtype)  # [B, K + 1]
     log_q = student_bucket_log_probs(s, teacher.indices)  # [B, K + 1]
     return bucket_kl(log_p, log_q).mean() * (temperature * temperature)
+
+
+# What each loss approximates when trained from sparse rows through the uniform-tail completion
+# (`kdcache train --sparse-approx`, `build_objective(..., sparse_approx=True)`). The warning and
+# docs/losses.md quote these lines; the measured errors are in docs/losses.md.
+APPROXIMATIONS: dict[str, str] = {
+    "dkd": "TCKD is exact; NCKD's distribution over the teacher's non-kept classes is taken as "
+    "uniform (their total mass is exact)",
+    "rld": "SCD is exact at alpha_temperature = T; MCD's non-kept classes are taken as one uniform "
+    "block (their total mass is exact, their order against the true class is not known)",
+    "ldrld": "pairs among the teacher's kept classes are exact; pairs and the RNTK term that touch "
+    "non-kept classes see them as uniform (their total mass is exact)",
+}
+
+
+def refuse_sparse(loss_name: str) -> ConfigError:
+    """The error for a loss that cannot be exact from sparse rows and was not allowed to guess."""
+    return ConfigError(
+        f"loss {loss_name!r} needs every class's teacher logit, and this cache is sparse (top-K): "
+        f"from it, {APPROXIMATIONS.get(loss_name, 'some terms are not determined')}. Train with "
+        "--sparse-approx to accept that approximation, use loss 'kd' (exact from a sparse cache), "
+        "or extract a dense cache (omit --topk)."
+    )
+
+
+def uniform_tail_teacher(teacher: SparseTeacher, target: Tensor, temperature: float) -> Tensor:
+    """A dense ``[B, C]`` completion of sparse rows, exact wherever the cache determines it.
+
+    Kept classes keep their logits and the true class its logit; every other class gets the same
+    logit ``z_fill``, chosen so that at ``temperature`` their total mass equals the stored tail mass
+    (less the true class's when it is not kept). So at that temperature the completion has the
+    teacher's exact probabilities on the kept classes and the true class, and the exact total on
+    the rest, spread uniformly (the maximum-entropy choice). ``z_fill`` is at most the smallest
+    kept logit, so no filled class outranks a kept one.
+    """
+    b, c = teacher.shape
+    col = teacher.column(temperature)
+    dtype = teacher.lse.dtype if teacher.lse.dtype == torch.float64 else torch.float32
+    values = teacher.values.to(dtype)
+    tail = teacher.tail_lse[:, col].to(dtype)  # [B] log-mass of the non-kept classes at T (x LSE)
+    target = target.to(teacher.indices.device).long()
+    label_kept = (teacher.indices == target[:, None]).any(dim=1)  # [B]
+    label_scaled = teacher.label_logit.to(dtype) / temperature  # [B]
+    # Mass of the non-kept classes other than the label: tail - [label not kept] * e^{z_y / T},
+    # in log space; log1mexp(x) = log(1 - e^x) for x <= 0.
+    gap = torch.clamp(label_scaled - tail, max=0.0)
+    log1mexp = torch.where(
+        gap > -0.6931, torch.log(-torch.expm1(gap)), torch.log1p(-torch.exp(gap))
+    )
+    rest = torch.where(label_kept, tail, tail + log1mexp)
+    n_rest = c - teacher.values.shape[1] - (~label_kept).to(dtype)  # classes that share `rest`
+    fill = temperature * (rest - torch.log(torch.clamp(n_rest, min=1.0)))  # [B]
+    # rest = -inf: nothing left to spread (no such class, or a mass below float rounding next to
+    # the label's): any logit far below the others stands for it without breaking the losses.
+    floor = torch.minimum(values[:, -1], teacher.label_logit.to(dtype)) - 40.0 * temperature
+    fill = torch.where(torch.isfinite(fill), fill, floor)
+    fill = torch.minimum(fill, values[:, -1])
+    dense = fill[:, None].expand(b, c).clone()
+    dense.scatter_(1, teacher.indices, values)
+    return dense.scatter(1, target[:, None], teacher.label_logit.to(dtype)[:, None])

@@ -109,3 +109,55 @@ def test_kd_module_dispatches_sparse_rows_and_refuses_logit_standardisation():
     )
     with pytest.raises(ConfigError, match="logit_stand"):
         create_loss("kd", logit_stand=True)(s, teacher, y)
+
+
+# --------------------------------------------------------------- the other losses from sparse rows
+from kdcache.losses import build_objective  # noqa: E402
+from kdcache.losses.dkd import dkd_terms  # noqa: E402
+from kdcache.losses.rld import rld_terms  # noqa: E402
+from kdcache.losses.sparse import uniform_tail_teacher  # noqa: E402
+
+
+@pytest.mark.parametrize("k", [1, 3, 9, 10])
+def test_uniform_tail_completion_is_exact_where_the_cache_determines_it(k):
+    _, t, y = _batch(b=32, c=10)
+    temperature = 4.0
+    dense = uniform_tail_teacher(_sparse(t, y, k), y, temperature)
+    p, p_hat = torch.softmax(t / temperature, 1), torch.softmax(dense / temperature, 1)
+    top = t.argsort(dim=1, descending=True, stable=True)[:, :k]
+    torch.testing.assert_close(p_hat.gather(1, top), p.gather(1, top), rtol=1e-12, atol=0)
+    torch.testing.assert_close(p_hat.gather(1, y[:, None]), p.gather(1, y[:, None]), rtol=1e-12,
+                               atol=0)  # fmt: skip
+    assert (dense.gather(1, top) == t.gather(1, top)).all()
+    outside = torch.ones_like(t, dtype=torch.bool).scatter(1, top, False)
+    assert (dense <= dense.gather(1, top[:, -1:]) + 1e-12)[outside].all()  # no fill outranks
+    if k == 10:
+        torch.testing.assert_close(dense, t, rtol=0, atol=0)
+
+
+def test_dkd_tckd_and_rld_scd_are_exact_from_the_completion():
+    s, t, y = _batch(b=64, c=20)
+    dense = uniform_tail_teacher(_sparse(t, y, 5), y, 4.0)
+    torch.testing.assert_close(
+        dkd_terms(s, dense, y)["tckd"], dkd_terms(s, t, y)["tckd"], rtol=1e-9, atol=0
+    )
+    torch.testing.assert_close(
+        rld_terms(s, dense, y)["scd"], rld_terms(s, t, y)["scd"], rtol=1e-9, atol=0
+    )
+
+
+@pytest.mark.parametrize("loss", ["dkd", "rld", "ldrld"])
+def test_approximated_losses_are_refused_without_the_option_and_run_with_it(loss, caplog):
+    s, t, y = _batch(b=16, c=20)
+    teacher = _sparse(t, y, 8)
+    with pytest.raises(ConfigError, match=rf"loss '{loss}' needs every class.*--sparse-approx"):
+        build_objective(loss)(s, teacher, y, epoch=30.0)
+    with pytest.raises(ConfigError, match="--sparse-approx"):
+        create_loss(loss)(s, teacher, y)  # straight from an own loop: the same refusal
+    objective = build_objective(loss, sparse_approx=True)
+    with caplog.at_level("WARNING"):
+        total, _ = objective(s, teacher, y, epoch=30.0)
+        objective(s, teacher, y, epoch=30.0)
+    assert torch.isfinite(total)
+    warnings = [r for r in caplog.records if "sparse-approx" in r.getMessage()]
+    assert len(warnings) == 1 and "exact" in warnings[0].getMessage()  # one line, naming it
