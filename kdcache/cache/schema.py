@@ -151,7 +151,7 @@ class StorageInfo:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         if self.temperatures is None:
-            # Absent, not null: the identity (and so the fingerprint) of 1.0/1.1 caches is unchanged.
+            # Absent, not null: the identity (so the fingerprint) of 1.0/1.1 caches is unchanged.
             del d["temperatures"]
         else:
             d["temperatures"] = list(self.temperatures)

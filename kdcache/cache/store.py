@@ -183,6 +183,8 @@ class CacheWriter:
             storage.temperatures or (),
             index_dtype=str(self._arrays[schema.TOPK_INDICES].dtype),
         )
+        assert sparse.tail_lse is not None and sparse.label_logit is not None  # format 1.2 rows
+        assert sparse.logit_mean is not None and sparse.logit_std is not None
         self._arrays[schema.TOPK_VALUES][view, rows, :] = sparse.values
         self._arrays[schema.TOPK_INDICES][view, rows, :] = sparse.indices
         self._arrays[schema.LSE_AT_T][view, rows, :] = sparse.lse

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from kdcache.errors import ConfigError
 from kdcache.losses._checks import check_bool, check_positive
 from kdcache.losses._common import (
     batch_mean_scaled,
@@ -19,7 +20,6 @@ from kdcache.losses._common import (
     prepare_target,
     standardize,
 )
-from kdcache.errors import ConfigError
 from kdcache.losses.base import DistillationLoss
 from kdcache.losses.sparse import SparseTeacher, sparse_kd_loss
 
@@ -72,7 +72,9 @@ class KDLoss(DistillationLoss):
                     "each row's std, a temperature the sparse cache did not record): train it "
                     "from a dense cache"
                 )
-            kd = sparse_kd_loss(student_logits, teacher_logits, target, temperature=self.temperature)
+            kd = sparse_kd_loss(
+                student_logits, teacher_logits, target, temperature=self.temperature
+            )
             return {"kd": kd}
         kd = kd_loss(
             student_logits,

@@ -188,7 +188,10 @@ class LDRLDLoss(DistillationLoss):
         self.gamma = check_non_negative("gamma", gamma)
 
     def terms(
-        self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor | None = None
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor | SparseTeacher,
+        target: Tensor | None = None,
     ) -> dict[str, Tensor]:
         if isinstance(teacher_logits, SparseTeacher):
             raise refuse_sparse("ldrld")  # the objective completes them under --sparse-approx

@@ -283,7 +283,7 @@ class RLDLoss(DistillationLoss):
         self.logit_stand = check_bool("logit_stand", logit_stand)
 
     def terms(
-        self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor
+        self, student_logits: Tensor, teacher_logits: Tensor | SparseTeacher, target: Tensor
     ) -> dict[str, Tensor]:
         if isinstance(teacher_logits, SparseTeacher):
             raise refuse_sparse("rld")  # the objective completes them under --sparse-approx

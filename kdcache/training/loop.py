@@ -127,10 +127,10 @@ def train_one_epoch(
         target = batch["label"].to(device, non_blocking=True)
         teacher_logits = None
         if stream is not None:
-            logits_np, hashes = next(stream)
+            cached_teacher, hashes = next(stream)
             if config.verify_replay != "off":
                 _check_replay(batch, hashes, config.verify_replay, data)
-            teacher_logits = torch.from_numpy(logits_np).to(device, non_blocking=True)  # [B, C]
+            teacher_logits = cached_teacher.to(device, non_blocking=True)  # [B, C] or sparse rows
         elif teacher is not None:
             # The extract forward, so that online logits equal a float32 cache's bit for bit.
             with teacher_inference(device):
@@ -219,6 +219,7 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainR
             warmup_epochs=schedule.warmup_epochs if config.loss != "ce" else None,
             ce_weight=config.ce_weight,
             distill_weight=config.distill_weight,
+            sparse_approx=config.sparse_approx,
             **config.loss_params,
         ).to(device)
         model = _build_student(config, data, device)

@@ -1,8 +1,9 @@
 """Where a run's data and teacher signal come from, checked before the first step.
 
 From a cache: the dataset, split, recipe and seed are the cache's; the local data must have the
-cache's dataset fingerprint, the student must have the cache's class count, and a loss that needs
-dense logits refuses a sparse cache. Without a cache: the dataset and recipe the user named.
+cache's dataset fingerprint, the student must have the cache's class count, and a sparse cache
+serves only what it can (KD exactly, the others under --sparse-approx, at a stored temperature).
+Without a cache: the dataset and recipe the user named.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ import numpy as np
 import torch
 
 from kdcache.augment import Recipe, create_recipe
+from kdcache.cache.schema import StorageInfo
 from kdcache.cache.store import CacheReader, open_cache
 from kdcache.data import SourceDataset, load_dataset
 from kdcache.errors import CacheError, CacheMismatchError, ConfigError
+from kdcache.losses.registry import create_loss, loss_info
+from kdcache.losses.sparse import refuse_sparse
 from kdcache.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -51,17 +55,38 @@ def _check_views(requested: tuple[int, ...] | None, available: int) -> np.ndarra
     return np.array(sorted(set(requested)), dtype=np.int64)
 
 
+def check_sparse_training(config: TrainConfig, storage: StorageInfo) -> None:
+    """Refuse, before anything runs, a loss that a sparse cache cannot serve as asked."""
+    where = f"{config.cache} is a sparse top-{storage.topk} cache"
+    if not storage.exact_sparse:
+        raise CacheError(
+            f"{where} of format 1.0/1.1: it stores the log-sum-exp at T = 1 only, so no loss is "
+            "exact from it. Re-extract it with this kdcache (format 1.2), or extract a dense cache."
+        )
+    if loss_info(config.loss).needs_dense_teacher and not config.sparse_approx:
+        raise refuse_sparse(config.loss)
+    loss = create_loss(config.loss, **config.loss_params)
+    if getattr(loss, "logit_stand", False):
+        raise ConfigError(
+            f"{where}: loss {config.loss!r} with logit_stand=true needs every teacher logit "
+            "(standardising divides by each row's std). Use a dense cache."
+        )
+    temperature = float(getattr(loss, "temperature", 1.0))
+    held = storage.temperatures or ()
+    if temperature not in held:
+        raise ConfigError(
+            f"{where} storing the log-sum-exp at T = {', '.join(f'{t:g}' for t in held)}; loss "
+            f"{config.loss!r} runs at temperature {temperature:g}. Use one of those, or "
+            f"re-extract with `--sparse-temperature {temperature:g}`."
+        )
+
+
 def _from_cache(config: TrainConfig) -> RunData:
     assert config.cache is not None
     reader = open_cache(config.cache)
     ident = reader.identity
-    if ident.storage.mode != "dense" and config.loss != "ce":
-        raise CacheError(
-            f"{config.cache} is a sparse top-{ident.storage.topk} cache, but loss "
-            f"{config.loss!r} needs every class's teacher logit (RLD and LDRLD mask against the "
-            "true-class logit and rank class pairs; KD and DKD need the full distribution at "
-            "temperature T). Extract a dense cache (omit --topk) to train with it."
-        )
+    if ident.storage.mode == "sparse" and config.loss != "ce":
+        check_sparse_training(config, ident.storage)
     train = load_dataset(ident.dataset.name, config.data_dir, ident.dataset.split)
     local = train.fingerprint()
     if local != ident.dataset.fingerprint:

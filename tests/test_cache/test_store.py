@@ -234,7 +234,8 @@ def test_a_format_1_1_sparse_cache_still_reads_and_says_what_it_lacks(tmp_path):
         (schema.BLOCK_TOP1, (v, 3), "int64", 1),
         (schema.BLOCK_TOP5, (v, 3), "int64", 2),
     ]:
-        group.create_array(name, shape=shape, chunks=shape, dtype=dtype, fill_value=fill)[...] = fill
+        array = group.create_array(name, shape=shape, chunks=shape, dtype=dtype, fill_value=fill)
+        array[...] = fill
     group.attrs["kdcache"] = {**meta.to_dict(), "complete": True}
     reader = open_cache(str(tmp_path / "c"))
     rows = reader.read_sparse(0, 0)

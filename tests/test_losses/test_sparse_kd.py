@@ -13,9 +13,7 @@ from kdcache.losses.sparse import SparseTeacher, sparse_kd_loss
 
 
 def _sparse(logits: torch.Tensor, labels: torch.Tensor, k: int, temps=(1.0, 4.0), dtype=np.float64):
-    rows = sparse_rows_from_logits(
-        logits.detach().numpy(), labels.numpy(), k, temps, dtype=dtype
-    )
+    rows = sparse_rows_from_logits(logits.detach().numpy(), labels.numpy(), k, temps, dtype=dtype)
     return SparseTeacher.from_rows(rows, logits.shape[1])
 
 
@@ -97,7 +95,9 @@ def test_stored_logsumexp_equals_torch_logsumexp_at_each_temperature():
 
 def test_a_loss_at_an_unrecorded_temperature_is_refused_naming_what_is_stored():
     s, t, y = _batch()
-    with pytest.raises(ConfigError, match=r"temperature 3\b.*T = 1, 4 only.*--sparse-temperature 3"):
+    with pytest.raises(
+        ConfigError, match=r"temperature 3\b.*T = 1, 4 only.*--sparse-temperature 3"
+    ):
         sparse_kd_loss(s, _sparse(t, y, 4), y, temperature=3.0)
 
 
