@@ -9,8 +9,9 @@ C - K classes not kept. The teacher's distribution at T is then known exactly on
 
 and the student's on the same buckets is ``log q_c`` and
 ``log q_tail = LSE_{not kept}(s / T) - LSE(s / T)``. Sparse KD is ``T^2 * KL(p || q)`` over those
-K + 1 buckets, batch-averaged: exact given the cache, equal to dense KD when K = C (no tail), and a lower bound of dense KD otherwise (the KL
-inside the tail is what the cache does not know; its size is measured in ``docs/losses.md``).
+K + 1 buckets, batch-averaged: exact given the cache, equal to dense KD when K = C (no tail), and a
+lower bound of dense KD otherwise (the KL inside the tail is what the cache does not know; its size
+is measured in ``docs/losses.md``).
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ def student_bucket_log_probs(student_scaled: Tensor, indices: Tensor) -> Tensor:
     """The student's log-probabilities on the kept classes and the tail, ``[B, K + 1]``.
 
     ``student_scaled`` is ``s / T`` ``[B, C]``. The tail's log-mass is a log-sum-exp over the
-    classes not kept (exact, differentiable); with no such class (K = C) it is -inf and carries no gradient.
+    classes not kept (exact, differentiable); with no such class (K = C) it is -inf and carries no
+    gradient.
     """
     log_q = torch.log_softmax(student_scaled, dim=1)  # [B, C]
     kept = log_q.gather(1, indices)  # [B, K]
