@@ -35,7 +35,7 @@ from kdcache.training.sources import (
     check_views,
     load_cache_data,
     require_blocks,
-    require_dense_logits,
+    require_exact_sparse,
 )
 from kdcache.training.stream import (
     Batch,
@@ -151,7 +151,10 @@ class Cache:
 
         Each item is a :class:`~kdcache.training.stream.Batch`: ``images`` float32 ``[B, C, H, W]``
         (normalised with the dataset's mean and std, on ``device``), ``labels`` int64 ``[B]``,
-        ``teacher_logits`` float32 ``[B, K]`` (on ``device``), ``view`` and ``index`` int64 ``[B]``.
+        ``teacher_logits`` float32 ``[B, K]`` (on ``device``) from a dense cache, or a
+        :class:`~kdcache.losses.sparse.SparseTeacher` of the kept top-K rows from a sparse one
+        (what ``create_loss("kd")`` and ``build_objective`` take), ``view`` and ``index`` int64
+        ``[B]``.
 
         Args:
             data_dir: where the cache's dataset is (None: its default place; digits is bundled).
@@ -173,12 +176,12 @@ class Cache:
                 batches (see ``docs/api.md``).
 
         Raises:
-            CacheError: a sparse cache (no dense logits), or a block the epoch needs is missing.
+            CacheError: a format 1.0/1.1 sparse cache, or a block the epoch needs is missing.
             CacheMismatchError: ``data_dir`` holds other data than the cache was made from.
             ConfigError: an invalid argument.
             ReplayMismatchError: (while iterating) a regenerated image differs from the teacher's.
         """
-        require_dense_logits(self.reader, None)
+        require_exact_sparse(self.reader)
         rank, world_size = _shard(rank, world_size)
         allowed = check_views(tuple(views) if views is not None else None, self.views)
         require_blocks(self.reader, allowed, self.num_samples)

@@ -54,8 +54,12 @@ class ExtractConfig:
     recipe_params: dict[str, Any] = field(default_factory=dict)
     views: int = 1
     seed: int = 0
-    dtype: Literal["float16", "float32"] = "float16"
-    topk: int | None = None  # None: dense logits; K: sparse top-K + log-sum-exp
+    # None: float16 for dense logits, float32 for sparse rows (the only precision they take)
+    dtype: Literal["float16", "float32"] | None = None
+    topk: int | None = None  # None: dense logits; K: sparse top-K + exact normalisers
+    # Sparse mode: temperatures whose log-sum-exp each row stores, beside T = 1 and every
+    # registered loss's default temperature (see :func:`sparse_temperatures`).
+    extra_temperatures: tuple[float, ...] = ()
     chunk_rows: int = 1024
     batch_size: int = 256
     workers: int = 2
@@ -78,6 +82,22 @@ class ExtractConfig:
             )
         if self.topk is not None and self.topk < 1:
             raise ConfigError(f"--topk must be >= 1, got {self.topk}")
+        if self.topk is not None and self.dtype == "float16":
+            raise ConfigError(
+                "sparse caches store float32 top-K values (float16 values would make the kept "
+                "probabilities sum to more than 1 in ~28% of rows): omit --dtype with --topk"
+            )
+        if self.topk is None and self.extra_temperatures:
+            raise ConfigError("--sparse-temperature is only meaningful with --topk")
+        bad = [t for t in self.extra_temperatures if not (0 < t < float("inf"))]
+        if bad:
+            raise ConfigError(f"--sparse-temperature must be a finite number > 0, got {bad[0]}")
+
+    @property
+    def storage_dtype(self) -> Literal["float16", "float32"]:
+        if self.dtype is not None:
+            return self.dtype
+        return "float16" if self.topk is None else "float32"
 
 
 @dataclass(frozen=True)
@@ -162,9 +182,18 @@ class _BlockAssembler:
         logits = np.concatenate(self.logits)  # [R, C]
         labels = np.concatenate(self.labels)
         top1, top5 = topk_hits(logits, labels)
-        self.writer.write_block(view, block, logits, np.concatenate(self.hashes), top1, top5)
+        self.writer.write_block(
+            view, block, logits, np.concatenate(self.hashes), top1, top5, labels=labels
+        )
         self.written += 1
         self._start_block()
+
+
+def sparse_temperatures(extra: tuple[float, ...] = ()) -> tuple[float, ...]:
+    """Temperatures a sparse cache records: T = 1, each registered loss's default T, ``extra``."""
+    from kdcache.losses.registry import default_temperatures
+
+    return tuple(sorted({1.0, *default_temperatures(), *(float(t) for t in extra)}))
 
 
 def topk_hits(logits: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
@@ -211,9 +240,10 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
         ),
         storage=schema.StorageInfo(
             mode="sparse" if config.topk else "dense",
-            dtype=config.dtype,
+            dtype=config.storage_dtype,
             chunk_rows=config.chunk_rows,
             topk=config.topk,
+            temperatures=sparse_temperatures(config.extra_temperatures) if config.topk else None,
         ),
     )
     if config.topk is not None and config.topk > spec.num_classes:

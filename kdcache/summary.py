@@ -33,11 +33,13 @@ def summarize(reader: CacheReader) -> dict[str, Any]:
 
 def format_summary(s: dict[str, Any]) -> str:
     t, ds, aug, st = s["teacher"], s["dataset"], s["augmentation"], s["storage"]
-    mode = (
-        f"dense {st['dtype']}"
-        if st["mode"] == "dense"
-        else f"sparse top-{st['topk']} {st['dtype']}"
-    )
+    if st["mode"] == "dense":
+        mode = f"dense {st['dtype']}"
+    elif st.get("temperatures"):
+        temps = ", ".join(f"{t:g}" for t in st["temperatures"])
+        mode = f"sparse top-{st['topk']} {st['dtype']}, exact normalisers at T = {temps}"
+    else:
+        mode = f"sparse top-{st['topk']} {st['dtype']} (format 1.0/1.1: LSE at T = 1 only)"
     lines = [
         f"cache        {s['location']}",
         f"fingerprint  {s['fingerprint']}",

@@ -5,7 +5,9 @@ Checks, in order (each yields a :class:`Check`; one failing does not stop the ot
 1. ``metadata``: the self-description parses, the format version is readable, the fingerprint
    matches the identity fields (done by :func:`open_cache`).
 2. ``complete``: every (view, block) is marked in the completeness record.
-3. ``chunks``: every stored chunk decodes (crc32c) and holds only finite values.
+3. ``chunks``: every stored chunk decodes (crc32c) and holds only finite values; in a sparse
+   cache, each row's kept probabilities sum to at most 1 (within the stored precision) at every
+   recorded temperature.
 4. ``dataset``: the local data's fingerprint equals the cache's (needs the data).
 5. ``replay``: a sample of (view, index) pairs regenerated here hashes to the recorded input hash.
 6. ``teacher`` (optional): the teacher re-run on the sample gives the cached logits.
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from kdcache.cache.sparse import KEPT_MASS_TOLERANCE, kept_mass_violations
 from kdcache.cache.store import CacheReader, open_cache
 from kdcache.data import SeededViews, SourceDataset
 from kdcache.errors import KdcacheError
@@ -66,8 +69,15 @@ def _check_chunks(reader: CacheReader, report: VerifyReport) -> None:
                 if ident.storage.mode == "dense":
                     arrays = [reader.read_dense(view, block)]
                 else:
-                    values, _, lse = reader.read_sparse(view, block)
-                    arrays = [values, lse]
+                    sparse = reader.read_sparse(view, block)
+                    arrays = [sparse.values, sparse.lse]
+                    if (over := kept_mass_violations(sparse)) > 0:
+                        bad.append(
+                            f"view {view} block {block}: {over} rows whose kept top-"
+                            f"{ident.storage.topk} mass exceeds 1 by more than "
+                            f"{KEPT_MASS_TOLERANCE:g} (the stored log-sum-exp does not match "
+                            "the kept values)"
+                        )
                 reader.read_input_hashes(view, block)
                 if not all(np.isfinite(a.astype(np.float32)).all() for a in arrays):
                     bad.append(f"view {view} block {block}: NaN/Inf logits")
@@ -202,8 +212,9 @@ def _check_teacher(
             cached = reader.read_dense(int(view), block)[row].astype(np.float32)
             worst = max(worst, float(np.abs(cached - live[k]).max()))
         else:
-            values, indices, _ = reader.read_sparse(int(view), block)
-            diff = values[row].astype(np.float32) - live[k][indices[row].astype(np.int64)]
+            sparse = reader.read_sparse(int(view), block)
+            kept = sparse.indices[row].astype(np.int64)
+            diff = sparse.values[row].astype(np.float32) - live[k][kept]
             worst = max(worst, float(np.abs(diff).max()))
     # float16 storage rounds to ~1e-3 relative; device/kernel differences add a little more.
     scale = float(np.abs(live).max()) or 1.0

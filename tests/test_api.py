@@ -18,6 +18,7 @@ import zarr
 
 import kdcache
 from kdcache.cache.store import open_cache as open_reader
+from kdcache.losses.sparse import SparseTeacher
 from kdcache.models import create_model
 from kdcache.training import outputs
 from kdcache.training.config import TrainConfig
@@ -338,11 +339,18 @@ def test_sparse_cache_same_error_nothing_written(tmp_path, digits_teacher_weight
     sparse = tmp_path / "sparse"
     extract_digits(digits_teacher_weights, sparse, "--topk", "3", "--chunk-rows", "1024")
     before = every_file(sparse)
-    api, command = error_through_api(sparse), error_through_cli(sparse, tmp_path / "run")
-    for text in (api, command):
-        assert "sparse top-3 cache" in text and "needs every class's teacher logit" in text
-        assert "Extract a dense cache" in text
-    # Cross-entropy on a sparse cache's views needs no logits: it trains (it used to fail).
+    # The loader serves sparse rows; a loss that needs every logit refuses them, as train does.
+    batch = next(iter(kdcache.open_cache(sparse).loader(None, batch_size=64, seed=0, epoch=0)))
+    assert isinstance(batch.teacher_logits, SparseTeacher)
+    student = torch.zeros(len(batch.labels), 10, requires_grad=True)
+    with pytest.raises(kdcache.KdcacheError) as info:
+        kdcache.create_loss("ldrld")(student, batch.teacher_logits, batch.labels)
+    command = error_through_cli(sparse, tmp_path / "run", "--loss", "ldrld")
+    for text in (str(info.value), command):
+        assert "needs every class's teacher logit" in text and "--sparse-approx" in text
+    assert str(info.value) in command
+    # KD is exact from the same rows, through the API and through train.
+    assert torch.isfinite(kdcache.create_loss("kd")(student, batch.teacher_logits, batch.labels))
     ce = TrainConfig(
         cache=str(sparse),
         student="resnet8",

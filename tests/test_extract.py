@@ -158,15 +158,39 @@ def test_two_torchrun_ranks_write_the_same_bytes_as_one_process(tmp_path, digits
     assert cache_attrs(single) == cache_attrs(multi)
 
 
-def test_sparse_mode_keeps_exact_topk_and_logsumexp(tmp_path, digits_extract_args):
+def test_sparse_mode_keeps_exact_topk_and_normalisers(tmp_path, digits_extract_args):
     dense, sparse = tmp_path / "dense", tmp_path / "sparse"
     extract(digits_extract_args, dense, "--workers", "0", "--dtype", "float32")
-    extract(digits_extract_args, sparse, "--workers", "0", "--dtype", "float32", "--topk", "3")
+    extract(digits_extract_args, sparse, "--workers", "0", "--topk", "3",
+            "--sparse-temperature", "2.5")  # fmt: skip
+    reader = open_cache(str(sparse))
+    assert reader.identity.storage.dtype == "float32"  # sparse rows are always float32
+    assert reader.identity.storage.temperatures == (1.0, 2.5, 4.0)
     full = open_cache(str(dense)).read_dense(0, 1).astype(np.float64)  # [R, C]
-    values, indices, lse = open_cache(str(sparse)).read_sparse(0, 1)
-    np.testing.assert_array_equal(values, np.take_along_axis(full, indices.astype(np.int64), 1))
-    assert (np.diff(values, axis=1) <= 0).all()
-    np.testing.assert_allclose(lse, np.log(np.exp(full).sum(axis=1)), rtol=1e-6)
+    rows = reader.read_sparse(0, 1)
+    kept = rows.indices.astype(np.int64)
+    np.testing.assert_array_equal(rows.values, np.take_along_axis(full, kept, 1))
+    assert (np.diff(rows.values, axis=1) <= 0).all()
+    tail = np.ones_like(full, dtype=bool)
+    np.put_along_axis(tail, kept, False, axis=1)
+    for col, t in enumerate(rows.temperatures):
+        z = full / t
+        np.testing.assert_allclose(rows.lse[:, col], np.log(np.exp(z).sum(1)), rtol=1e-6)
+        np.testing.assert_allclose(
+            rows.tail_lse[:, col], np.log(np.where(tail, np.exp(z), 0).sum(1)), rtol=1e-6
+        )
+    labels = reader.labels()[reader.meta.block_rows(1)]
+    np.testing.assert_array_equal(rows.label_logit, full[np.arange(len(full)), labels])
+
+
+def test_sparse_mode_refuses_float16_and_stray_temperatures(tmp_path, digits_extract_args):
+    code, output = run_cli([*digits_extract_args, "--out", str(tmp_path / "a"), "--topk", "3",
+                            "--dtype", "float16"])  # fmt: skip
+    assert code != 0 and "float32" in output and "Traceback" not in output
+    code, output = run_cli([*digits_extract_args, "--out", str(tmp_path / "b"),
+                            "--sparse-temperature", "2"])  # fmt: skip
+    assert code != 0 and "only meaningful with --topk" in output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_existing_cache_with_other_settings_is_refused_and_untouched(tmp_path, digits_extract_args):

@@ -375,7 +375,7 @@ def test_sparse_cache_with_a_dense_loss_is_refused(tmp_path, digits_teacher_weig
             tmp_path / "run",
         ]
     )
-    assert code != 0 and "sparse top-3 cache" in output and "needs every class" in output
+    assert code != 0 and "this cache is sparse" in output and "needs every class" in output
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from kdcache.errors import CacheError, ConfigError, FormatVersionError
 
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 1  # 1.1: + producers (1.0 caches read with none recorded)
+FORMAT_MINOR = 2  # 1.1: + producers; 1.2: sparse rows exact at every recorded temperature
 FORMAT_VERSION = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
 ATTRS_KEY = "kdcache"  # the group attribute that holds the whole self-description
 
@@ -26,7 +26,13 @@ LogitDtype = Literal["float16", "float32"]
 LOGITS = "logits"  # [V, N, C]  dense mode
 TOPK_VALUES = "topk_values"  # [V, N, K] sparse mode
 TOPK_INDICES = "topk_indices"  # [V, N, K] sparse mode
-LOGSUMEXP = "logsumexp"  # [V, N]    sparse mode, float32
+LOGSUMEXP = "logsumexp"  # [V, N]    sparse mode 1.0/1.1 only: LSE(z) at T = 1, float32
+# Sparse mode from format 1.2 (docs/cache-format.md §Sparse rows), all float32:
+LSE_AT_T = "logsumexp_t"  # [V, N, nT] LSE(z / T) for each recorded temperature T
+TAIL_LSE_AT_T = "tail_logsumexp_t"  # [V, N, nT] LSE over the classes NOT kept (-inf when K = C)
+LABEL_LOGIT = "label_logit"  # [V, N] the teacher's logit at the true label
+LOGIT_MEAN = "logit_mean"  # [V, N] row mean of z (logit standardisation)
+LOGIT_STD = "logit_std"  # [V, N] row std of z, Bessel-corrected (N - 1), as the losses use
 LABELS = "labels"  # [N]       int64
 INPUT_HASH = "input_hash"  # [V, N]    int64
 BLOCK_DONE = "block_done"  # [V, n_blocks] uint8, one chunk per block: the completeness record
@@ -105,6 +111,9 @@ class StorageInfo:
     dtype: LogitDtype
     chunk_rows: int
     topk: int | None = None  # sparse mode only
+    # Sparse mode, format >= 1.2: the temperatures whose log-sum-exp each row stores, ascending.
+    # None: a 1.0/1.1 sparse cache (only LSE(z) at T = 1, no tail, label logit or row stats).
+    temperatures: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("dense", "sparse"):
@@ -117,6 +126,36 @@ class StorageInfo:
             raise ConfigError(f"sparse mode needs --topk >= 1, got {self.topk}")
         if self.mode == "dense" and self.topk is not None:
             raise ConfigError("--topk is only meaningful in sparse mode")
+        if self.temperatures is not None:
+            if self.mode != "sparse":
+                raise ConfigError("stored temperatures are only meaningful in sparse mode")
+            if not self.temperatures or any(
+                not isinstance(t, float) or not t > 0 or t == float("inf")
+                for t in self.temperatures
+            ):
+                raise ConfigError(
+                    f"sparse temperatures must be finite numbers > 0, got {self.temperatures}"
+                )
+            if self.dtype != "float32":
+                raise ConfigError("sparse rows (format 1.2) store float32 values only")
+            if list(self.temperatures) != sorted(set(self.temperatures)):
+                raise ConfigError(
+                    f"sparse temperatures must be distinct and ascending: {self.temperatures}"
+                )
+
+    @property
+    def exact_sparse(self) -> bool:
+        """A format >= 1.2 sparse cache: rows exact at each of :attr:`temperatures`."""
+        return self.mode == "sparse" and self.temperatures is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if self.temperatures is None:
+            # Absent, not null: the identity (so the fingerprint) of 1.0/1.1 caches is unchanged.
+            del d["temperatures"]
+        else:
+            d["temperatures"] = list(self.temperatures)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StorageInfo:
@@ -126,6 +165,7 @@ class StorageInfo:
                 dtype=d["dtype"],
                 chunk_rows=int(d["chunk_rows"]),
                 topk=d.get("topk"),
+                temperatures=_parse_temperatures(d.get("temperatures")),
             )
         except (KeyError, ConfigError) as exc:
             raise CacheError(f"malformed cache metadata: storage: {exc}") from exc
@@ -145,7 +185,7 @@ class CacheIdentity:
             "teacher": asdict(self.teacher),
             "dataset": asdict(self.dataset),
             "augmentation": asdict(self.augmentation),
-            "storage": asdict(self.storage),
+            "storage": self.storage.to_dict(),
         }
 
     def fingerprint(self) -> str:
@@ -235,6 +275,16 @@ class CacheMeta:
             teacher_top1=d.get("teacher_top1"),
             teacher_top5=d.get("teacher_top5"),
         )
+
+
+def _parse_temperatures(raw: object) -> tuple[float, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(
+        isinstance(t, int | float) and not isinstance(t, bool) for t in raw
+    ):
+        raise ConfigError(f"storage.temperatures must be a list of numbers, got {raw!r}")
+    return tuple(float(t) for t in raw)
 
 
 def check_format_version(version: object) -> None:

@@ -26,6 +26,7 @@ from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 from kdcache.cache import locations, schema
 from kdcache.cache.locations import open_zarr_store
 from kdcache.cache.schema import CacheMeta
+from kdcache.cache.sparse import SparseRows, sparse_rows_from_logits
 from kdcache.errors import CacheCorruptError, CacheError, CacheMismatchError, KdcacheError
 
 log = logging.getLogger(__name__)
@@ -81,13 +82,32 @@ def _open_array(group: zarr.Group, name: str, location: str) -> zarr.Array:
     return node
 
 
-def _per_view_arrays(mode: str) -> tuple[str, ...]:
-    data = (
-        (schema.LOGITS,)
-        if mode == "dense"
-        else (schema.TOPK_VALUES, schema.TOPK_INDICES, schema.LOGSUMEXP)
+_SPARSE_ROW_STATS = (schema.LABEL_LOGIT, schema.LOGIT_MEAN, schema.LOGIT_STD)  # [V, N] each
+
+
+def _data_arrays(storage: schema.StorageInfo) -> tuple[str, ...]:
+    """The per-view arrays that hold the teacher's outputs in this storage mode."""
+    if storage.mode == "dense":
+        return (schema.LOGITS,)
+    if storage.exact_sparse:
+        return (
+            schema.TOPK_VALUES,
+            schema.TOPK_INDICES,
+            schema.LSE_AT_T,
+            schema.TAIL_LSE_AT_T,
+            *_SPARSE_ROW_STATS,
+        )
+    return (schema.TOPK_VALUES, schema.TOPK_INDICES, schema.LOGSUMEXP)  # format 1.0 / 1.1
+
+
+def _per_view_arrays(storage: schema.StorageInfo) -> tuple[str, ...]:
+    return (
+        *_data_arrays(storage),
+        schema.INPUT_HASH,
+        schema.BLOCK_DONE,
+        schema.BLOCK_TOP1,
+        schema.BLOCK_TOP5,
     )
-    return (*data, schema.INPUT_HASH, schema.BLOCK_DONE, schema.BLOCK_TOP1, schema.BLOCK_TOP5)
 
 
 class CacheWriter:
@@ -99,7 +119,7 @@ class CacheWriter:
         # Opened once: re-opening per block would re-read each array's zarr.json (slow on S3).
         self._arrays = {
             name: _open_array(group, name, location)
-            for name in _per_view_arrays(meta.identity.storage.mode)
+            for name in _per_view_arrays(meta.identity.storage)
         }
         self._done = self._arrays[schema.BLOCK_DONE]
 
@@ -115,6 +135,7 @@ class CacheWriter:
         input_hashes: np.ndarray,  # [R] int64
         top1_correct: int,
         top5_correct: int,
+        labels: np.ndarray | None = None,  # [R] true labels: sparse mode stores their logit
     ) -> None:
         rows = self.meta.block_rows(block)
         storage = self.meta.identity.storage
@@ -137,24 +158,40 @@ class CacheWriter:
                 )
             self._arrays[schema.LOGITS][view, rows, :] = stored
         else:
-            self._write_sparse(view, rows, logits, storage.topk or 0, storage.dtype)
+            if labels is None:
+                raise ValueError("a sparse block needs the rows' labels")
+            self._write_sparse(view, rows, logits, labels)
         self._arrays[schema.INPUT_HASH][view, rows] = input_hashes.astype(np.int64)
         self._arrays[schema.BLOCK_TOP1][view, block] = top1_correct
         self._arrays[schema.BLOCK_TOP5][view, block] = top5_correct
         # The mark comes last: a crash before this line leaves the block unmarked, so it is redone.
         self._done[view, block] = 1
 
-    def _write_sparse(self, view: int, rows: slice, logits: np.ndarray, k: int, dtype: str) -> None:
-        # argpartition + sort keeps this O(C) per row; ties resolved by lower class index first.
-        idx = np.argsort(-logits, axis=1, kind="stable")[:, :k]  # [R, K]
-        values = np.take_along_axis(logits, idx, axis=1)
-        peak = logits.max(axis=1, keepdims=True)
-        lse = (peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))).astype(np.float32)
-        self._arrays[schema.TOPK_VALUES][view, rows, :] = values.astype(dtype)
-        self._arrays[schema.TOPK_INDICES][view, rows, :] = idx.astype(
-            self._arrays[schema.TOPK_INDICES].dtype
+    def _write_sparse(
+        self, view: int, rows: slice, logits: np.ndarray, labels: np.ndarray
+    ) -> None:
+        storage = self.meta.identity.storage
+        if not storage.exact_sparse:
+            raise CacheError(
+                "this sparse cache is of format 1.0/1.1 (log-sum-exp at T = 1 only); kdcache "
+                "writes format 1.2 sparse rows only: extract into a fresh --out"
+            )
+        sparse = sparse_rows_from_logits(
+            logits,
+            labels,
+            storage.topk or 0,
+            storage.temperatures or (),
+            index_dtype=str(self._arrays[schema.TOPK_INDICES].dtype),
         )
-        self._arrays[schema.LOGSUMEXP][view, rows] = lse
+        assert sparse.tail_lse is not None and sparse.label_logit is not None  # format 1.2 rows
+        assert sparse.logit_mean is not None and sparse.logit_std is not None
+        self._arrays[schema.TOPK_VALUES][view, rows, :] = sparse.values
+        self._arrays[schema.TOPK_INDICES][view, rows, :] = sparse.indices
+        self._arrays[schema.LSE_AT_T][view, rows, :] = sparse.lse
+        self._arrays[schema.TAIL_LSE_AT_T][view, rows, :] = sparse.tail_lse
+        self._arrays[schema.LABEL_LOGIT][view, rows] = sparse.label_logit
+        self._arrays[schema.LOGIT_MEAN][view, rows] = sparse.logit_mean
+        self._arrays[schema.LOGIT_STD][view, rows] = sparse.logit_std
 
     def finalize(self) -> CacheMeta:
         """If every block is marked, record completeness and the teacher's accuracy per view."""
@@ -189,11 +226,12 @@ def _create_layout(group: zarr.Group, meta: CacheMeta, labels: np.ndarray) -> No
         )
     else:
         K = ident.storage.topk or 0
+        nT = len(ident.storage.temperatures or ())
         group.create_array(
             schema.TOPK_VALUES,
             shape=(V, N, K),
             chunks=(1, R, K),
-            dtype=ident.storage.dtype,
+            dtype="float32",
             fill_value=float("nan"),
             **_codecs(),
         )
@@ -205,14 +243,24 @@ def _create_layout(group: zarr.Group, meta: CacheMeta, labels: np.ndarray) -> No
             fill_value=-1,
             **_codecs(),
         )
-        group.create_array(
-            schema.LOGSUMEXP,
-            shape=(V, N),
-            chunks=(1, R),
-            dtype="float32",
-            fill_value=float("nan"),
-            **_codecs(),
-        )
+        for name in (schema.LSE_AT_T, schema.TAIL_LSE_AT_T):
+            group.create_array(
+                name,
+                shape=(V, N, nT),
+                chunks=(1, R, nT),
+                dtype="float32",
+                fill_value=float("nan"),
+                **_codecs(),
+            )
+        for name in _SPARSE_ROW_STATS:
+            group.create_array(
+                name,
+                shape=(V, N),
+                chunks=(1, R),
+                dtype="float32",
+                fill_value=float("nan"),
+                **_codecs(),
+            )
     group.create_array(
         schema.INPUT_HASH, shape=(V, N), chunks=(1, R), dtype="int64", fill_value=0, **_codecs()
     )
@@ -355,24 +403,37 @@ class CacheReader:
             )
         )
 
-    def read_sparse(self, view: int, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Top-K values [R, K], indices [R, K] and full log-sum-exp [R] of one block."""
-        if self.identity.storage.mode != "sparse":
+    def read_sparse(self, view: int, block: int) -> SparseRows:
+        """The sparse rows of one block (format 1.0/1.1: top-K and LSE at T = 1 only)."""
+        storage = self.identity.storage
+        if storage.mode != "sparse":
             raise CacheError("this cache is dense; it holds no top-K arrays")
         rows = self.meta.block_rows(block)
         where = f"(view {view}, block {block})"
-        values = self._read(
-            f"{schema.TOPK_VALUES} chunk {where}",
-            lambda: self._array(schema.TOPK_VALUES)[view, rows, :],
+
+        def read(name: str) -> np.ndarray:
+            return np.asarray(
+                self._read(f"{name} chunk {where}", lambda: self._array(name)[view, rows])
+            )
+
+        values, indices = read(schema.TOPK_VALUES), read(schema.TOPK_INDICES)
+        if not storage.exact_sparse:
+            return SparseRows(
+                values=values.astype(np.float32),
+                indices=indices,
+                temperatures=(1.0,),
+                lse=read(schema.LOGSUMEXP)[:, None],
+            )
+        return SparseRows(
+            values=values,
+            indices=indices,
+            temperatures=storage.temperatures or (),
+            lse=read(schema.LSE_AT_T),
+            tail_lse=read(schema.TAIL_LSE_AT_T),
+            label_logit=read(schema.LABEL_LOGIT),
+            logit_mean=read(schema.LOGIT_MEAN),
+            logit_std=read(schema.LOGIT_STD),
         )
-        indices = self._read(
-            f"{schema.TOPK_INDICES} chunk {where}",
-            lambda: self._array(schema.TOPK_INDICES)[view, rows, :],
-        )
-        lse = self._read(
-            f"{schema.LOGSUMEXP} chunk {where}", lambda: self._array(schema.LOGSUMEXP)[view, rows]
-        )
-        return np.asarray(values), np.asarray(indices), np.asarray(lse)
 
     def read_input_hashes(self, view: int, block: int) -> np.ndarray:
         rows = self.meta.block_rows(block)

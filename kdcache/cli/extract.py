@@ -42,10 +42,25 @@ from kdcache.cli._common import progress_bar, user_errors
 @click.option("--seed", default=0, show_default=True, type=int, help="Cache seed.")
 @click.option("--out", required=True, help="Cache location (directory).")
 @click.option(
-    "--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True
+    "--dtype",
+    type=click.Choice(["float16", "float32"]),
+    default=None,
+    help="Dense logits' precision [default: float16; sparse rows are always float32].",
 )
 @click.option(
-    "--topk", type=int, default=None, help="Sparse mode: keep the top-K logits + log-sum-exp."
+    "--topk",
+    type=int,
+    default=None,
+    help="Sparse mode: keep the top-K logits plus the exact normalisers at each stored "
+    "temperature, the true-label logit and the row statistics (docs/cache-format.md).",
+)
+@click.option(
+    "--sparse-temperature",
+    "sparse_temperatures",
+    type=float,
+    multiple=True,
+    help="Sparse mode: also store the log-sum-exp at this temperature (repeatable); T = 1 and "
+    "every registered loss's default temperature are always stored.",
 )
 @click.option("--chunk-rows", default=1024, show_default=True, type=int, help="Samples per chunk.")
 @click.option("--batch-size", default=256, show_default=True, type=int)
@@ -66,8 +81,9 @@ def extract_command(
     views: int,
     seed: int,
     out: str,
-    dtype: str,
+    dtype: str | None,
     topk: int | None,
+    sparse_temperatures: tuple[float, ...],
     chunk_rows: int,
     batch_size: int,
     workers: int,
@@ -96,6 +112,7 @@ def extract_command(
             out=out,
             dtype=dtype,  # type: ignore[arg-type]  # click.Choice guarantees the literal
             topk=topk,
+            extra_temperatures=tuple(sparse_temperatures),
             chunk_rows=chunk_rows,
             batch_size=batch_size,
             workers=workers,

@@ -57,6 +57,7 @@ _FIELDS = {
     "protocol": "protocol",
     "out": "out",
     "verify_replay": "verify_replay",
+    "sparse_approx": "sparse_approx",
     "max_samples": "max_samples",
     "window_blocks": "window_blocks",
     "amp": "amp",
@@ -106,6 +107,13 @@ _FIELDS = {
     multiple=True,
     metavar="NAME=VALUE",
     help="Loss hyper-parameter, repeatable (e.g. temperature=4, k=7, alpha=10.5).",
+)
+@click.option(
+    "--sparse-approx",
+    is_flag=True,
+    default=None,
+    help="From a sparse (top-K) cache, train dkd, rld or ldrld through their named approximation "
+    "(docs/losses.md); kd is exact from sparse caches without it.",
 )
 @click.option("--views", default=None, help="Train on a subset of the cache's views, e.g. 0,1.")
 @click.option("--max-samples", type=int, default=None, help="Train on the first N samples only.")

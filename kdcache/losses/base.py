@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from kdcache.losses.sparse import SparseTeacher
+
 
 class DistillationLoss(nn.Module):
     """A loss over ``(student_logits [B, C], teacher_logits [B, C], target [B])``.
@@ -19,12 +21,15 @@ class DistillationLoss(nn.Module):
     """
 
     def terms(
-        self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor
+        self, student_logits: Tensor, teacher_logits: Tensor | SparseTeacher, target: Tensor
     ) -> dict[str, Tensor]:
+        """Named terms; ``teacher_logits`` may be sparse rows only where the loss says so (KD)."""
         raise NotImplementedError
 
     def combine(self, terms: dict[str, Tensor]) -> Tensor:
         raise NotImplementedError
 
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor) -> Tensor:
+    def forward(
+        self, student_logits: Tensor, teacher_logits: Tensor | SparseTeacher, target: Tensor
+    ) -> Tensor:
         return self.combine(self.terms(student_logits, teacher_logits, target))

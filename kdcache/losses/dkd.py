@@ -43,6 +43,7 @@ from kdcache.losses._common import (
     standardize,
 )
 from kdcache.losses.base import DistillationLoss
+from kdcache.losses.sparse import SparseTeacher, refuse_sparse
 
 
 class _DKDRows(torch.autograd.Function):
@@ -143,8 +144,10 @@ class DKDLoss(DistillationLoss):
         self.logit_stand = check_bool("logit_stand", logit_stand)
 
     def terms(
-        self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor
+        self, student_logits: Tensor, teacher_logits: Tensor | SparseTeacher, target: Tensor
     ) -> dict[str, Tensor]:
+        if isinstance(teacher_logits, SparseTeacher):
+            raise refuse_sparse("dkd")  # the objective completes them under --sparse-approx
         return dkd_terms(
             student_logits,
             teacher_logits,

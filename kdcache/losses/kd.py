@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from kdcache.errors import ConfigError
 from kdcache.losses._checks import check_bool, check_positive
 from kdcache.losses._common import (
     batch_mean_scaled,
@@ -20,6 +21,7 @@ from kdcache.losses._common import (
     standardize,
 )
 from kdcache.losses.base import DistillationLoss
+from kdcache.losses.sparse import SparseTeacher, sparse_kd_loss
 
 
 def kd_loss(
@@ -58,8 +60,22 @@ class KDLoss(DistillationLoss):
         self.logit_stand = check_bool("logit_stand", logit_stand)
 
     def terms(
-        self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor | None = None
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor | SparseTeacher,
+        target: Tensor | None = None,
     ) -> dict[str, Tensor]:
+        if isinstance(teacher_logits, SparseTeacher):
+            if self.logit_stand:
+                raise ConfigError(
+                    "kd with logit_stand=true needs every teacher logit (standardising divides by "
+                    "each row's std, a temperature the sparse cache did not record): train it "
+                    "from a dense cache"
+                )
+            kd = sparse_kd_loss(
+                student_logits, teacher_logits, target, temperature=self.temperature
+            )
+            return {"kd": kd}
         kd = kd_loss(
             student_logits,
             teacher_logits,

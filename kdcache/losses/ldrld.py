@@ -38,6 +38,7 @@ from kdcache.losses._common import (
     prepare_target,
 )
 from kdcache.losses.base import DistillationLoss
+from kdcache.losses.sparse import SparseTeacher, refuse_sparse
 
 RANK_BY = ("student", "teacher")
 
@@ -187,8 +188,13 @@ class LDRLDLoss(DistillationLoss):
         self.gamma = check_non_negative("gamma", gamma)
 
     def terms(
-        self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor | None = None
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor | SparseTeacher,
+        target: Tensor | None = None,
     ) -> dict[str, Tensor]:
+        if isinstance(teacher_logits, SparseTeacher):
+            raise refuse_sparse("ldrld")  # the objective completes them under --sparse-approx
         return ldrld_terms(
             student_logits,
             teacher_logits,

@@ -23,6 +23,7 @@ loss. ``epoch`` counts from 1 during the first epoch, as in mdistiller (whose tr
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -35,6 +36,14 @@ from kdcache.losses._checks import check_non_negative
 from kdcache.losses._common import prepare_target
 from kdcache.losses.base import DistillationLoss
 from kdcache.losses.registry import check_hparams, create_loss, list_losses, loss_info
+from kdcache.losses.sparse import (
+    APPROXIMATIONS,
+    SparseTeacher,
+    refuse_sparse,
+    uniform_tail_teacher,
+)
+
+log = logging.getLogger(__name__)
 
 CE_ONLY = "ce"
 
@@ -60,10 +69,15 @@ class Objective(nn.Module):
         ce_weight: float,
         distill_weight: float,
         warmup_epochs: float,
+        sparse_approx: bool = False,
     ) -> None:
         super().__init__()
         self.name = name
         self.loss = loss
+        # Sparse (top-K) teacher rows: KD is exact from them; the other losses only through the
+        # named uniform-tail approximation, and only when asked for (never silently).
+        self.sparse_approx = sparse_approx
+        self._warned_approx = False
         self.ce_weight = check_non_negative("ce_weight", ce_weight)
         self.distill_weight = check_non_negative("distill_weight", distill_weight)
         self.warmup_epochs = check_non_negative("warmup_epochs", warmup_epochs)
@@ -84,7 +98,7 @@ class Objective(nn.Module):
     def forward(
         self,
         student_logits: Tensor,
-        teacher_logits: Tensor | None,
+        teacher_logits: Tensor | SparseTeacher | None,
         target: Tensor,
         epoch: float,
     ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -101,6 +115,8 @@ class Objective(nn.Module):
                 f"loss {self.name!r} needs teacher logits (a cache or a live teacher); "
                 f"use loss {CE_ONLY!r} to train without a teacher"
             )
+        if isinstance(teacher_logits, SparseTeacher) and loss_info(self.name).needs_dense_teacher:
+            teacher_logits = self._complete_sparse(teacher_logits, target)
         terms = self.loss.terms(student, teacher_logits, target)
         factor = self.warmup_factor(epoch)
         distill = (factor * self.distill_weight) * self.loss.combine(terms)
@@ -108,6 +124,20 @@ class Objective(nn.Module):
         parts["distill"] = distill.detach()
         parts["warmup"] = torch.tensor(factor, dtype=dtype)
         return total + distill, parts
+
+    def _complete_sparse(self, teacher: SparseTeacher, target: Tensor) -> Tensor:
+        if not self.sparse_approx:
+            raise refuse_sparse(self.name)
+        if getattr(self.loss, "logit_stand", False):
+            raise ConfigError(
+                f"{self.name} with logit_stand=true cannot train from a sparse cache, even "
+                "approximately: standardising needs every logit. Use a dense cache."
+            )
+        if not self._warned_approx:
+            log.warning("sparse-approx %s: %s", self.name, APPROXIMATIONS[self.name])
+            self._warned_approx = True
+        temperature = float(getattr(self.loss, "temperature", 1.0))
+        return uniform_tail_teacher(teacher, target, temperature)
 
     def extra_repr(self) -> str:
         return (
@@ -122,6 +152,7 @@ def build_objective(
     *,
     ce_weight: float | None = None,
     distill_weight: float | None = None,
+    sparse_approx: bool = False,
     **hparams: Any,
 ) -> Objective:
     """The objective of ``loss_name`` (``"ce"`` or a registered loss) with the method's defaults.
@@ -133,6 +164,9 @@ def build_objective(
         ce_weight: weight of the cross-entropy term; None = the method's default.
         distill_weight: outer weight of the distillation term; None = the method's default
             (0.9 for KD, 1 otherwise).
+        sparse_approx: allow DKD, RLD and LDRLD to train from sparse (top-K) teacher rows through
+            the uniform-tail completion (:func:`kdcache.losses.sparse.uniform_tail_teacher`);
+            without it they refuse sparse rows. KD is exact from sparse rows either way.
         **hparams: the loss's own hyper-parameters (``temperature``, ``alpha``, ``k`` ...).
 
     Raises:
@@ -160,4 +194,5 @@ def build_objective(
         ce_weight=info.ce_weight if ce_weight is None else ce_weight,
         distill_weight=info.distill_weight if distill_weight is None else distill_weight,
         warmup_epochs=info.warmup_epochs if warmup_epochs is None else warmup_epochs,
+        sparse_approx=sparse_approx,
     )

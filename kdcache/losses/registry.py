@@ -134,6 +134,17 @@ def loss_info(name: str) -> LossInfo:
         ) from None
 
 
+def default_temperatures() -> set[float]:
+    """Every temperature a registered loss uses with its default hyper-parameters."""
+    temps: set[float] = set()
+    for info in _REGISTRY.values():
+        for name in ("temperature", "alpha_temperature"):
+            value = info.defaults.get(name)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                temps.add(float(value))
+    return temps
+
+
 def check_hparams(name: str, hparams: dict[str, Any]) -> None:
     """Raise :class:`ConfigError` for a hyper-parameter that loss ``name`` does not take."""
     allowed = loss_info(name).defaults

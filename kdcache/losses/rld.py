@@ -49,6 +49,7 @@ from kdcache.losses._common import (
     standardize,
 )
 from kdcache.losses.base import DistillationLoss
+from kdcache.losses.sparse import SparseTeacher, refuse_sparse
 
 # Below this, the teacher's mass outside its arg-max, taken as ``sum - max``, has lost too many
 # digits to cancellation (float32: ~1e-5 relative at 1e-2); such rows are recomputed exactly.
@@ -282,8 +283,10 @@ class RLDLoss(DistillationLoss):
         self.logit_stand = check_bool("logit_stand", logit_stand)
 
     def terms(
-        self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor
+        self, student_logits: Tensor, teacher_logits: Tensor | SparseTeacher, target: Tensor
     ) -> dict[str, Tensor]:
+        if isinstance(teacher_logits, SparseTeacher):
+            raise refuse_sparse("rld")  # the objective completes them under --sparse-approx
         return rld_terms(
             student_logits,
             teacher_logits,

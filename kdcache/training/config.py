@@ -82,6 +82,9 @@ class TrainConfig:
     compile: bool = False
     channels_last: bool = True
     verify_replay: ReplayMode = "sample"
+    # From a sparse (top-K) cache: let DKD, RLD and LDRLD train through their named approximation
+    # (KD is exact from sparse rows and needs no permission).
+    sparse_approx: bool = False
     window_blocks: int = 4  # cache blocks shuffled together
     block_rows: int | None = None  # ordering blocks without a cache (a cache uses its chunk rows)
     eval_batch_size: int = 256

@@ -182,14 +182,17 @@ def _build_teacher(config: TrainConfig, data: RunData, device: torch.device) -> 
 
 
 def _stream_source(config: TrainConfig, data: RunData) -> EpochSource:
-    """The stream's source; cached logits only where there are dense ones to read."""
+    """The stream's source; cached teacher rows wherever the cache has rows a loss can read."""
     teacher = None
-    if data.reader is not None and data.reader.identity.storage.mode == "dense":
+    reader = data.reader
+    if reader is not None and (
+        reader.identity.storage.mode == "dense" or reader.identity.storage.exact_sparse
+    ):
         capacity = chunk_capacity(config.window_blocks, data.allowed_views)
-        teacher = CachedTeacher(data.reader, chunk_capacity=capacity)
-    elif data.reader is not None and config.verify_replay != "off":
-        # Only --loss ce gets here (sources refuses a sparse cache for the distillation losses).
-        log.warning("sparse cache, loss ce: no logits are read, so no replay checks are made")
+        teacher = CachedTeacher(reader, chunk_capacity=capacity)
+    elif reader is not None and config.verify_replay != "off":
+        # Only --loss ce gets here (sources refuses a 1.0/1.1 sparse cache for the other losses).
+        log.warning("1.0/1.1 sparse cache, loss ce: no rows are read, so no replay checks are made")
     return EpochSource(data.train, data.recipe, data.aug_seed, data.allowed_views,
                        data.block_rows, data.num_samples, teacher)  # fmt: skip
 
@@ -211,6 +214,7 @@ def _set_up(config: TrainConfig, ctx: DistContext, device: torch.device) -> _Run
         warmup_epochs=schedule.warmup_epochs if config.loss != "ce" else None,
         ce_weight=config.ce_weight,
         distill_weight=config.distill_weight,
+        sparse_approx=config.sparse_approx,
         **config.loss_params,
     ).to(device)
     model = _build_student(config, data, device)

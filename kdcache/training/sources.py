@@ -1,14 +1,16 @@
 """Where a run's data and teacher signal come from, checked before the first step.
 
 From a cache: the dataset, split, recipe and seed are the cache's; the local data must have the
-cache's dataset fingerprint, the student must have the cache's class count, and a loss that needs
-dense logits refuses a sparse cache. Without a cache: the dataset and recipe the user named.
+cache's dataset fingerprint, the student must have the cache's class count, and a sparse cache
+serves only what it can (KD exactly, the others under --sparse-approx, at a stored temperature).
+Without a cache: the dataset and recipe the user named.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,6 +19,8 @@ from kdcache.augment import Recipe, create_recipe
 from kdcache.cache.store import CacheReader, open_cache
 from kdcache.data import SourceDataset, load_dataset
 from kdcache.errors import CacheError, CacheMismatchError, ConfigError
+from kdcache.losses.registry import create_loss, loss_info
+from kdcache.losses.sparse import refuse_sparse
 from kdcache.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -52,19 +56,42 @@ def check_views(requested: tuple[int, ...] | None, available: int) -> np.ndarray
     return np.array(sorted(set(requested)), dtype=np.int64)
 
 
-def require_dense_logits(reader: CacheReader, loss: str | None) -> None:
-    """Refuse a sparse cache where every class's teacher logit is needed (``loss`` None: the
-    loader's dense ``teacher_logits``)."""
-    ident = reader.identity
-    if ident.storage.mode == "dense":
+def require_exact_sparse(reader: CacheReader) -> None:
+    """Refuse a format 1.0/1.1 sparse cache: it stored the normaliser at T = 1 only."""
+    storage = reader.identity.storage
+    if storage.mode == "sparse" and not storage.exact_sparse:
+        raise CacheError(
+            f"{reader.location} is a sparse top-{storage.topk} cache of format 1.0/1.1: it stores "
+            "the log-sum-exp at T = 1 only, so no loss is exact from it. Re-extract it with this "
+            "kdcache (format 1.2), or extract a dense cache."
+        )
+
+
+def check_sparse_training(
+    reader: CacheReader, loss: str, loss_params: dict[str, Any], sparse_approx: bool
+) -> None:
+    """Refuse, before anything runs, a loss that a sparse cache cannot serve as asked."""
+    storage = reader.identity.storage
+    if storage.mode != "sparse" or loss == "ce":
         return
-    who = f"loss {loss!r}" if loss else "the loader's teacher_logits [B, K]"
-    raise CacheError(
-        f"{reader.location} is a sparse top-{ident.storage.topk} cache, but {who} needs every "
-        "class's teacher logit (RLD and LDRLD mask against the true-class logit and rank class "
-        "pairs; KD and DKD need the full distribution at temperature T). Extract a dense cache "
-        "(omit --topk) to train with it."
-    )
+    require_exact_sparse(reader)
+    where = f"{reader.location} is a sparse top-{storage.topk} cache"
+    if loss_info(loss).needs_dense_teacher and not sparse_approx:
+        raise refuse_sparse(loss)
+    module = create_loss(loss, **loss_params)
+    if getattr(module, "logit_stand", False):
+        raise ConfigError(
+            f"{where}: loss {loss!r} with logit_stand=true needs every teacher logit "
+            "(standardising divides by each row's std). Use a dense cache."
+        )
+    temperature = float(getattr(module, "temperature", 1.0))
+    held = storage.temperatures or ()
+    if temperature not in held:
+        raise ConfigError(
+            f"{where} storing the log-sum-exp at T = {', '.join(f'{t:g}' for t in held)}; loss "
+            f"{loss!r} runs at temperature {temperature:g}. Use one of those, or re-extract "
+            f"with `--sparse-temperature {temperature:g}`."
+        )
 
 
 def load_cache_data(reader: CacheReader, data_dir: str | None) -> SourceDataset:
@@ -100,8 +127,7 @@ def _from_cache(config: TrainConfig) -> RunData:
     assert config.cache is not None
     reader = open_cache(config.cache)
     ident = reader.identity
-    if config.loss != "ce":
-        require_dense_logits(reader, config.loss)
+    check_sparse_training(reader, config.loss, config.loss_params, config.sparse_approx)
     train = load_cache_data(reader, config.data_dir)
     views = check_views(config.views, ident.augmentation.num_views)
     n = min(config.max_samples or len(train), len(train))

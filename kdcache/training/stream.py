@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from kdcache.data import SeededViews, SourceDataset, normalize
 from kdcache.errors import ConfigError, ReplayMismatchError
+from kdcache.losses.sparse import SparseTeacher
 from kdcache.training.plan import EpochPlan, plan_epoch
 from kdcache.training.teacher_stream import CachedTeacher
 
@@ -40,7 +41,8 @@ class Batch:
 
     images: Tensor  # float32 [B, C, H, W] on the device: the student's normalised inputs
     labels: Tensor  # int64 [B] on the device
-    teacher_logits: Tensor | None  # float32 [B, K] on the device; None without a cache
+    # float32 [B, K] on the device (sparse rows from a sparse cache); None without a cache
+    teacher_logits: Tensor | SparseTeacher | None
     view: Tensor  # int64 [B] (CPU): the cached view each row is
     index: Tensor  # int64 [B] (CPU): the sample index of each row
 
@@ -149,11 +151,11 @@ class EpochBatches:
                 labels = batch["label"].to(self.device, non_blocking=True)
                 teacher_logits = None
                 if logits is not None:
-                    logits_np, hashes = next(logits)  # [B, K] float32, [B] int64
+                    cached, hashes = next(logits)  # [B, K] float32 or sparse rows, [B] int64
                     if self.verify_replay != "off":
                         check_replay(batch["view"], batch["index"], batch["input_hash"], hashes,
                                      self.verify_replay, versions)  # fmt: skip
-                    teacher_logits = torch.from_numpy(logits_np).to(self.device, non_blocking=True)
+                    teacher_logits = cached.to(self.device, non_blocking=True)
                 yield Batch(x, labels, teacher_logits, batch["view"], batch["index"])
         finally:
             if logits is not None:

@@ -1,9 +1,11 @@
 """Teacher logits for each training batch, from the cache, decoded ahead of the step.
 
 A background thread walks the epoch's batches in order, decodes each needed chunk (view, block) once
-into a small LRU, gathers the batch's rows and puts ``(logits [B, C] float32, hashes [B])`` into a
-bounded queue. The step never waits on decoding unless decoding is slower than training, and memory
-is bounded by the LRU (a few windows of chunks) and the queue, whatever N is.
+into a small LRU, gathers the batch's rows and puts ``(rows, hashes [B])`` into a bounded queue:
+``rows`` is ``{"logits": [B, C] float32}`` from a dense cache, or the sparse arrays of
+:class:`~kdcache.cache.sparse.SparseRows` from a sparse one; the consumer gets the loss's teacher
+input of either. The step never waits on decoding unless decoding is slower than training, and
+memory is bounded by the LRU (a few windows of chunks) and the queue, whatever N is.
 """
 
 from __future__ import annotations
@@ -14,8 +16,13 @@ from collections import OrderedDict
 from collections.abc import Iterator
 
 import numpy as np
+import torch
 
+from kdcache.cache.sparse import SparseRows
 from kdcache.cache.store import CacheReader
+from kdcache.losses.sparse import SparseTeacher
+
+Rows = dict[str, np.ndarray]  # per-row arrays of one chunk or one batch, leading dimension R / B
 
 _END = object()
 
@@ -31,24 +38,48 @@ class CachedTeacher:
         self.chunk_capacity = max(chunk_capacity, 1)
         self.prefetch_batches = prefetch_batches
         self.decoded: list[tuple[int, int]] = []  # (view, block) in decode order, this epoch
+        storage = reader.identity.storage
+        self.temperatures: tuple[float, ...] = storage.temperatures or (1.0,)
 
-    def _load(self, key: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    def _load(self, key: tuple[int, int]) -> tuple[Rows, np.ndarray]:
         view, block = key
         self.decoded.append(key)
-        logits = self.reader.read_dense(view, block).astype(np.float32)  # [R, C]
-        return logits, self.reader.read_input_hashes(view, block)
+        hashes = self.reader.read_input_hashes(view, block)
+        if self.reader.identity.storage.mode == "dense":
+            return {"logits": self.reader.read_dense(view, block).astype(np.float32)}, hashes
+        sparse = self.reader.read_sparse(view, block)
+        self.temperatures = sparse.temperatures
+        rows = {
+            "values": sparse.values,
+            "indices": sparse.indices,
+            "lse": sparse.lse,
+            "tail_lse": sparse.tail_lse,
+            "label_logit": sparse.label_logit,
+        }
+        return {k: v for k, v in rows.items() if v is not None}, hashes
+
+    def _teacher_input(self, rows: Rows) -> torch.Tensor | SparseTeacher:
+        if "logits" in rows:
+            return torch.from_numpy(rows["logits"])  # [B, C]
+        sparse = SparseRows(
+            values=rows["values"],
+            indices=rows["indices"],
+            temperatures=self.temperatures,
+            lse=rows["lse"],
+            tail_lse=rows.get("tail_lse"),
+            label_logit=rows.get("label_logit"),
+        )
+        return SparseTeacher.from_rows(sparse, self.reader.identity.dataset.num_classes)
 
     def _produce(
         self, items: np.ndarray, bounds: np.ndarray, out: queue.Queue, stop: threading.Event
     ) -> None:
-        chunks: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        chunks: OrderedDict[tuple[int, int], tuple[Rows, np.ndarray]] = OrderedDict()
         try:
             for start, stop_row in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
                 batch = items[start:stop_row]  # [B, 2] (view, index)
                 blocks, rows = np.divmod(batch[:, 1], self.rows)
-                logits = np.empty(
-                    (len(batch), self.reader.identity.dataset.num_classes), np.float32
-                )
+                gathered: Rows = {}
                 hashes = np.empty(len(batch), np.int64)
                 for key in sorted(set(zip(batch[:, 0].tolist(), blocks.tolist(), strict=True))):
                     if key in chunks:
@@ -58,12 +89,15 @@ class CachedTeacher:
                         while len(chunks) > self.chunk_capacity:
                             chunks.popitem(last=False)
                     sel = (batch[:, 0] == key[0]) & (blocks == key[1])
-                    chunk_logits, chunk_hashes = chunks[key]
-                    logits[sel] = chunk_logits[rows[sel]]
+                    chunk_rows, chunk_hashes = chunks[key]
+                    for name, array in chunk_rows.items():
+                        if name not in gathered:
+                            gathered[name] = np.empty((len(batch), *array.shape[1:]), array.dtype)
+                        gathered[name][sel] = array[rows[sel]]
                     hashes[sel] = chunk_hashes[rows[sel]]
                 while not stop.is_set():
                     try:
-                        out.put((logits, hashes), timeout=0.1)
+                        out.put((gathered, hashes), timeout=0.1)
                         break
                     except queue.Full:
                         continue
@@ -75,9 +109,13 @@ class CachedTeacher:
 
     def batches(
         self, items: np.ndarray, bounds: np.ndarray
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield ``(logits [B, C], input_hashes [B])`` for each batch ``items[bounds[k] :
-        bounds[k + 1]]`` of ``items`` [M, 2] (an :class:`EpochPlan`'s), in order."""
+    ) -> Iterator[tuple[torch.Tensor | SparseTeacher, np.ndarray]]:
+        """Yield ``(teacher, input_hashes [B])`` for each batch ``items[bounds[k] : bounds[k + 1]]``
+        of ``items`` [M, 2] (an :class:`EpochPlan`'s), in order.
+
+        ``teacher`` is the loss's teacher input on the CPU: float32 logits ``[B, C]`` from a dense
+        cache, a :class:`SparseTeacher` from a sparse one; both move with ``.to(device)``.
+        """
         self.decoded = []
         out: queue.Queue = queue.Queue(maxsize=self.prefetch_batches)
         stop = threading.Event()
@@ -95,7 +133,8 @@ class CachedTeacher:
                     return
                 if isinstance(got, BaseException):
                     raise got
-                yield got
+                rows, hashes = got
+                yield self._teacher_input(rows), hashes
         finally:
             stop.set()
             worker.join(timeout=5)

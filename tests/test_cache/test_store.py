@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from kdcache.cache import schema
 from kdcache.cache.store import open_cache, open_for_writing
 from kdcache.cli import main
-from kdcache.errors import CacheCorruptError, CacheError, FormatVersionError
+from kdcache.errors import CacheCorruptError, CacheError, ConfigError, FormatVersionError
 
 
 def make_meta(n: int = 10, c: int = 5, views: int = 2, rows: int = 4) -> schema.CacheMeta:
@@ -207,3 +207,40 @@ def test_verify_fails_when_views_do_not_replay(tmp_path, digits_cache):
 def test_info_on_a_missing_path_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(main, ["info", str(tmp_path / "nothing")])
     assert result.exit_code == 1 and "no kdcache cache" in result.output
+
+
+def test_a_format_1_1_sparse_cache_still_reads_and_says_what_it_lacks(tmp_path):
+    from kdcache.losses.sparse import SparseTeacher
+
+    meta = make_meta()
+    legacy = schema.StorageInfo("sparse", "float16", 4, topk=2)  # 1.1: no temperatures
+    meta = schema.CacheMeta(
+        identity=schema.CacheIdentity(
+            meta.identity.teacher, meta.identity.dataset, meta.identity.augmentation, legacy
+        ),
+        format_version="1.1",
+        created="t",
+    )
+    assert "temperatures" not in meta.identity.to_dict()["storage"]  # 1.1 fingerprints unchanged
+    group = zarr.open_group(str(tmp_path / "c"), mode="w", zarr_format=3)
+    v, n = 2, 10
+    for name, shape, dtype, fill in [
+        (schema.TOPK_VALUES, (v, n, 2), "float16", 0.0),
+        (schema.TOPK_INDICES, (v, n, 2), "int16", 0),
+        (schema.LOGSUMEXP, (v, n), "float32", 1.5),
+        (schema.INPUT_HASH, (v, n), "int64", 0),
+        (schema.LABELS, (n,), "int64", 0),
+        (schema.BLOCK_DONE, (v, 3), "uint8", 1),
+        (schema.BLOCK_TOP1, (v, 3), "int64", 1),
+        (schema.BLOCK_TOP5, (v, 3), "int64", 2),
+    ]:
+        array = group.create_array(name, shape=shape, chunks=shape, dtype=dtype, fill_value=fill)
+        array[...] = fill
+    group.attrs["kdcache"] = {**meta.to_dict(), "complete": True}
+    reader = open_cache(str(tmp_path / "c"))
+    rows = reader.read_sparse(0, 0)
+    assert rows.temperatures == (1.0,) and not rows.exact and rows.lse.shape == (4, 1)
+    with pytest.raises(ConfigError, match="format 1.0/1.1.*Re-extract"):
+        SparseTeacher.from_rows(rows, 5)
+    out = CliRunner().invoke(main, ["info", str(tmp_path / "c")])
+    assert out.exit_code == 0 and "LSE at T = 1 only" in out.output, out.output
