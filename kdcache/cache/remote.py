@@ -141,13 +141,10 @@ def async_filesystems() -> list[Any]:
 def filesystem_error(location: str, exc: Exception) -> KdcacheError:
     """Why no filesystem could be made for ``location``: an unknown scheme, or unreachable."""
     if isinstance(exc, ValueError) and "protocol" in str(exc).lower():
-        import fsspec
-
-        known = ", ".join(f"{p}://" for p in ("s3", "gs", "az", "http", "https", "ftp", "file"))
         return ConfigError(
             f"{location}: unknown URL scheme {protocol(location)!r} ({exc}). A cache location is "
-            f"a directory, a .zip file or an fsspec URL such as {known} "
-            f"(fsspec {fsspec.__version__} knows: {', '.join(sorted(fsspec.available_protocols())[:40])}...)"
+            "a directory, a .zip file or an fsspec URL (s3://bucket/prefix, gs://, az://, "
+            "http(s)://, file://)"
         )
     translated = translate_error(exc, location)
     if translated is not None:
@@ -353,6 +350,11 @@ def fetch_archive(location: str, cache_dir: str | os.PathLike[str] | None = None
     try:
         info = fs.info(path)
     except FileNotFoundError as exc:
+        # fsspec's http reports any failure of its HEAD/GET as "not found": a timeout or a refused
+        # connection is its cause, and must not be reported as a missing archive.
+        transport = translate_error(exc.__cause__, location) if exc.__cause__ else None
+        if transport is not None:
+            raise transport from exc
         if bucket_of(location) is not None:
             check_bucket(location)
         raise DataNotFoundError(f"no cache archive at {location}") from exc

@@ -2,9 +2,10 @@
 
 Left to themselves, botocore and s3fs retry a server that accepts connections but never answers
 for about seven minutes (60 s read timeouts, several attempts, at two levels). kdcache bounds every
-request instead: a request with no answer within the timeout is tried once more, then the
-operation fails with :class:`kdcache.cache.remote.StorageUnavailableError`. So a hung server costs
-about twice the timeout.
+request instead: a request with no answer within the timeout fails (botocore still retries
+throttling and refused connections once; s3fs's own retry loop, which would repeat timeouts, is
+off), and the operation fails with :class:`kdcache.cache.remote.StorageUnavailableError`. One
+operation makes one to three requests, so a hung server is reported within about three timeouts.
 
 The timeout is ``KDCACHE_STORAGE_TIMEOUT`` (seconds, default 20); the CLI's ``--storage-timeout``
 sets that variable, so that DataLoader workers and torchrun ranks inherit it.
@@ -21,8 +22,8 @@ from kdcache.errors import ConfigError
 STORAGE_TIMEOUT_ENV = "KDCACHE_STORAGE_TIMEOUT"
 DEFAULT_STORAGE_TIMEOUT_S = 20.0
 MAX_STORAGE_TIMEOUT_S = 3600.0
-# Attempts per request at the client (botocore) level; s3fs's own retry loop is turned off, or
-# the two would multiply.
+# Attempts per request at the client (botocore) level, for throttling and refused connections
+# (botocore's standard mode does not repeat a read timeout); s3fs's own loop is turned off.
 _ATTEMPTS = 2
 
 
