@@ -14,8 +14,9 @@ from kdcache.cache.timeouts import (
     DEFAULT_STORAGE_TIMEOUT_S,
     MAX_STORAGE_TIMEOUT_S,
     STORAGE_TIMEOUT_ENV,
+    parse_timeout,
 )
-from kdcache.errors import KdcacheError
+from kdcache.errors import ConfigError, KdcacheError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -64,6 +65,10 @@ def remote_cache_dir_option(command: F) -> F:
 def _set_storage_timeout(ctx: click.Context, param: click.Parameter, value: float | None) -> None:
     # The environment again, for the same reason: workers and ranks open object stores too.
     if value is not None:
+        try:
+            parse_timeout(value, source="--storage-timeout")  # FloatRange lets NaN through
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc)) from exc
         os.environ[STORAGE_TIMEOUT_ENV] = repr(value)
 
 
