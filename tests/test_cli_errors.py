@@ -56,10 +56,6 @@ def cache(tmp_path_factory: pytest.TempPathFactory, digits_teacher_weights: Path
     return out
 
 
-def files_under(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 # --- Ctrl-C and bugs ---------------------------------------------------------------------------
 
 
@@ -78,7 +74,16 @@ def test_ctrl_c_exits_130_with_one_line(cache, monkeypatch):
 def test_a_real_sigint_exits_130_without_a_traceback(tmp_path, digits_teacher_weights):
     args = shlex.split(EXTRACT.format(weights=digits_teacher_weights))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "kdcache", *args, "--out", str(tmp_path / "c"), "--batch-size", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "kdcache",
+        *args,
+        "--out",
+        str(tmp_path / "c"),
+        "--batch-size",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     seen = ""
@@ -169,7 +174,9 @@ def test_a_full_disk_while_saving_a_checkpoint_leaves_no_checkpoint_or_temporary
     monkeypatch.setattr("torch.save", no_space)
     run = tmp_path / "run"
     args = ["train", "--cache", cache, "--student", "resnet8", "--epochs", "1", "--workers", "0"]
-    result = cli([*args, "--max-samples", "32", "--verify-replay", "off", "--out", run, "--no-progress"])
+    result = cli(
+        [*args, "--max-samples", "32", "--verify-replay", "off", "--out", run, "--no-progress"]
+    )
     assert result.exit_code == 1
     assert "no space left on the device" in error_line(result.output)
     assert not any(p.suffix in (".pt", ".tmp") for p in run.iterdir())
@@ -237,7 +244,9 @@ def test_yaml_views_may_be_a_list(cache, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(f"cache: {cache}\nstudent: resnet8\nviews: [0]\nepochs: 1\nworkers: 0\n")
     run = tmp_path / "run"
-    result = cli(["train", "--config", config, "--out", run, "--max-samples", "32", "--no-progress"])
+    result = cli(
+        ["train", "--config", config, "--out", run, "--max-samples", "32", "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((run / "run.json").read_text())["config"]["views"] == [0]
 

@@ -408,7 +408,8 @@ def _check_bounds(meta: CacheMeta, location: str) -> None:
         num_samples=ident.dataset.num_samples,
         num_classes=ident.dataset.num_classes,
         chunk_rows=ident.storage.chunk_rows,
-        where=f"cache {location} claims sizes this machine cannot hold (damaged or edited metadata?)",
+        where=f"cache {location} claims sizes this machine cannot hold (damaged or edited "
+        "metadata?)",
         error=CacheCorruptError,
     )
 

@@ -50,7 +50,7 @@ def os_error_message(exc: OSError) -> str | None:
     if isinstance(exc, PermissionError):
         return f"permission denied{where}: check the file's owner and mode, or choose another path"
     if isinstance(exc, FileExistsError):
-        return f"{where.strip(' ()') or 'the path'} already exists and is in the way: choose another path"
+        return f"already exists and is in the way{where}: choose another path"
     if isinstance(exc, IsADirectoryError):
         return f"expected a file but found a directory{where}"
     if isinstance(exc, NotADirectoryError):
@@ -72,7 +72,8 @@ def to_click_exception(exc: BaseException, *, debug: bool) -> click.ClickExcepti
         return click.ClickException(str(exc))
     if isinstance(exc, zipfile.BadZipFile | zipfile.LargeZipFile):
         return click.ClickException(
-            f"a .zip cache archive is damaged or truncated ({exc}): fetch or `kdcache pack` it again"
+            f"a .zip cache archive is damaged or truncated ({exc}): fetch or `kdcache pack` it "
+            "again"
         )
     if isinstance(exc, MemoryError):
         return click.ClickException(

@@ -61,7 +61,8 @@ from kdcache.cli._common import progress_bar, storage_timeout_option, user_error
 @click.option(
     "--topk",
     type=click.IntRange(min=1),
-    default=None, help="Sparse mode: keep the top-K logits + log-sum-exp."
+    default=None,
+    help="Sparse mode: keep the top-K logits + log-sum-exp.",
 )
 @click.option(
     "--chunk-rows",

@@ -36,7 +36,9 @@ def _matches(value: Any, hint: Any) -> bool:
     if origin is dict:
         return isinstance(value, dict)
     if origin is tuple:
-        return isinstance(value, tuple) and all(_matches(v, typing.get_args(hint)[0]) for v in value)
+        return isinstance(value, tuple) and all(
+            _matches(v, typing.get_args(hint)[0]) for v in value
+        )
     return True  # a type this check does not know: the dataclass validates it
 
 
@@ -70,7 +72,7 @@ def check_types(cls: type, settings: dict[str, Any]) -> None:
 
 
 def parse_views(value: Any) -> tuple[int, ...]:
-    """Views as YAML or Python give them: ``[0, 1]``, ``"0,1"`` or ``2`` -> ``(0, 1)`` / ``(2,)``."""
+    """Views as YAML or Python give them: ``[0, 1]`` or ``"0,1"`` -> ``(0, 1)``, ``2`` -> (2,)."""
     if isinstance(value, str):
         items: list[Any] = [v.strip() for v in value.split(",") if v.strip()]
     elif isinstance(value, list | tuple):

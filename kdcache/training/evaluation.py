@@ -11,9 +11,9 @@ from torch.utils.data import DataLoader
 
 from kdcache.augment import create_recipe
 from kdcache.data import SeededViews, SourceDataset, normalize
+from kdcache.errors import WeightsError
 from kdcache.models import build_model
 from kdcache.runtime import resolve_device
-from kdcache.errors import WeightsError
 from kdcache.training import outputs
 
 # What `kdcache eval` needs from a checkpoint (a raw state dict has none of them).

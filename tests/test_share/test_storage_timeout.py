@@ -113,8 +113,17 @@ REMOTE_CASES = [
     ["verify", "{prefix}", "--replay", "-5"],
     ["pack", "{prefix}", "s3://kd-team/out.zip"],
     ["train", "--cache", "{prefix}/nothing", "--student", "resnet8", "--out", "{tmp}/run"],
-    ["extract", "--teacher", "resnet8", "--weights", "{weights}", "--dataset", "digits",
-     "--out", f"s3://{BUCKET}"],  # fmt: skip
+    [
+        "extract",
+        "--teacher",
+        "resnet8",
+        "--weights",
+        "{weights}",
+        "--dataset",
+        "digits",
+        "--out",
+        f"s3://{BUCKET}",
+    ],  # fmt: skip
 ]
 
 
