@@ -42,8 +42,8 @@ def os_error_message(exc: OSError) -> str | None:
     if code in (errno.ENOSPC, errno.EDQUOT):
         return (
             f"no space left on the device{where}: free some space (or choose another location) "
-            "and re-run; finished blocks and checkpoints are kept, and partly written files are "
-            "never marked done"
+            "and re-run; kdcache writes files whole or not at all, so finished blocks and "
+            "checkpoints are kept and nothing partial is trusted"
         )
     if code == errno.EROFS:
         return f"read-only file system{where}: choose a writable location"
