@@ -80,7 +80,7 @@ def storage_timeout_option(command: F) -> F:
         type=click.FloatRange(min=0, max=MAX_STORAGE_TIMEOUT_S, min_open=True),
         expose_value=False,
         callback=_set_storage_timeout,
-        help=f"Give up on an object store (s3://, http://) request that gets no answer in "
-        f"SECONDS; it is tried once more, then the command fails [env {STORAGE_TIMEOUT_ENV}; "
+        help=f"Fail with a clear error when an object store (s3://, http(s)://) leaves a "
+        f"request unanswered for SECONDS [env {STORAGE_TIMEOUT_ENV}; "
         f"default {DEFAULT_STORAGE_TIMEOUT_S:g}].",
     )(command)
