@@ -7,7 +7,7 @@ throttling and refused connections once; s3fs's own retry loop, which would repe
 off), and the operation fails with :class:`kdcache.cache.remote.StorageUnavailableError`. One
 operation makes one to three requests, so a hung server is reported within about three timeouts.
 
-The timeout is ``KDCACHE_STORAGE_TIMEOUT`` (seconds, default 20); the CLI's ``--storage-timeout``
+The timeout is ``KDCACHE_STORAGE_TIMEOUT`` (seconds, default 10); the CLI's ``--storage-timeout``
 sets that variable, so that DataLoader workers and torchrun ranks inherit it.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 from kdcache.errors import ConfigError
 
 STORAGE_TIMEOUT_ENV = "KDCACHE_STORAGE_TIMEOUT"
-DEFAULT_STORAGE_TIMEOUT_S = 20.0
+DEFAULT_STORAGE_TIMEOUT_S = 10.0
 MAX_STORAGE_TIMEOUT_S = 3600.0
 # Attempts per request at the client (botocore) level, for throttling and refused connections
 # (botocore's standard mode does not repeat a read timeout); s3fs's own loop is turned off.
