@@ -66,9 +66,10 @@ def evaluate_checkpoint(
     state = outputs.load_checkpoint(Path(checkpoint))
     missing = [k for k in _CHECKPOINT_KEYS if k not in state] if isinstance(state, dict) else []
     if not isinstance(state, dict) or missing:
+        what = f"no {', '.join(missing)}" if missing else f"a {type(state).__name__}, not a dict"
         raise WeightsError(
-            f"{checkpoint} is not a kdcache training checkpoint (no {', '.join(missing) or 'dict'}"
-            "): `kdcache eval` reads the last.pt / best.pt that `kdcache train` writes"
+            f"{checkpoint} is not a kdcache training checkpoint ({what}): `kdcache eval` reads "
+            "the last.pt / best.pt that `kdcache train` writes"
         )
     device = resolve_device(device_name)
     model = build_model(state["student"], state["num_classes"], in_chans=state["in_chans"])
