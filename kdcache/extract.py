@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from kdcache import __version__
 from kdcache.augment import Recipe, create_recipe
-from kdcache.cache import schema
+from kdcache.cache import bounds, schema
 from kdcache.cache.store import CacheWriter, open_for_writing
 from kdcache.data import SeededViews, SourceDataset, load_dataset, normalize
 from kdcache.errors import ConfigError
@@ -67,10 +67,14 @@ class ExtractConfig:
     download: bool = False
 
     def __post_init__(self) -> None:
-        if self.views < 1:
-            raise ConfigError(f"--views must be >= 1, got {self.views}")
-        if self.seed < 0:
-            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        if not 1 <= self.views <= bounds.MAX_VIEWS:
+            raise ConfigError(f"--views must be in 1..{bounds.MAX_VIEWS}, got {self.views}")
+        if not 0 <= self.seed <= bounds.MAX_SEED:
+            raise ConfigError(f"--seed must be in 0..2**63-1, got {self.seed}")
+        if not 1 <= self.chunk_rows <= bounds.MAX_CHUNK_ROWS:
+            raise ConfigError(
+                f"--chunk-rows must be in 1..{bounds.MAX_CHUNK_ROWS}, got {self.chunk_rows}"
+            )
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.workers < 0:
@@ -248,6 +252,13 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
     )
     if config.topk is not None and config.topk > spec.num_classes:
         raise ConfigError(f"--topk {config.topk} exceeds the {spec.num_classes} classes")
+    # Before the cache is created: a layout this machine cannot hold is refused, not attempted.
+    bounds.check_layout(
+        num_views=config.views,
+        num_samples=len(source),
+        num_classes=spec.num_classes,
+        chunk_rows=config.chunk_rows,
+    )
     meta = schema.CacheMeta(
         identity=identity,
         versions=library_versions(),

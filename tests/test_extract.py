@@ -224,7 +224,7 @@ def test_non_cache_directory_is_never_written_into(tmp_path, digits_extract_args
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (["--views", "0"], "--views must be >= 1"),
+        (["--views", "0"], "'--views': 0 is not in the range 1<=x"),
         (["--teacher", "resnet9000"], "resnet9000"),
         (["--recipe", "mixup-deluxe"], "mixup-deluxe"),
         (["--dataset", "cifar100", "--data-dir", "/nonexistent/data"], "cifar-100-python"),

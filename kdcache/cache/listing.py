@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from kdcache.cache import remote, schema
 from kdcache.cache.schema import CacheMeta
-from kdcache.errors import DataNotFoundError, KdcacheError
+from kdcache.errors import ConfigError, DataNotFoundError, KdcacheError
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,17 @@ class CacheEntry:
 
 def list_caches(location: str, *, max_depth: int = 4) -> list[CacheEntry]:
     """Every kdcache cache at or under ``location``, ``max_depth`` directory levels down at most."""
+    if max_depth < 0:
+        raise ConfigError(f"the depth to search must be >= 0, got {max_depth}")
     location = location.rstrip("/") or location
     fs, root = remote.filesystem(location)
     try:
         if root.endswith(".zip"):
             return [_zip_entry(fs, root, location)]
+        if not remote.is_remote(location) and fs.isfile(root):  # remote: one request fewer
+            raise ConfigError(
+                f"{location} is a file, not a directory, prefix or .zip archive: nothing to list"
+            )
         return sorted(_walk(fs, root, location, root, 0, max_depth), key=lambda e: e.location)
     except KdcacheError:
         raise

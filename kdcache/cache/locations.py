@@ -31,7 +31,7 @@ from zarr.core.buffer import Buffer, BufferPrototype
 
 from kdcache.cache import remote
 from kdcache.cache.remote import is_remote, is_url  # noqa: F401  (re-exported)
-from kdcache.errors import ConfigError, DataNotFoundError, KdcacheError
+from kdcache.errors import CacheCorruptError, ConfigError, DataNotFoundError, KdcacheError
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,30 @@ def open_zarr_store(location: str, *, read_only: bool, cache_dir: PathLike | Non
             raise _zip_is_read_only(location)
         if not path.is_file():
             raise DataNotFoundError(f"no cache archive at {location}")
+        _check_archive(path, location)
         return zarr.storage.ZipStore(path, mode="r")
+    if path.exists() and not path.is_dir():
+        raise ConfigError(
+            f"{location} is a file, not a cache: a cache is a directory (or a .zip archive); "
+            + ("choose another --out" if not read_only else "check the path")
+        )
     if read_only and not path.exists():
         raise DataNotFoundError(
             f"no kdcache cache at {location}: create one with `kdcache extract --out {location}`"
         )
     return zarr.storage.LocalStore(path, read_only=read_only)
+
+
+def _check_archive(path: Path, location: str) -> None:
+    """Refuse a file that is not a readable zip (not a zip at all, truncated) with one line."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            archive.getinfo("zarr.json")
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, KeyError, OSError) as exc:
+        raise CacheCorruptError(
+            f"{location} is not a readable kdcache archive ({exc}): it is damaged, truncated or "
+            "not a zip file; fetch it again or re-run `kdcache pack`"
+        ) from exc
 
 
 def _zip_is_read_only(location: str) -> ConfigError:
@@ -77,7 +95,9 @@ def _open_remote(location: str, *, read_only: bool, cache_dir: PathLike | None) 
     if location.rstrip("/").endswith(".zip"):
         if not read_only:
             raise _zip_is_read_only(location)
-        return zarr.storage.ZipStore(remote.fetch_archive(location, cache_dir), mode="r")
+        archive = remote.fetch_archive(location, cache_dir)
+        _check_archive(archive, location)
+        return zarr.storage.ZipStore(archive, mode="r")
     if not read_only and remote.bucket_of(location) is not None:
         if not remote.key_prefix(location):
             # zarr's create mode deletes the location first: at a bucket's root, the bucket.
@@ -250,7 +270,16 @@ def stored_size(store: Store, location: str) -> int | None:
 
 
 def storage_error(exc: BaseException, location: str) -> KdcacheError | None:
-    """A user-facing error for a storage failure (credentials, missing bucket, unreachable)."""
+    """A user-facing error for a storage failure (credentials, missing bucket, unreachable).
+
+    Local files' operating-system errors (a full disk, a read-only mount, a permission) are not
+    storage-service problems: they stay OSErrors, which the CLI reports with their path.
+    """
+    if isinstance(exc, zipfile.BadZipFile):
+        return CacheCorruptError(
+            f"{location}: the .zip archive is damaged ({exc}); fetch it again or re-run "
+            "`kdcache pack`"
+        )
     return remote.translate_error(exc, location)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest zip timestamp: reproducible archives
 _BATCH = 64  # objects fetched per request batch from a remote source (bounded memory)
+_LEFTOVER = re.compile(r"\.[0-9a-f]{32}\.partial$")  # zarr LocalStore's temporary files
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,47 @@ def cache_members(location: str) -> list[str]:
     root = root.rstrip("/")
     keys = sorted(p[len(root) + 1 :] for p in fs.find(root) if p.startswith(root + "/"))
     arrays = {k.split("/", 1)[0] for k in keys if k.count("/") == 1 and k.endswith("/zarr.json")}
+    if not remote.is_remote(location):
+        _refuse_links(Path(root), arrays, location)
     members = [k for k in keys if k == "zarr.json" or k.split("/", 1)[0] in arrays]
+    leftovers = [k for k in members if _LEFTOVER.search(k)]
+    if leftovers:
+        # zarr writes each object to <key>.<uuid>.partial and renames it; a killed writer leaves
+        # the temporary file. zarr never reads it, so neither `verify` nor `train` sees it: the
+        # archive leaves it out too instead of refusing it as a damaged chunk.
+        log.warning(
+            "leaving %d leftover temporary file(s) of an interrupted write out of the archive "
+            "(e.g. %s)",
+            len(leftovers),
+            leftovers[0],
+        )
+        members = [k for k in members if not _LEFTOVER.search(k)]
     # The root document first: `unzip -l` and humans see what the archive is at once.
     return sorted(members, key=lambda k: (k != "zarr.json", k))
+
+
+def _refuse_links(root: Path, arrays: set[str], location: str) -> None:
+    """Refuse symbolic links inside a local cache: the archive would hold the bytes of whatever
+    they point to (perhaps outside the cache), which `verify` of the directory never vouched for."""
+    for name in ["zarr.json", *sorted(arrays)]:
+        top = root / name
+        if top.is_symlink():
+            raise CacheError(_link_message(location, name))
+        if not top.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
+            for entry in [*dirnames, *filenames]:
+                path = Path(dirpath) / entry
+                if path.is_symlink():
+                    raise CacheError(_link_message(location, str(path.relative_to(root))))
+
+
+def _link_message(location: str, key: str) -> str:
+    return (
+        f"{location}/{key} is a symbolic link; refusing to pack it (the archive would hold "
+        "whatever it points to). Replace the link with a copy of the file, or pack the directory "
+        "it links from."
+    )
 
 
 def _read_objects(location: str, keys: list[str]) -> Iterator[tuple[str, bytes]]:

@@ -22,6 +22,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from kdcache.cache import timeouts
 from kdcache.errors import ConfigError, DataNotFoundError, KdcacheError
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def key_prefix(location: str) -> str:
 
 
 # Environment variables that configure fsspec backends and their credentials.
-_ENV_PREFIXES = ("AWS_", "FSSPEC_", "GOOGLE_", "GCSFS_", "AZURE_")
+_ENV_PREFIXES = ("AWS_", "FSSPEC_", "GOOGLE_", "GCSFS_", "AZURE_", timeouts.STORAGE_TIMEOUT_ENV)
 _FILESYSTEMS: dict[tuple[object, ...], tuple[Any, str]] = {}
 _FILESYSTEMS_LOCK = threading.Lock()
 
@@ -118,10 +119,15 @@ def filesystem(location: str, *, asynchronous: bool = False) -> tuple[Any, str]:
             options: dict[str, Any] = {"skip_instance_cache": True, "use_listings_cache": False}
             if asynchronous:
                 options["asynchronous"] = True
+            if "::" not in location:  # chained URLs: options would go to the outer layer
+                options.update(timeouts.filesystem_options(protocol(location)))
             try:
                 found = fsspec.url_to_fs(location, **options)
             except ImportError as exc:
                 raise missing_backend_error(location, exc) from exc
+            except Exception as exc:  # an unknown scheme; a backend that connects at once (ftp)
+                raise filesystem_error(location, exc) from exc
+            timeouts.limit_retries(found[0])
             _FILESYSTEMS[key] = found
     return found
 
@@ -130,6 +136,20 @@ def async_filesystems() -> list[Any]:
     """The asynchronous filesystems this process created (for closing their sessions at exit)."""
     pid = os.getpid()
     return [fs for key, (fs, _) in list(_FILESYSTEMS.items()) if key[1] and key[2] == pid]
+
+
+def filesystem_error(location: str, exc: Exception) -> KdcacheError:
+    """Why no filesystem could be made for ``location``: an unknown scheme, or unreachable."""
+    if isinstance(exc, ValueError) and "protocol" in str(exc).lower():
+        return ConfigError(
+            f"{location}: unknown URL scheme {protocol(location)!r} ({exc}). A cache location is "
+            "a directory, a .zip file or an fsspec URL (s3://bucket/prefix, gs://, az://, "
+            "http(s)://, file://)"
+        )
+    translated = translate_error(exc, location)
+    if translated is not None:
+        return translated
+    return ConfigError(f"{location}: cannot open this location ({type(exc).__name__}: {exc})")
 
 
 def missing_backend_error(location: str, exc: BaseException) -> ConfigError:
@@ -162,7 +182,7 @@ def translate_error(exc: BaseException, location: str) -> KdcacheError | None:
         return exc
     names = _class_names(exc)
     status = getattr(exc, "status", None)  # aiohttp's ClientResponseError (http://)
-    if isinstance(exc, PermissionError) or status in (401, 403):
+    if (isinstance(exc, PermissionError) and is_remote(location)) or status in (401, 403):
         return StorageAccessError(
             f"{location}: the storage service denied access ({exc}). {credentials_hint(location)}"
         )
@@ -172,7 +192,13 @@ def translate_error(exc: BaseException, location: str) -> KdcacheError | None:
         )
     if isinstance(exc, FileNotFoundError) and "bucket" in str(exc).lower():
         return _missing_bucket(location)
-    if names & _UNREACHABLE or isinstance(exc, ConnectionError | TimeoutError):
+    if "timeout" in " ".join(names).lower() or isinstance(exc, TimeoutError):
+        return StorageUnavailableError(
+            f"the storage service for {location} did not answer within "
+            f"{timeouts.storage_timeout():g} s ({exc}). Check the network and the endpoint; a "
+            f"slow link may need a longer --storage-timeout (env {timeouts.STORAGE_TIMEOUT_ENV})."
+        )
+    if names & _UNREACHABLE or isinstance(exc, ConnectionError):
         return StorageUnavailableError(
             f"cannot reach the storage service for {location} ({exc}). Check the network and, for "
             "an S3-compatible server, AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL."
@@ -324,6 +350,11 @@ def fetch_archive(location: str, cache_dir: str | os.PathLike[str] | None = None
     try:
         info = fs.info(path)
     except FileNotFoundError as exc:
+        # fsspec's http reports any failure of its HEAD/GET as "not found": a timeout or a refused
+        # connection is its cause, and must not be reported as a missing archive.
+        transport = translate_error(exc.__cause__, location) if exc.__cause__ else None
+        if transport is not None:
+            raise transport from exc
         if bucket_of(location) is not None:
             check_bucket(location)
         raise DataNotFoundError(f"no cache archive at {location}") from exc

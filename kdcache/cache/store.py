@@ -23,7 +23,7 @@ import zarr.storage
 from zarr.abc.store import Store
 from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 
-from kdcache.cache import locations, schema
+from kdcache.cache import bounds, locations, schema
 from kdcache.cache.locations import open_zarr_store
 from kdcache.cache.schema import CacheMeta
 from kdcache.cache.sparse import SparseRows, sparse_rows_from_logits
@@ -461,6 +461,20 @@ class CacheReader:
         return locations.local_copy_dir(self.group.store)
 
 
+def _check_bounds(meta: CacheMeta, location: str) -> None:
+    """Refuse a self-description claiming sizes this machine cannot hold, before reading more."""
+    ident = meta.identity
+    bounds.check_layout(
+        num_views=ident.augmentation.num_views,
+        num_samples=ident.dataset.num_samples,
+        num_classes=ident.dataset.num_classes,
+        chunk_rows=ident.storage.chunk_rows,
+        where=f"cache {location} claims sizes this machine cannot hold (damaged or edited "
+        "metadata?)",
+        error=CacheCorruptError,
+    )
+
+
 def open_cache(location: str, *, cache_dir: str | os.PathLike[str] | None = None) -> CacheReader:
     """Open a cache read-only; a clear error if there is none or it is of a newer format.
 
@@ -482,6 +496,7 @@ def open_cache(location: str, *, cache_dir: str | os.PathLike[str] | None = None
     ) as exc:
         raise locations.missing_cache_error(location) from exc
     meta = _read_meta(group, location)
+    _check_bounds(meta, location)
     if meta.complete:
         # A complete cache's chunks never change again: safe to keep local copies of.
         locations.enable_chunk_cache(store, location, meta.fingerprint, meta.created)

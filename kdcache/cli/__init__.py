@@ -1,7 +1,8 @@
 """The ``kdcache`` command line: a thin click layer.
 
-Each command lives in its own module here, parses options, builds a config, calls one library
-function and turns :class:`kdcache.errors.KdcacheError` into a clean ``click.ClickException``.
+Each command lives in its own module here, parses options, builds a config and calls one library
+function. Failures become one line and an exit status in one place, :mod:`kdcache.cli.errors`,
+called from the group's ``invoke``: 1 for errors, 130 for Ctrl-C, never a traceback unless ``-v``.
 Heavy imports (torch, timm, zarr) happen inside command bodies so ``kdcache --help`` is instant.
 """
 
@@ -13,6 +14,7 @@ import logging
 import click
 
 from kdcache import __version__
+from kdcache.cli.errors import to_click_exception
 
 # command name -> "module:attribute"; imported lazily so one command's imports never slow another.
 _COMMANDS: dict[str, str] = {
@@ -39,6 +41,15 @@ class _LazyGroup(click.Group):
             return None
         module_name, attr = target.split(":")
         return getattr(importlib.import_module(module_name), attr)
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except BaseException as exc:
+            error = to_click_exception(exc, debug=bool(ctx.params.get("verbose")))
+            if error is None:
+                raise
+            raise error from exc
 
 
 @click.group(cls=_LazyGroup)

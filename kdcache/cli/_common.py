@@ -10,7 +10,13 @@ from typing import Any, TypeVar
 import click
 
 from kdcache.cache.remote import REMOTE_CACHE_ENV
-from kdcache.errors import KdcacheError
+from kdcache.cache.timeouts import (
+    DEFAULT_STORAGE_TIMEOUT_S,
+    MAX_STORAGE_TIMEOUT_S,
+    STORAGE_TIMEOUT_ENV,
+    parse_timeout,
+)
+from kdcache.errors import ConfigError, KdcacheError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,4 +59,28 @@ def remote_cache_dir_option(command: F) -> F:
         callback=_set_remote_cache_dir,
         help=f"Where local copies of remote (URL, s3://) cache chunks are kept; 'off' reads "
         f"remotely every time [env {REMOTE_CACHE_ENV}; default ~/.cache/kdcache/remote].",
+    )(command)
+
+
+def _set_storage_timeout(ctx: click.Context, param: click.Parameter, value: float | None) -> None:
+    # The environment again, for the same reason: workers and ranks open object stores too.
+    if value is not None:
+        try:
+            parse_timeout(value, source="--storage-timeout")  # FloatRange lets NaN through
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc)) from exc
+        os.environ[STORAGE_TIMEOUT_ENV] = repr(value)
+
+
+def storage_timeout_option(command: F) -> F:
+    """``--storage-timeout SECONDS``: how long one object-store request may go unanswered."""
+    return click.option(
+        "--storage-timeout",
+        metavar="SECONDS",
+        type=click.FloatRange(min=0, max=MAX_STORAGE_TIMEOUT_S, min_open=True),
+        expose_value=False,
+        callback=_set_storage_timeout,
+        help=f"Fail with a clear error when an object store (s3://, http(s)://) leaves a "
+        f"request unanswered for SECONDS [env {STORAGE_TIMEOUT_ENV}; "
+        f"default {DEFAULT_STORAGE_TIMEOUT_S:g}].",
     )(command)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from kdcache.cache import bounds
 from kdcache.cli._common import user_errors
 
 
@@ -17,9 +18,9 @@ from kdcache.cli._common import user_errors
     type=click.Path(file_okay=False),
     help="Working directory; finished steps are reused when re-run.",
 )
-@click.option("--teacher-epochs", default=30, show_default=True, type=int)
-@click.option("--student-epochs", default=20, show_default=True, type=int)
-@click.option("--views", default=4, show_default=True, type=int)
+@click.option("--teacher-epochs", default=30, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--student-epochs", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--views", default=4, show_default=True, type=click.IntRange(1, bounds.MAX_VIEWS))
 def demo_command(out: str, teacher_epochs: int, student_epochs: int, views: int) -> None:
     """Teacher -> cache -> students on the bundled digits dataset, then a comparison table."""
     from kdcache.demo import DemoSettings, format_table, run_demo

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import click
 
-from kdcache.cli._common import progress_bar, user_errors
+from kdcache.cache import bounds
+from kdcache.cli._common import progress_bar, storage_timeout_option, user_errors
 
 
 @click.command("extract")
+@storage_timeout_option
 @click.option(
     "--teacher",
     required=True,
@@ -38,8 +40,20 @@ from kdcache.cli._common import progress_bar, user_errors
     is_flag=True,
     help="Enumerate the recipe's distinct views (cifar: 162) instead of sampling.",
 )
-@click.option("--views", default=1, show_default=True, type=int, help="Augmented views per sample.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Cache seed.")
+@click.option(
+    "--views",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, bounds.MAX_VIEWS),
+    help="Augmented views per sample.",
+)
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, bounds.MAX_SEED),
+    help="Cache seed.",
+)
 @click.option("--out", required=True, help="Cache location (directory).")
 @click.option(
     "--dtype",
@@ -49,7 +63,7 @@ from kdcache.cli._common import progress_bar, user_errors
 )
 @click.option(
     "--topk",
-    type=int,
+    type=click.IntRange(min=1),
     default=None,
     help="Sparse mode: keep the top-K logits plus the exact normalisers at each stored "
     "temperature, the true-label logit and the row statistics (docs/cache-format.md).",
@@ -57,15 +71,25 @@ from kdcache.cli._common import progress_bar, user_errors
 @click.option(
     "--sparse-temperature",
     "sparse_temperatures",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True, max=1e6),
     multiple=True,
     help="Sparse mode: also store the log-sum-exp at this temperature (repeatable); T = 1 and "
     "every registered loss's default temperature are always stored.",
 )
-@click.option("--chunk-rows", default=1024, show_default=True, type=int, help="Samples per chunk.")
-@click.option("--batch-size", default=256, show_default=True, type=int)
 @click.option(
-    "--workers", default=2, show_default=True, type=int, help="DataLoader worker processes."
+    "--chunk-rows",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(1, bounds.MAX_CHUNK_ROWS),
+    help="Samples per chunk.",
+)
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1, 1 << 20))
+@click.option(
+    "--workers",
+    default=2,
+    show_default=True,
+    type=click.IntRange(0, 1024),
+    help="DataLoader worker processes.",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--download", is_flag=True, help="Download the dataset if missing (needs internet).")

@@ -7,11 +7,12 @@ import sys
 
 import click
 
-from kdcache.cli._common import remote_cache_dir_option, user_errors
+from kdcache.cli._common import remote_cache_dir_option, storage_timeout_option, user_errors
 
 
 @click.command("info")
 @remote_cache_dir_option
+@storage_timeout_option
 @click.argument("cache")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 def info_command(cache: str, as_json: bool) -> None:
@@ -26,6 +27,7 @@ def info_command(cache: str, as_json: bool) -> None:
 
 @click.command("verify")
 @remote_cache_dir_option
+@storage_timeout_option
 @click.argument("cache")
 @click.option(
     "--data-dir",
@@ -37,7 +39,7 @@ def info_command(cache: str, as_json: bool) -> None:
     "--replay",
     default=64,
     show_default=True,
-    type=int,
+    type=click.IntRange(min=0),
     help="Views to regenerate and compare with the recorded input hashes (0: skip).",
 )
 @click.option(

@@ -12,14 +12,14 @@ from kdcache.cli._common import user_errors
     "--num-classes",
     default=100,
     show_default=True,
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 1 << 20),
     help="Classes the parameter counts assume.",
 )
 @click.option(
     "--in-chans",
     default=3,
     show_default=True,
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 1 << 10),
     help="Input channels the parameter counts assume.",
 )
 @click.option(

@@ -6,11 +6,12 @@ import json
 
 import click
 
-from kdcache.cli._common import remote_cache_dir_option, user_errors
+from kdcache.cli._common import remote_cache_dir_option, storage_timeout_option, user_errors
 
 
 @click.command("pack")
 @remote_cache_dir_option
+@storage_timeout_option
 @click.argument("cache")
 @click.argument("out")
 @click.option(
@@ -33,9 +34,14 @@ def pack_command(cache: str, out: str, allow_incomplete: bool, force: bool) -> N
 
 
 @click.command("ls")
+@storage_timeout_option
 @click.argument("location")
 @click.option(
-    "--depth", default=4, show_default=True, type=int, help="Directory levels to search below."
+    "--depth",
+    default=4,
+    show_default=True,
+    type=click.IntRange(min=0, max=64),
+    help="Directory levels to search below.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 def ls_command(location: str, depth: int, as_json: bool) -> None:

@@ -6,7 +6,13 @@ from typing import Any
 
 import click
 
-from kdcache.cli._common import progress_bar, remote_cache_dir_option, user_errors
+from kdcache.cache import bounds
+from kdcache.cli._common import (
+    progress_bar,
+    remote_cache_dir_option,
+    storage_timeout_option,
+    user_errors,
+)
 
 
 def _parse_views(value: str | None) -> tuple[int, ...] | None:
@@ -70,6 +76,7 @@ _FIELDS = {
 
 @click.command("train")
 @remote_cache_dir_option
+@storage_timeout_option
 @click.option(
     "--config",
     "config_file",
@@ -88,10 +95,18 @@ _FIELDS = {
     "--recipe", default="cifar", show_default=True, help="Without --cache: augmentation recipe."
 )
 @click.option(
-    "--aug-seed", default=0, show_default=True, type=int, help="Without --cache: view seed."
+    "--aug-seed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, bounds.MAX_SEED),
+    help="Without --cache: view seed.",
 )
 @click.option(
-    "--num-views", default=1, show_default=True, type=int, help="Without --cache: views per sample."
+    "--num-views",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, bounds.MAX_VIEWS),
+    help="Without --cache: views per sample.",
 )
 @click.option(
     "--data-dir",
@@ -116,15 +131,22 @@ _FIELDS = {
     "(docs/losses.md); kd is exact from sparse caches without it.",
 )
 @click.option("--views", default=None, help="Train on a subset of the cache's views, e.g. 0,1.")
-@click.option("--max-samples", type=int, default=None, help="Train on the first N samples only.")
+@click.option(
+    "--max-samples",
+    type=click.IntRange(1, bounds.MAX_SAMPLES),
+    default=None,
+    help="Train on the first N samples only.",
+)
 @click.option(
     "--protocol",
     type=click.Choice(["cifar", "imagenet"]),
     default=None,
     help="Training recipe preset (default: by dataset).",
 )
-@click.option("--epochs", type=int, default=None)
-@click.option("--batch-size", type=int, default=None, help="Global batch size.")
+@click.option("--epochs", type=click.IntRange(1, 1_000_000), default=None)
+@click.option(
+    "--batch-size", type=click.IntRange(1, 1 << 20), default=None, help="Global batch size."
+)
 @click.option("--lr", type=float, default=None)
 @click.option("--momentum", type=float, default=0.9, show_default=True)
 @click.option("--weight-decay", type=float, default=None)
@@ -135,10 +157,10 @@ _FIELDS = {
     "--seed",
     default=0,
     show_default=True,
-    type=int,
+    type=click.IntRange(0, bounds.MAX_SEED),
     help="Student seed (init, view choice, order).",
 )
-@click.option("--workers", default=2, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 1024))
 @click.option("--device", default="auto", show_default=True)
 @click.option("--amp/--no-amp", default=True, show_default=True, help="bf16 autocast on CUDA.")
 @click.option("--compile", is_flag=True, help="torch.compile the student.")
@@ -154,12 +176,12 @@ _FIELDS = {
     "--window-blocks",
     default=4,
     show_default=True,
-    type=int,
+    type=click.IntRange(1, 4096),
     help="Cache blocks shuffled together.",
 )
 @click.option(
     "--block-rows",
-    type=int,
+    type=click.IntRange(1, bounds.MAX_CHUNK_ROWS),
     default=None,
     help="Without --cache: samples per shuffling block (match a cache's chunk rows to "
     "reproduce its order).",
@@ -189,6 +211,7 @@ def train_command(
     """Train a student from a cache (or a live teacher, or labels alone)."""
     from click.core import ParameterSource
 
+    from kdcache.errors import ConfigError
     from kdcache.training.config import TrainConfig, load_yaml_settings
     from kdcache.training.loop import run_train
 
@@ -202,13 +225,11 @@ def train_command(
             if given or name not in settings:
                 settings[_FIELDS[name]] = value
         yaml_params = settings.pop("loss_params", None) or {}
+        if not isinstance(yaml_params, dict):
+            raise ConfigError(f"loss_params in {config_file} must be a mapping of name: value")
         settings["loss_params"] = {**yaml_params, **_parse_loss_params(loss_params)}
         yaml_views = settings.pop("views", None)
-        settings["views"] = (
-            _parse_views(views)
-            if views is not None
-            else (_parse_views(str(yaml_views)) if yaml_views is not None else None)
-        )
+        settings["views"] = _parse_views(views) if views is not None else yaml_views
         for required in ("student", "out"):
             if not settings.get(required):
                 raise click.UsageError(
@@ -231,11 +252,11 @@ def train_command(
 
 
 @click.command("eval")
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.option("--data-dir", envvar="KDCACHE_DATA_DIR", default=None)
 @click.option("--split", default=None, help="Default: the dataset's evaluation split.")
-@click.option("--batch-size", default=256, show_default=True, type=int)
-@click.option("--workers", default=2, show_default=True, type=int)
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1, 1 << 20))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 1024))
 @click.option("--device", default="auto", show_default=True)
 def eval_command(
     checkpoint: str,

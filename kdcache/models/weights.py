@@ -85,7 +85,7 @@ def load_checkpoint_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise DataNotFoundError(f"weights file not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, OSError) as exc:
         raise WeightsError(
             f"could not read weights {path}: {exc}. kdcache loads checkpoints with "
             "weights_only=True; a file that pickles whole objects must be re-saved as a state dict"

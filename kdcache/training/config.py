@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from kdcache.cache.bounds import MAX_SEED
 from kdcache.errors import ConfigError, DataNotFoundError
+from kdcache.training.config_types import check_types, parse_views
 
 ReplayMode = Literal["all", "sample", "off"]
 
@@ -123,6 +125,13 @@ class TrainConfig:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
         if self.eval_every < 0:
             raise ConfigError(f"--eval-every must be >= 0 (0: never), got {self.eval_every}")
+        for name in ("seed", "aug_seed"):
+            if not 0 <= getattr(self, name) <= MAX_SEED:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be in 0..2**63-1, got {getattr(self, name)}"
+                )
+        if self.views is not None and (not self.views or min(self.views) < 0):
+            raise ConfigError(f"--views must name view numbers >= 0, got {list(self.views)}")
         if self.verify_replay not in ("all", "sample", "off"):
             raise ConfigError(
                 f"--verify-replay must be all, sample or off, got {self.verify_replay!r}"
@@ -147,7 +156,8 @@ class TrainConfig:
             raise ConfigError(f"unknown train setting(s): {', '.join(unknown)}")
         d = dict(d)
         if d.get("views") is not None:
-            d["views"] = tuple(int(v) for v in d["views"])
+            d["views"] = parse_views(d["views"])
+        check_types(cls, d)
         return cls(**d)
 
 

@@ -11,9 +11,13 @@ from torch.utils.data import DataLoader
 
 from kdcache.augment import create_recipe
 from kdcache.data import SeededViews, SourceDataset, normalize
+from kdcache.errors import WeightsError
 from kdcache.models import build_model
 from kdcache.runtime import resolve_device
 from kdcache.training import outputs
+
+# What `kdcache eval` needs from a checkpoint (a raw state dict has none of them).
+_CHECKPOINT_KEYS = ("student", "num_classes", "in_chans", "model", "dataset", "dataset_spec")
 
 
 @torch.no_grad()
@@ -60,6 +64,13 @@ def evaluate_checkpoint(
     from kdcache.data import DatasetSpec, load_dataset
 
     state = outputs.load_checkpoint(Path(checkpoint))
+    missing = [k for k in _CHECKPOINT_KEYS if k not in state] if isinstance(state, dict) else []
+    if not isinstance(state, dict) or missing:
+        what = f"no {', '.join(missing)}" if missing else f"a {type(state).__name__}, not a dict"
+        raise WeightsError(
+            f"{checkpoint} is not a kdcache training checkpoint ({what}): `kdcache eval` reads "
+            "the last.pt / best.pt that `kdcache train` writes"
+        )
     device = resolve_device(device_name)
     model = build_model(state["student"], state["num_classes"], in_chans=state["in_chans"])
     model.load_state_dict(state["model"])

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from kdcache.errors import ConfigError
+from kdcache.errors import ConfigError, WeightsError
 
 METRICS = "metrics.jsonl"  # one record per epoch
 STEP_LOSSES = "steps.jsonl"  # one record per epoch: every optimiser step's loss (main process)
@@ -47,7 +47,18 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     # Our own checkpoints hold plain containers, tensors and numbers: weights_only is safe.
-    return torch.load(path, map_location="cpu", weights_only=True)
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise  # missing, unreadable: the path's own error
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, TypeError) as exc:
+        raise WeightsError(
+            f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); it is damaged, truncated or "
+            "another kind of file"
+        ) from exc
 
 
 def prepare_run_dir(out: Path, *, resume: bool, force: bool) -> None:
