@@ -126,7 +126,7 @@ _FIELDS = {
 @click.option(
     "--sparse-approx",
     is_flag=True,
-    default=None,
+    default=False,
     help="From a sparse (top-K) cache, train dkd, rld or ldrld through their named approximation "
     "(docs/losses.md); kd is exact from sparse caches without it.",
 )
