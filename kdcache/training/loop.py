@@ -204,9 +204,6 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainR
     _check_loss_vs_source(config)
     out = Path(config.out)
     with _distributed(config) as (ctx, device):
-        if ctx.is_main:
-            outputs.prepare_run_dir(out, resume=config.resume, force=config.force)
-        ctx.barrier()
         data = resolve_run_data(config)
         schedule = resolve_schedule(config, data.train.spec.name)
         if schedule.batch_size % ctx.world_size:
@@ -223,6 +220,10 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainR
         ).to(device)
         model = _build_student(config, data, device)
         teacher = _build_teacher(config, data, device)
+        run_state.check_objective(objective, data.train.spec.num_classes, config.uses_teacher)
+        if ctx.is_main:  # every setting is checked: only now touch the run folder
+            outputs.prepare_run_dir(out, resume=config.resume, force=config.force)
+        ctx.barrier()
         optimizer = torch.optim.SGD(
             model.parameters(),
             lr=schedule.lr,
@@ -234,7 +235,9 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainR
         )
         start_epoch, best = 0, 0.0
         if config.resume:
-            start_epoch, best = run_state.restore(out, config, model, optimizer, scheduler)
+            start_epoch, best = run_state.restore(
+                out, config, model, optimizer, scheduler, schedule
+            )
         train_model: nn.Module = model
         if ctx.enabled:
             train_model = nn.parallel.DistributedDataParallel(
