@@ -211,25 +211,52 @@ def train_command(
 
 
 @click.command("eval")
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("--data-dir", envvar="KDCACHE_DATA_DIR", default=None)
+@click.argument("weights", type=click.Path(dir_okay=False))
+@click.option(
+    "--model",
+    "model_name",
+    default=None,
+    help="Architecture of plain weights (a state dict or a teacher's checkpoint); a kdcache "
+    "checkpoint names its own.",
+)
+@click.option(
+    "--dataset",
+    default=None,
+    help="Dataset of plain weights (default: the run.json beside WEIGHTS); a kdcache checkpoint "
+    "names its own.",
+)
+@click.option(
+    "--data-dir",
+    envvar="KDCACHE_DATA_DIR",
+    default=None,
+    help="Dataset root [env KDCACHE_DATA_DIR; default: the run's data folder].",
+)
 @click.option("--split", default=None, help="Default: the dataset's evaluation split.")
 @click.option("--batch-size", default=256, show_default=True, type=int)
 @click.option("--workers", default=2, show_default=True, type=int)
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def eval_command(
-    checkpoint: str,
+    weights: str,
+    model_name: str | None,
+    dataset: str | None,
     data_dir: str | None,
     split: str | None,
     batch_size: int,
     workers: int,
     device: str,
 ) -> None:
-    """Top-1 / top-5 of a kdcache CHECKPOINT on a split of its dataset."""
+    """Top-1 / top-5 of WEIGHTS (a kdcache checkpoint, or plain weights with --model)."""
     from kdcache.training.evaluation import evaluate_checkpoint
 
     with user_errors():
         top1, top5, n = evaluate_checkpoint(
-            checkpoint, data_dir, split, batch_size, workers, device
+            weights,
+            data_dir,
+            split,
+            batch_size,
+            workers,
+            device,
+            model_name=model_name,
+            dataset=dataset,
         )
-    click.echo(f"{checkpoint}: top-1 {top1:.2f}%  top-5 {top5:.2f}%  ({n} images)")
+    click.echo(f"{weights}: top-1 {top1:.2f}%  top-5 {top5:.2f}%  ({n} images)")
