@@ -251,6 +251,10 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
         len(items),
     )
 
+    start_bar = getattr(progress, "start", None)
+    if start_bar is not None:  # a CLI bar: show the total and what earlier runs wrote
+        written = config.views * len(source) - sum(_block_len(writer.meta, b) for _, b in pending)
+        start_bar(total=written + len(items), done=written)
     start = time.perf_counter()
     if len(items):
         _stream_blocks(config, source, recipe, teacher, writer, mine, items, device, progress)
@@ -270,6 +274,11 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
         complete=bool(writer.done_mask().all()),
         teacher_top1=final.teacher_top1,
     )
+
+
+def _block_len(meta: schema.CacheMeta, block: int) -> int:
+    rows = meta.block_rows(block)
+    return rows.stop - rows.start
 
 
 def _stream_blocks(

@@ -12,7 +12,7 @@ from kdcache.cli._common import user_errors
 @click.command("demo")
 @click.option(
     "--out",
-    default="kdcache-demo",
+    default="runs/demo",
     show_default=True,
     type=click.Path(file_okay=False),
     help="Working directory; finished steps are reused when re-run.",

@@ -17,7 +17,12 @@ from torch.utils.data import DataLoader
 
 from kdcache.data import SeededViews, SourceDataset, normalize
 from kdcache.errors import ConfigError, ReplayMismatchError
-from kdcache.losses.objective import Objective, build_objective
+from kdcache.losses.objective import (
+    Objective,
+    build_objective,
+    list_objectives,
+    unknown_objective,
+)
 from kdcache.models import build_model
 from kdcache.models.inference import prepare_teacher, teacher_inference
 from kdcache.models.inference import teacher_logits as teacher_forward
@@ -26,11 +31,12 @@ from kdcache.training import outputs, run_state
 from kdcache.training.config import Schedule, TrainConfig, resolve_schedule
 from kdcache.training.evaluation import evaluate
 from kdcache.training.plan import plan_epoch
+from kdcache.training.progress import TrainReporter, as_reporter, describe_run
 from kdcache.training.sources import RunData, check_student_classes, resolve_run_data
 from kdcache.training.teacher_stream import CachedTeacher
 
 log = logging.getLogger(__name__)
-ProgressFn = Callable[[int], None]
+ProgressFn = Callable[[int], None] | TrainReporter
 SAMPLE_REPLAY_EVERY = 16  # --verify-replay sample: compare rows whose index % 16 == 0
 
 
@@ -108,7 +114,7 @@ def train_one_epoch(
     device: torch.device,
     teacher: nn.Module | None,
     cached: CachedTeacher | None,
-    progress: ProgressFn | None,
+    progress: TrainReporter,
     step_losses: list[float],
 ) -> dict[str, float]:
     model.train()
@@ -150,8 +156,7 @@ def train_one_epoch(
         for key, value in parts.items():
             sums[key] = sums.get(key, 0.0) + float(value) * n
         seen += n
-        if progress is not None:
-            progress(n)
+        progress.step(n, step_losses[-1], optimizer.param_groups[0]["lr"])
     if stream is not None:
         stream.close()  # type: ignore[attr-defined]
     return {key: value / max(seen, 1) for key, value in sums.items()} | {"samples": seen}
@@ -179,6 +184,8 @@ def _build_teacher(config: TrainConfig, data: RunData, device: torch.device) -> 
 
 
 def _check_loss_vs_source(config: TrainConfig) -> None:
+    if config.loss not in list_objectives():
+        raise unknown_objective(config.loss)
     if config.loss != "ce" and not config.uses_teacher:
         raise ConfigError(
             f"loss {config.loss!r} needs a teacher signal: pass --cache, or "
@@ -203,6 +210,7 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainR
     curves.png under ``out``."""
     _check_loss_vs_source(config)
     out = Path(config.out)
+    reporter = as_reporter(progress)
     with _distributed(config) as (ctx, device):
         data = resolve_run_data(config)
         schedule = resolve_schedule(config, data.train.spec.name)
@@ -223,6 +231,7 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainR
         run_state.check_objective(objective, data.train.spec.num_classes, config.uses_teacher)
         if ctx.is_main:  # every setting is checked: only now touch the run folder
             outputs.prepare_run_dir(out, resume=config.resume, force=config.force)
+            reporter.run_started(describe_run(config, schedule, objective))
         ctx.barrier()
         optimizer = torch.optim.SGD(
             model.parameters(),
@@ -268,6 +277,9 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainR
             )
             started = time.perf_counter()
             steps_before = len(step_losses)
+            reporter.epoch_started(
+                epoch + 1, schedule.epochs, min(len(plan.items), plan.steps * per_rank_batch)
+            )
             stats = train_one_epoch(
                 train_model,
                 objective,
@@ -282,7 +294,7 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainR
                 device,
                 teacher,
                 cached,
-                progress,
+                reporter,
                 step_losses,
             )
             seconds = time.perf_counter() - started
@@ -290,6 +302,7 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainR
             scheduler.step()
             stats = _reduce_stats(stats, ctx)
             if ctx.is_main:
+                reporter.evaluating(epoch + 1, len(data.eval))
                 top1, top5 = evaluate(
                     model,
                     data.eval,
@@ -326,7 +339,7 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainR
                 if top1 >= best:
                     outputs.save_checkpoint(out / "best.pt", state)
                 outputs.plot_curves(out)
-                log.info("epoch %d: loss %.4f top-1 %.2f%%", epoch + 1, stats["loss"], top1)
+                reporter.epoch_finished(record)
             ctx.barrier()
         return TrainResult(
             out, schedule.epochs, best, top1, top5, data.cache_fingerprint, step_losses
