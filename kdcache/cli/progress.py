@@ -47,8 +47,8 @@ class Meter:
         self._plain = enabled and not _is_terminal(self.stream)
         if enabled and not self._plain:
             self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit,
-                             unit_scale=self.unit_scale, dynamic_ncols=True, mininterval=0.5, leave=False,
-                             file=self.stream)  # fmt: skip
+                             unit_scale=self.unit_scale, dynamic_ncols=True, mininterval=0.5,
+                             leave=False, file=self.stream)  # fmt: skip
 
     def update(self, n: int, **postfix: Any) -> None:
         self.n += n
