@@ -157,6 +157,8 @@ class CountProgress:
             self._meter = Meter(self.desc, None, unit=self.unit, enabled=self.enabled,
                                 stream=self.stream)  # fmt: skip
         self._meter.update(n)
+        if self._meter.total is not None and self._meter.n >= self._meter.total:
+            self._meter.close()  # done: what is printed next must not run into the bar
 
     def close(self) -> None:
         if self._meter is not None:
