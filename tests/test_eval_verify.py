@@ -116,3 +116,13 @@ def test_verify_with_a_data_dir_that_fails_to_load_still_fails(
     monkeypatch.setattr(kdcache.data, "load_dataset", _no_data_here)
     code, output = cli(["verify", digits_cache, "--data-dir", "/nowhere"])
     assert code == 1 and "[FAIL] dataset" in output
+
+
+def test_a_checkpoint_from_before_name_resolution_keeps_meaning_timms_model() -> None:
+    from kdcache.training.evaluation import _checkpoint_model
+
+    # Old checkpoints recorded the bare name, and a bare "resnet18" built timm's network then.
+    assert _checkpoint_model({"student": "resnet18"}) == "timm:resnet18"
+    assert _checkpoint_model({"student": "resnet8"}) == "resnet8"
+    recorded = {"source": "zoo", "architecture": "ResNet18", "spec": "ResNet18"}
+    assert _checkpoint_model({"student": "ResNet18", "student_model": recorded}) == "ResNet18"

@@ -15,7 +15,8 @@ from kdcache.augment import create_recipe
 from kdcache.data import SeededViews, SourceDataset, normalize
 from kdcache.data.spec import DatasetSpec
 from kdcache.errors import ConfigError, DataNotFoundError
-from kdcache.models import build_model, load_weights
+from kdcache.models import AmbiguousModelNameError, build_model, load_weights, resolve_model_name
+from kdcache.models.names import TIMM_SCHEME
 from kdcache.runtime import resolve_device
 from kdcache.training import outputs
 
@@ -96,8 +97,9 @@ def evaluate_checkpoint(
     if state is not None:
         spec = DatasetSpec.from_dict(state["dataset_spec"])
         source = load_dataset(spec.name, data_dir, split or spec.eval_split)
-        model = build_model(model_name or state["student"], spec.num_classes, spec.in_chans)
-        load_weights(model, state["model"], strict=True, arch=model_name or state["student"])
+        arch = model_name or _checkpoint_model(state)
+        model = build_model(arch, spec.num_classes, spec.in_chans)
+        load_weights(model, state["model"], strict=True, arch=arch)
     else:
         name = dataset or (run.get("dataset") or {}).get("name")
         if model_name is None or name is None:
@@ -122,6 +124,20 @@ def _read_kdcache_checkpoint(path: Path) -> dict[str, Any] | None:
     if isinstance(state, dict) and all(k in state for k in keys):
         return state
     return None
+
+
+def _checkpoint_model(state: dict[str, Any]) -> str:
+    """The model spec a kdcache checkpoint was trained with."""
+    recorded = state.get("student_model")
+    if isinstance(recorded, dict) and recorded.get("spec"):
+        return str(recorded["spec"])
+    name = str(state["student"])
+    try:
+        resolve_model_name(name)
+    except AmbiguousModelNameError:
+        # Written before names were resolved: a bare timm name meant timm's model then.
+        return TIMM_SCHEME + name
+    return name
 
 
 def _eval_split(dataset: str) -> str:
