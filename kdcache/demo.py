@@ -50,9 +50,21 @@ class DemoSettings:
 
 
 def run_demo(
-    out: Path, settings: DemoSettings = DemoSettings(), say: Callable[[str], None] = log.info
+    out: Path,
+    settings: DemoSettings = DemoSettings(),
+    say: Callable[[str], None] = log.info,
+    progress: Callable[[str], Any] | None = None,
 ) -> list[DemoRow]:
-    """Run the pipeline under ``out`` (resumes finished steps); returns the comparison rows."""
+    """Run the pipeline under ``out`` (resumes finished steps); returns the comparison rows.
+
+    ``progress(step)``, if given, makes the progress reporter of each step (``"train"`` or
+    ``"extract"``: a :class:`kdcache.training.progress.TrainReporter` or a ``progress(n)``
+    callable), so that a long step shows it is moving.
+    """
+
+    def reporter(step: str) -> Any:
+        return progress(step) if progress is not None else None
+
     out.mkdir(parents=True, exist_ok=True)
     common: dict[str, Any] = dict(
         batch_size=settings.batch_size, workers=settings.workers, device="auto", seed=settings.seed
@@ -69,7 +81,7 @@ def run_demo(
 
             top1, top5, _ = evaluate_checkpoint(str(done), None, None, workers=0)
         else:
-            result = run_train(config)
+            result = run_train(config, progress=reporter("train"))
             # The demo evaluates every epoch (eval_every defaults to 1): the figures are there.
             assert result.final_top1 is not None and result.final_top5 is not None
             top1, top5 = result.final_top1, result.final_top5
@@ -106,7 +118,8 @@ def run_demo(
             batch_size=256,
             workers=0,
             chunk_rows=256,
-        )
+        ),
+        progress=reporter("extract"),
     )
     report = verify_cache(str(cache), replay=32)
     if not report.ok:

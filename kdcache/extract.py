@@ -26,7 +26,7 @@ from kdcache.cache import bounds, schema
 from kdcache.cache.store import CacheWriter, open_for_writing
 from kdcache.data import SeededViews, SourceDataset, load_dataset, normalize
 from kdcache.errors import ConfigError
-from kdcache.models import build_model, count_parameters, weights_sha256
+from kdcache.models import build_model, count_parameters, resolve_model_name, weights_sha256
 from kdcache.models.inference import (
     forward_description,
     prepare_teacher,
@@ -222,12 +222,13 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
             f"--views {config.views} exceeds the {distinct} distinct views the exhaustive "
             f"{config.recipe!r} recipe has"
         )
+    teacher_ref = resolve_model_name(config.teacher)
     teacher = build_model(
         config.teacher, spec.num_classes, in_chans=spec.in_chans, weights=config.weights
     )
     identity = schema.CacheIdentity(
         teacher=schema.TeacherInfo(
-            name=config.teacher,
+            name=teacher_ref.spec,  # canonical: "RESNET56" and "resnet56" make the same cache
             weights_sha256=weights_sha256(config.weights) if config.weights else None,
             num_params=count_parameters(teacher),
         ),
@@ -264,6 +265,7 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
         versions=library_versions(),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         producers=(forward_description(device),),
+        teacher_model=teacher_ref.to_dict(),
     )
 
     # Rank 0 creates (or validates) the cache before the others join it.
@@ -290,6 +292,10 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
         len(items),
     )
 
+    start_bar = getattr(progress, "start", None)
+    if start_bar is not None:  # a CLI bar: show the total and what earlier runs wrote
+        written = config.views * len(source) - sum(_block_len(writer.meta, b) for _, b in pending)
+        start_bar(total=written + len(items), done=written)
     start = time.perf_counter()
     if len(items):
         _stream_blocks(config, source, recipe, teacher, writer, mine, items, device, progress)
@@ -309,6 +315,11 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
         complete=bool(writer.done_mask().all()),
         teacher_top1=final.teacher_top1,
     )
+
+
+def _block_len(meta: schema.CacheMeta, block: int) -> int:
+    rows = meta.block_rows(block)
+    return rows.stop - rows.start
 
 
 def _stream_blocks(

@@ -62,14 +62,19 @@ def format_summary(s: dict[str, Any]) -> str:
         )
     if s.get("teacher_top1"):
         t1, t5 = s["teacher_top1"], s.get("teacher_top5") or []
-        lines.append(f"teacher top-1 per view (%): {', '.join(f'{x:.2f}' for x in t1)}")
+        # On the cached (augmented, training-split) views, not the test split: say so.
+        lines.append(
+            f"teacher top-1 per view (%, on the augmented {ds['split']} views): "
+            f"{', '.join(f'{x:.2f}' for x in t1)}"
+        )
         lines.append(
             f"teacher top-1 mean {np.mean(t1):.2f}%  top-5 mean "
-            f"{np.mean(t5) if t5 else float('nan'):.2f}%"
+            f"{np.mean(t5) if t5 else float('nan'):.2f}% (augmented {ds['split']} views; "
+            "not a test accuracy)"
         )
     elif s.get("teacher_top1_partial"):
         part = ", ".join("-" if x is None else f"{x:.2f}" for x in s["teacher_top1_partial"])
-        lines.append(f"teacher top-1 so far (%): {part}")
+        lines.append(f"teacher top-1 so far (%, on the augmented {ds['split']} views): {part}")
     producers = s.get("producers") or []
     for i, p in enumerate(producers):
         label = "produced on " if i == 0 else "           + "

@@ -15,7 +15,10 @@ from typing import Any, Literal
 from kdcache.errors import CacheError, ConfigError, FormatVersionError
 
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 2  # 1.1: + producers; 1.2: sparse rows exact at every recorded temperature
+# 1.1: + producers (1.0 caches read with none recorded)
+# 1.2: + teacher_model (how the teacher's name resolved); sparse rows exact at every recorded
+#      temperature (1.0/1.1 sparse caches read with LSE at T = 1 only)
+FORMAT_MINOR = 2
 FORMAT_VERSION = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
 ATTRS_KEY = "kdcache"  # the group attribute that holds the whole self-description
 
@@ -221,6 +224,9 @@ class CacheMeta:
     # every producer computes the same logits up to the last bits, but a consumer should see it.
     # One entry per distinct configuration that wrote blocks (a resume elsewhere appends one).
     producers: tuple[dict[str, str], ...] = ()
+    # How the teacher's name resolved: {"source": zoo|timm|file, "architecture", "spec"}. Not part
+    # of the identity (``teacher.name`` already holds the canonical spec, which resolves to it).
+    teacher_model: dict[str, str] | None = None
     # Filled in when the last block is written (absent while incomplete):
     complete: bool = False
     teacher_top1: list[float] | None = None  # per view, percent
@@ -250,6 +256,8 @@ class CacheMeta:
         d.update(self.identity.to_dict())
         d.update(versions=dict(self.versions), created=self.created, complete=self.complete)
         d["producers"] = [dict(p) for p in self.producers]
+        if self.teacher_model is not None:
+            d["teacher_model"] = dict(self.teacher_model)
         if self.teacher_top1 is not None:
             d["teacher_top1"] = list(self.teacher_top1)
             d["teacher_top5"] = list(self.teacher_top5 or [])
@@ -271,6 +279,9 @@ class CacheMeta:
             versions=dict(d.get("versions", {})),
             created=str(d.get("created", "")),
             producers=tuple(dict(p) for p in d.get("producers", [])),
+            teacher_model=dict(d["teacher_model"])
+            if isinstance(d.get("teacher_model"), dict)
+            else None,
             complete=bool(d.get("complete", False)),
             teacher_top1=d.get("teacher_top1"),
             teacher_top5=d.get("teacher_top5"),

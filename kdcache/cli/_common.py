@@ -34,13 +34,16 @@ def user_errors() -> Iterator[None]:
 def progress_bar(
     desc: str, *, disable: bool = False, unit: str = "img"
 ) -> Iterator[Callable[[int], None]]:
-    """A tqdm bar on stderr with throughput; yields the ``progress(n)`` callback for the library."""
-    from tqdm import tqdm
+    """Yields the ``progress(n)`` callback for the library: a bar on stderr (plain lines when
+    stderr is not a terminal), drawn from the first report on, never before arguments are checked.
+    """
+    from kdcache.cli.progress import CountProgress
 
-    with tqdm(
-        desc=desc, unit=unit, unit_scale=True, disable=disable, dynamic_ncols=True, mininterval=0.5
-    ) as bar:
-        yield bar.update
+    progress = CountProgress(desc, enabled=not disable, unit=unit)
+    try:
+        yield progress
+    finally:
+        progress.close()
 
 
 def _set_remote_cache_dir(ctx: click.Context, param: click.Parameter, value: str | None) -> None:

@@ -13,22 +13,27 @@ from kdcache.cli._common import user_errors
 @click.command("demo")
 @click.option(
     "--out",
-    default="kdcache-demo",
+    default="runs/demo",
     show_default=True,
     type=click.Path(file_okay=False),
-    help="Working directory; finished steps are reused when re-run.",
+    help="Working directory (runs/ is in the repository's .gitignore); finished steps are "
+    "reused when re-run.",
 )
 @click.option("--teacher-epochs", default=30, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--student-epochs", default=20, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--views", default=4, show_default=True, type=click.IntRange(1, bounds.MAX_VIEWS))
 def demo_command(out: str, teacher_epochs: int, student_epochs: int, views: int) -> None:
     """Teacher -> cache -> students on the bundled digits dataset, then a comparison table."""
+    from kdcache.cli.progress import CountProgress, TrainProgress
     from kdcache.demo import DemoSettings, format_table, run_demo
+
+    def progress(step: str) -> TrainProgress | CountProgress:
+        return TrainProgress() if step == "train" else CountProgress("extract")
 
     settings = DemoSettings(
         teacher_epochs=teacher_epochs, student_epochs=student_epochs, views=views
     )
     with user_errors():
-        rows = run_demo(Path(out), settings, say=click.echo)
+        rows = run_demo(Path(out), settings, say=click.echo, progress=progress)
     click.echo("")
     click.echo(format_table(rows))

@@ -59,8 +59,10 @@ def verify_command(
             cache, data_dir=data_dir, replay=replay, teacher_weights=teacher_weights
         )
     for check in report.checks:
-        click.echo(f"[{'ok' if check.ok else 'FAIL'}] {check.name}: {check.detail}")
+        status = "skipped" if check.skipped else "ok" if check.ok else "FAIL"
+        click.echo(f"[{status}] {check.name}: {check.detail}")
     if not report.ok:
         click.echo(f"verify: {cache} FAILED", err=True)
         sys.exit(1)
-    click.echo(f"verify: {cache} OK")
+    skipped = f" ({', '.join(report.skipped)} skipped)" if report.skipped else ""
+    click.echo(f"verify: {cache} OK{skipped}")

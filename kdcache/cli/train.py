@@ -7,12 +7,7 @@ from typing import Any
 import click
 
 from kdcache.cache import bounds
-from kdcache.cli._common import (
-    progress_bar,
-    remote_cache_dir_option,
-    storage_timeout_option,
-    user_errors,
-)
+from kdcache.cli._common import remote_cache_dir_option, storage_timeout_option, user_errors
 
 
 def _parse_views(value: str | None) -> tuple[int, ...] | None:
@@ -34,6 +29,13 @@ def _parse_loss_params(pairs: tuple[str, ...]) -> dict[str, Any]:
             raise click.BadParameter(f"--loss-param takes NAME=VALUE, got {pair!r}")
         params[key.strip().replace("-", "_")] = yaml.safe_load(raw)  # 4 -> int, 0.5 -> float ...
     return params
+
+
+def _preset(field: str) -> str:
+    """A protocol preset's value of ``field`` for --help, e.g. ``cifar 240, imagenet 100``."""
+    from kdcache.training.config import PROTOCOLS
+
+    return ", ".join(f"{name} {getattr(p, field):g}" for name, p in PROTOCOLS.items())
 
 
 # option name -> TrainConfig field, for the settings a YAML file may also give.
@@ -88,7 +90,12 @@ _FIELDS = {
 @click.option(
     "--teacher", default=None, help="Online KD: live teacher architecture instead of a cache."
 )
-@click.option("--teacher-weights", type=click.Path(dir_okay=False), default=None)
+@click.option(
+    "--teacher-weights",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Online KD: the live teacher's weights (a state dict or a teacher checkpoint).",
+)
 @click.option("--dataset", default=None, help="Without --cache: the dataset to train on.")
 @click.option("--split", default=None, help="Without --cache: training split (default train).")
 @click.option(
@@ -114,8 +121,17 @@ _FIELDS = {
     default=None,
     help="Dataset root [env KDCACHE_DATA_DIR].",
 )
-@click.option("--student", default=None, help="Student architecture.")
-@click.option("--loss", default="ce", show_default=True, help="ce, kd, dkd, rld or ldrld.")
+@click.option(
+    "--student",
+    default=None,
+    help="Student architecture: a zoo name (kdcache models), timm:NAME, or file.py:factory.",
+)
+@click.option(
+    "--loss",
+    default="ce",
+    show_default=True,
+    help="ce (labels only), kd, dkd, rld or ldrld (kdcache losses).",
+)
 @click.option(
     "--loss-param",
     "loss_params",
@@ -143,16 +159,52 @@ _FIELDS = {
     default=None,
     help="Training recipe preset (default: by dataset).",
 )
-@click.option("--epochs", type=click.IntRange(1, 1_000_000), default=None)
 @click.option(
-    "--batch-size", type=click.IntRange(1, 1 << 20), default=None, help="Global batch size."
+    "--epochs",
+    type=click.IntRange(1, 1_000_000),
+    default=None,
+    help=f"Training epochs [default: the protocol's: {_preset('epochs')}]; lr milestones and "
+    "warm-up scale with it. With --resume, a larger value extends a finished run.",
 )
-@click.option("--lr", type=float, default=None)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 1 << 20),
+    default=None,
+    help=f"Global batch size [default: {_preset('batch_size')}].",
+)
+@click.option(
+    "--lr",
+    type=float,
+    default=None,
+    help=f"Initial SGD learning rate [default: {_preset('lr')}; cifar MobileNet/ShuffleNet "
+    "students 0.01], x0.1 at 62.5/75/87.5% of the run (cifar) or 30/60/90% (imagenet).",
+)
 @click.option("--momentum", type=float, default=0.9, show_default=True)
-@click.option("--weight-decay", type=float, default=None)
-@click.option("--warmup-epochs", type=float, default=None, help="DKD/RLD distillation warm-up.")
-@click.option("--ce-weight", type=float, default=None)
-@click.option("--distill-weight", type=float, default=None)
+@click.option(
+    "--weight-decay",
+    type=float,
+    default=None,
+    help=f"SGD weight decay [default: {_preset('weight_decay')}].",
+)
+@click.option(
+    "--warmup-epochs",
+    type=float,
+    default=None,
+    help="Linear warm-up of the distillation term, in epochs [default: DKD/RLD 20 of 240 "
+    "(cifar) or 1 of 100 (imagenet), scaled with --epochs; KD/LDRLD 0].",
+)
+@click.option(
+    "--ce-weight",
+    type=float,
+    default=None,
+    help="Weight of the cross-entropy term [default: the loss's: KD 0.1, others 1].",
+)
+@click.option(
+    "--distill-weight",
+    type=float,
+    default=None,
+    help="Outer weight of the distillation term [default: the loss's: KD 0.9, others 1].",
+)
 @click.option(
     "--seed",
     default=0,
@@ -160,8 +212,19 @@ _FIELDS = {
     type=click.IntRange(0, bounds.MAX_SEED),
     help="Student seed (init, view choice, order).",
 )
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 1024))
-@click.option("--device", default="auto", show_default=True)
+@click.option(
+    "--workers",
+    default=2,
+    show_default=True,
+    type=click.IntRange(0, 1024),
+    help="Data loader worker processes.",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto (CUDA when present), cpu, cuda or cuda:N.",
+)
 @click.option("--amp/--no-amp", default=True, show_default=True, help="bf16 autocast on CUDA.")
 @click.option("--compile", is_flag=True, help="torch.compile the student.")
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True)
@@ -196,7 +259,11 @@ _FIELDS = {
 @click.option("--out", default=None, help="Run directory.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out.")
 @click.option("--force", is_flag=True, help="Replace the run in --out.")
-@click.option("--no-progress", is_flag=True)
+@click.option(
+    "--no-progress",
+    is_flag=True,
+    help="No progress bars or lines (the schedule and epoch summaries are still printed).",
+)
 @click.pass_context
 def train_command(
     ctx: click.Context,
@@ -210,7 +277,9 @@ def train_command(
 ) -> None:
     """Train a student from a cache (or a live teacher, or labels alone)."""
     from click.core import ParameterSource
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from kdcache.cli.progress import TrainProgress
     from kdcache.errors import ConfigError
     from kdcache.training.config import TrainConfig, load_yaml_settings
     from kdcache.training.loop import run_train
@@ -236,15 +305,19 @@ def train_command(
                     f"--{required} is required (on the command line or in --config)"
                 )
         config = TrainConfig.from_dict({**settings, "resume": resume, "force": force})
-        with progress_bar("train", disable=no_progress) as bar:
-            result = run_train(config, progress=bar)
+        progress = TrainProgress(bars=not no_progress)
+        try:
+            with logging_redirect_tqdm():  # -v log lines print above the bars, not into them
+                result = run_train(config, progress=progress)
+        finally:
+            progress.close()
+    epochs = f"{result.epochs} epoch{'s' if result.epochs != 1 else ''}"
     if result.final_top1 is None or result.best_top1 is None or result.final_top5 is None:
-        click.echo(f"trained {config.student} for {result.epochs} epochs (not evaluated)")
+        click.echo(f"trained {config.student} for {epochs} (not evaluated)")
     else:
         click.echo(
-            f"trained {config.student} for {result.epochs} epochs: test top-1 "
-            f"{result.final_top1:.2f}% (best {result.best_top1:.2f}%), top-5 "
-            f"{result.final_top5:.2f}%"
+            f"trained {config.student} for {epochs}: test top-1 {result.final_top1:.2f}% "
+            f"(best {result.best_top1:.2f}%), top-5 {result.final_top5:.2f}%"
         )
     if result.cache_fingerprint:
         click.echo(f"cache fingerprint {result.cache_fingerprint[:16]}")
@@ -252,25 +325,52 @@ def train_command(
 
 
 @click.command("eval")
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
-@click.option("--data-dir", envvar="KDCACHE_DATA_DIR", default=None)
+@click.argument("weights", type=click.Path(dir_okay=False))
+@click.option(
+    "--model",
+    "model_name",
+    default=None,
+    help="Architecture of plain weights (a state dict or a teacher's checkpoint); a kdcache "
+    "checkpoint names its own.",
+)
+@click.option(
+    "--dataset",
+    default=None,
+    help="Dataset of plain weights (default: the run.json beside WEIGHTS); a kdcache checkpoint "
+    "names its own.",
+)
+@click.option(
+    "--data-dir",
+    envvar="KDCACHE_DATA_DIR",
+    default=None,
+    help="Dataset root [env KDCACHE_DATA_DIR; default: the run's data folder].",
+)
 @click.option("--split", default=None, help="Default: the dataset's evaluation split.")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1, 1 << 20))
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 1024))
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def eval_command(
-    checkpoint: str,
+    weights: str,
+    model_name: str | None,
+    dataset: str | None,
     data_dir: str | None,
     split: str | None,
     batch_size: int,
     workers: int,
     device: str,
 ) -> None:
-    """Top-1 / top-5 of a kdcache CHECKPOINT on a split of its dataset."""
+    """Top-1 / top-5 of WEIGHTS (a kdcache checkpoint, or plain weights with --model)."""
     from kdcache.training.evaluation import evaluate_checkpoint
 
     with user_errors():
         top1, top5, n = evaluate_checkpoint(
-            checkpoint, data_dir, split, batch_size, workers, device
+            weights,
+            data_dir,
+            split,
+            batch_size,
+            workers,
+            device,
+            model_name=model_name,
+            dataset=dataset,
         )
-    click.echo(f"{checkpoint}: top-1 {top1:.2f}%  top-5 {top5:.2f}%  ({n} images)")
+    click.echo(f"{weights}: top-1 {top1:.2f}%  top-5 {top5:.2f}%  ({n} images)")

@@ -23,6 +23,7 @@ loss. ``epoch`` counts from 1 during the first epoch, as in mdistiller (whose tr
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 from typing import Any
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdcache.errors import ConfigError
+from kdcache.errors import ConfigError, UnknownNameError
 from kdcache.losses._checks import check_non_negative
 from kdcache.losses._common import prepare_target
 from kdcache.losses.base import DistillationLoss
@@ -51,6 +52,14 @@ CE_ONLY = "ce"
 def list_objectives() -> list[str]:
     """``"ce"`` (no teacher) followed by every registered distillation loss."""
     return [CE_ONLY, *list_losses()]
+
+
+def unknown_objective(name: str) -> UnknownNameError:
+    """The error for a ``--loss`` nothing knows: every choice, ``ce`` included, and close ones."""
+    choices = list_objectives()
+    close = difflib.get_close_matches(name.lower(), choices, n=2, cutoff=0.5)
+    hint = f" Did you mean {' or '.join(close)}?" if close else ""
+    return UnknownNameError(f"unknown loss {name!r}; choose one of {', '.join(choices)}.{hint}")
 
 
 class Objective(nn.Module):
@@ -186,6 +195,8 @@ def build_objective(
             distill_weight=0.0,
             warmup_epochs=0.0 if warmup_epochs is None else warmup_epochs,
         )
+    if loss_name not in list_objectives():
+        raise unknown_objective(loss_name)
     info = loss_info(loss_name)
     check_hparams(loss_name, hparams)
     return Objective(

@@ -6,6 +6,7 @@ Importing this package registers the zoo in timm's registry.
 from __future__ import annotations
 
 from kdcache.models.factory import build_model, create_model, list_models
+from kdcache.models.names import AmbiguousModelNameError, ModelRef, resolve_model_name
 from kdcache.models.weights import (
     KeyReport,
     count_parameters,
@@ -16,6 +17,8 @@ from kdcache.models.weights import (
 from kdcache.models.zoo import TIMM_PREFIX, ZOO
 
 __all__ = [
+    "AmbiguousModelNameError",
+    "ModelRef",
     "TIMM_PREFIX",
     "ZOO",
     "KeyReport",
@@ -25,5 +28,6 @@ __all__ = [
     "list_models",
     "load_checkpoint_state_dict",
     "load_weights",
+    "resolve_model_name",
     "weights_sha256",
 ]

@@ -2,15 +2,18 @@
 
 A model *spec* is one of
 
-* a zoo name as mdistiller spells it (``resnet56``, ``MobileNetV2``) or its timm name
-  (``cifar_resnet56``); zoo names win over timm's own, so ``vgg13`` is the CIFAR VGG-13-BN;
+* a zoo name as mdistiller spells it (``resnet56``, ``MobileNetV2``; any case when timm has no model
+  of that name), ``zoo:<name>``, or its timm registry name (``cifar_resnet56``); an exact zoo
+  spelling wins over timm's own, so ``vgg13`` is the CIFAR VGG-13-BN;
 * ``timm:<name>``, or any other name timm knows: a timm model (never with downloaded weights);
 * ``path/to/file.py:factory``: ``factory(num_classes=..., in_chans=..., **kwargs)`` from a file.
+
+:func:`kdcache.models.names.resolve_model_name` decides which; a name that could mean a zoo model
+and a timm model (``resnet18``: the zoo's ``ResNet18`` or timm's ``resnet18``) is an error.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib.util
 import logging
@@ -22,25 +25,18 @@ import timm
 import torch
 from torch import nn
 
-from kdcache.errors import ConfigError, DataNotFoundError, UnknownNameError
+from kdcache.errors import ConfigError, DataNotFoundError
 from kdcache.models import _timm_registry  # noqa: F401  (registers the zoo in timm)
+from kdcache.models.names import resolve_model_name
 from kdcache.models.weights import count_parameters, load_checkpoint_state_dict, load_weights
-from kdcache.models.zoo import ZOO, has_stem_bias_option, zoo_entry
+from kdcache.models.zoo import ZOO, has_stem_bias_option
 
 logger = logging.getLogger(__name__)
-
-TIMM_SCHEME = "timm:"
 
 
 def list_models() -> list[str]:
     """The zoo's names as mdistiller spells them, in family order (``resnet8``..``ShuffleV2``)."""
     return list(ZOO)
-
-
-def is_model_file_spec(name: str) -> bool:
-    """True for ``something.py:factory`` (and for a bare ``something.py``, to report it)."""
-    path = name.rsplit(":", 1)[0] if ":" in name else name
-    return path.endswith(".py")
 
 
 def _create_from_file(spec: str, num_classes: int, in_chans: int, **kwargs: Any) -> nn.Module:
@@ -85,16 +81,6 @@ def _create_timm(name: str, num_classes: int, in_chans: int, **kwargs: Any) -> n
         raise ConfigError(f"timm model {name!r} rejected its arguments: {exc}") from exc
 
 
-def _unknown(name: str) -> UnknownNameError:
-    candidates = list(ZOO) + timm.list_models()
-    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return UnknownNameError(
-        f"unknown model {name!r}.{hint} `kdcache models` lists the CIFAR zoo; any timm name works "
-        "(timm:<name>), and so does your own file (path/to/file.py:factory)"
-    )
-
-
 def create_model(name: str, num_classes: int, in_chans: int = 3, **kwargs: Any) -> nn.Module:
     """Build an untrained model from a spec (see the module docstring).
 
@@ -107,29 +93,23 @@ def create_model(name: str, num_classes: int, in_chans: int = 3, **kwargs: Any) 
 
     Raises:
         UnknownNameError: the name is neither a zoo, timm nor file spec; lists close matches.
+        AmbiguousModelNameError: the name could mean a zoo model or a timm model.
         ConfigError: a bad file spec, a factory that fails to import or returns no module,
             or ``pretrained=True`` (kdcache never downloads weights).
     """
     if kwargs.pop("pretrained", False):
         raise ConfigError("kdcache never downloads weights: pass weights=PATH to build_model")
-    if is_model_file_spec(name):
+    ref = resolve_model_name(name)
+    if ref.source == "file":
         return _create_from_file(name, num_classes, in_chans, **kwargs)
-    entry = zoo_entry(name)
-    if entry is not None:
-        try:
-            return entry.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
-        except TypeError as exc:
-            raise ConfigError(
-                f"{entry.name} rejected its arguments {sorted(kwargs)}: {exc}"
-            ) from exc
-    if name.startswith(TIMM_SCHEME):
-        timm_name = name[len(TIMM_SCHEME) :]
-        if not timm.is_model(timm_name):
-            raise _unknown(timm_name)
-        return _create_timm(timm_name, num_classes, in_chans, **kwargs)
-    if timm.is_model(name):
-        return _create_timm(name, num_classes, in_chans, **kwargs)
-    raise _unknown(name)
+    if ref.source == "timm":
+        return _create_timm(ref.architecture, num_classes, in_chans, **kwargs)
+    try:
+        return ZOO[ref.architecture].builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(
+            f"{ref.architecture} rejected its arguments {sorted(kwargs)}: {exc}"
+        ) from exc
 
 
 def build_model(
@@ -146,16 +126,19 @@ def build_model(
     teacher) is built with ``stem_bias=True`` so that it loads strictly under its plain name.
     The model is returned in train mode, as constructed; call ``.eval()`` for a teacher.
     """
+    ref = resolve_model_name(name)  # fails on a bad name before reading any weights
     state_dict = load_checkpoint_state_dict(weights) if weights is not None else None
     if (
         state_dict is not None
         and "conv1.bias" in state_dict
         and "stem_bias" not in kwargs
-        and has_stem_bias_option(name)
+        and ref.source == "zoo"
+        and has_stem_bias_option(ref.architecture)
     ):
         logger.info("%s: checkpoint has conv1.bias, building with stem_bias=True", name)
         kwargs["stem_bias"] = True
     model = create_model(name, num_classes, in_chans, **kwargs)
+    logger.info("%s resolves to %s", name, ref.describe())
     if state_dict is not None:
         load_weights(model, state_dict, strict=strict, arch=name)
         logger.info("%s: loaded weights from %s", name, weights)

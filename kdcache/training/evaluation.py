@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,14 +13,14 @@ from torch.utils.data import DataLoader
 
 from kdcache.augment import create_recipe
 from kdcache.data import SeededViews, SourceDataset, normalize
-from kdcache.errors import WeightsError
-from kdcache.models import build_model
+from kdcache.data.spec import DatasetSpec
+from kdcache.errors import ConfigError, DataNotFoundError
+from kdcache.models import AmbiguousModelNameError, build_model, load_weights, resolve_model_name
+from kdcache.models.names import TIMM_SCHEME
 from kdcache.runtime import resolve_device
 from kdcache.training import outputs
 
 # What `kdcache eval` needs from a checkpoint (a raw state dict has none of them).
-_CHECKPOINT_KEYS = ("student", "num_classes", "in_chans", "model", "dataset", "dataset_spec")
-
 
 @torch.no_grad()
 def evaluate(
@@ -52,6 +54,15 @@ def evaluate(
     return 100.0 * top1 / len(source), 100.0 * top5 / len(source)
 
 
+def _run_json(weights: Path) -> dict[str, Any]:
+    """The run.json beside ``weights`` (weights in a run's folder); {} if none."""
+    try:
+        record = json.loads((weights.parent / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def evaluate_checkpoint(
     checkpoint: str,
     data_dir: str | None,
@@ -59,23 +70,76 @@ def evaluate_checkpoint(
     batch_size: int = 256,
     workers: int = 2,
     device_name: str = "auto",
+    *,
+    model_name: str | None = None,
+    dataset: str | None = None,
 ) -> tuple[float, float, int]:
-    """``kdcache eval``: (top-1, top-5, N) of a kdcache checkpoint on a split of its dataset."""
-    from kdcache.data import DatasetSpec, load_dataset
+    """``kdcache eval``: (top-1, top-5, N) of any weights on a split of a dataset.
 
-    state = outputs.load_checkpoint(Path(checkpoint))
-    missing = [k for k in _CHECKPOINT_KEYS if k not in state] if isinstance(state, dict) else []
-    if not isinstance(state, dict) or missing:
-        what = f"no {', '.join(missing)}" if missing else f"a {type(state).__name__}, not a dict"
-        raise WeightsError(
-            f"{checkpoint} is not a kdcache training checkpoint ({what}): `kdcache eval` reads "
-            "the last.pt / best.pt that `kdcache train` writes"
-        )
+    ``checkpoint`` is a kdcache checkpoint (``last.pt``: it names its model and dataset), or a
+    plain state dict / a teacher's checkpoint (``{'state_dict': ...}`` ...), which needs
+    ``model_name`` and, unless a run.json lies beside it, ``dataset``. ``data_dir`` defaults to
+    the run's data folder (the checkpoint's settings, else the run.json beside it).
+
+    Raises:
+        ConfigError: plain weights without ``model_name`` / ``dataset``.
+        WeightsError: the weights do not fit the model.
+    """
+    from kdcache.data import load_dataset
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise DataNotFoundError(f"no weights file at {checkpoint}")
+    state = _read_kdcache_checkpoint(path)
+    run = _run_json(path)
+    run_config = state["config"] if state else run.get("config") or {}
+    data_dir = data_dir or run_config.get("data_dir")
     device = resolve_device(device_name)
-    model = build_model(state["student"], state["num_classes"], in_chans=state["in_chans"])
-    model.load_state_dict(state["model"])
+    if state is not None:
+        spec = DatasetSpec.from_dict(state["dataset_spec"])
+        source = load_dataset(spec.name, data_dir, split or spec.eval_split)
+        arch = model_name or _checkpoint_model(state)
+        model = build_model(arch, spec.num_classes, spec.in_chans)
+        load_weights(model, state["model"], strict=True, arch=arch)
+    else:
+        name = dataset or (run.get("dataset") or {}).get("name")
+        if model_name is None or name is None:
+            raise ConfigError(
+                f"{checkpoint} is not a kdcache checkpoint but plain weights: pass --model NAME "
+                "(the architecture)" + ("" if name else " and --dataset NAME (what to evaluate on)")
+            )
+        source = load_dataset(name, data_dir, split or _eval_split(name))
+        model = build_model(model_name, source.spec.num_classes, source.spec.in_chans, weights=path)
     model = model.to(device).to(memory_format=torch.channels_last)
-    eval_split = DatasetSpec.from_dict(state["dataset_spec"]).eval_split
-    source = load_dataset(state["dataset"], data_dir, split or eval_split)
     top1, top5 = evaluate(model, source, batch_size, workers, device)
     return top1, top5, len(source)
+
+
+def _read_kdcache_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The checkpoint if ``path`` is one of kdcache's own (``last.pt``/``best.pt``), else None."""
+    try:
+        state = outputs.load_checkpoint(path)
+    except Exception:  # not loadable as weights_only: load_checkpoint_state_dict will say why
+        return None
+    keys = ("model", "student", "dataset_spec", "config")
+    if isinstance(state, dict) and all(k in state for k in keys):
+        return state
+    return None
+
+
+def _checkpoint_model(state: dict[str, Any]) -> str:
+    """The model spec a kdcache checkpoint was trained with."""
+    recorded = state.get("student_model")
+    if isinstance(recorded, dict) and recorded.get("spec"):
+        return str(recorded["spec"])
+    name = str(state["student"])
+    try:
+        resolve_model_name(name)
+    except AmbiguousModelNameError:
+        # Written before names were resolved: a bare timm name meant timm's model then.
+        return TIMM_SCHEME + name
+    return name
+
+
+def _eval_split(dataset: str) -> str:
+    return "val" if dataset == "imagefolder" else "test"

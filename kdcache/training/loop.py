@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from kdcache.errors import ConfigError
-from kdcache.losses.objective import Objective, build_objective
+from kdcache.losses.objective import Objective, build_objective, list_objectives, unknown_objective
 from kdcache.models import build_model
 from kdcache.models.inference import prepare_teacher, teacher_inference
 from kdcache.models.inference import teacher_logits as teacher_forward
@@ -28,12 +28,14 @@ from kdcache.runtime import DistContext, init_distributed, rank_device, resolve_
 from kdcache.training import outputs, run_state
 from kdcache.training.config import Schedule, TrainConfig, resolve_schedule
 from kdcache.training.evaluation import evaluate
+from kdcache.training.progress import TrainReporter, as_reporter, describe_run
 from kdcache.training.sources import RunData, check_student_classes, resolve_run_data
 from kdcache.training.stream import Batch, EpochBatches, EpochSource, chunk_capacity, epoch_batches
 from kdcache.training.teacher_stream import CachedTeacher
 
 log = logging.getLogger(__name__)
-ProgressFn = Callable[[int], None]
+# A reporter (bars, logs: kdcache.training.progress) or a plain progress(images) callable.
+ProgressFn = Callable[[int], None] | TrainReporter
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ def train_one_epoch(
     KD); with neither the objective must be cross-entropy.
     """
     model.train()
+    reporter = as_reporter(progress)
     sums: dict[str, float] = {}
     seen = 0
     step_losses: list[float] = []
@@ -106,8 +109,7 @@ def train_one_epoch(
         for key, value in {"loss": loss.detach(), **parts}.items():
             sums[key] = sums.get(key, 0.0) + float(value) * n
         seen += n
-        if progress is not None:
-            progress(n)
+        reporter.step(n, step_losses[-1], optimizer.param_groups[0]["lr"])
     means = {key: value / max(seen, 1) for key, value in sums.items()}
     return EpochStats(means, seen, step_losses)
 
@@ -141,6 +143,8 @@ class _Run:
 
 
 def _check_loss_vs_source(config: TrainConfig) -> None:
+    if config.loss not in list_objectives():
+        raise unknown_objective(config.loss)
     if config.loss != "ce" and not config.uses_teacher:
         raise ConfigError(
             f"loss {config.loss!r} needs a teacher signal: pass --cache, or "
@@ -197,12 +201,14 @@ def _stream_source(config: TrainConfig, data: RunData) -> EpochSource:
                        data.block_rows, data.num_samples, teacher)  # fmt: skip
 
 
-def _set_up(config: TrainConfig, ctx: DistContext, device: torch.device) -> _Run:
-    """Data, schedule, student, teacher, objective, optimiser; restored state on --resume."""
+def _set_up(
+    config: TrainConfig, ctx: DistContext, device: torch.device, reporter: TrainReporter
+) -> _Run:
+    """Data, schedule, student, teacher, objective, optimiser; restored state on --resume.
+
+    Every setting is checked (the objective even runs once) before the run folder is touched, so
+    a bad setting leaves nothing behind and the corrected command runs in the same folder."""
     out = Path(config.out)
-    if ctx.is_main:
-        outputs.prepare_run_dir(out, resume=config.resume, force=config.force)
-    ctx.barrier()
     data = resolve_run_data(config)
     schedule = resolve_schedule(config, data.train.spec.name)
     if schedule.batch_size % ctx.world_size:
@@ -218,6 +224,12 @@ def _set_up(config: TrainConfig, ctx: DistContext, device: torch.device) -> _Run
         **config.loss_params,
     ).to(device)
     model = _build_student(config, data, device)
+    teacher = _build_teacher(config, data, device)
+    run_state.check_objective(objective, data.train.spec.num_classes, config.uses_teacher)
+    if ctx.is_main:  # every setting is checked: only now touch the run folder
+        outputs.prepare_run_dir(out, resume=config.resume, force=config.force)
+        reporter.run_started(describe_run(config, schedule, objective))
+    ctx.barrier()
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=schedule.lr,
@@ -229,7 +241,7 @@ def _set_up(config: TrainConfig, ctx: DistContext, device: torch.device) -> _Run
     )
     start_epoch, best = 0, 0.0
     if config.resume:
-        start_epoch, best = run_state.restore(out, config, model, optimizer, scheduler)
+        start_epoch, best = run_state.restore(out, config, model, optimizer, scheduler, schedule)
     train_model: nn.Module = model
     if ctx.enabled:
         train_model = nn.parallel.DistributedDataParallel(
@@ -249,7 +261,7 @@ def _set_up(config: TrainConfig, ctx: DistContext, device: torch.device) -> _Run
         source=_stream_source(config, data),
         model=model,
         train_model=train_model,
-        teacher=_build_teacher(config, data, device),
+        teacher=teacher,
         objective=objective,
         optimizer=optimizer,
         scheduler=scheduler,
@@ -284,11 +296,14 @@ def _evaluation_due(eval_every: int, epoch: int, epochs: int) -> bool:
     return eval_every > 0 and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs)
 
 
-def _end_epoch(run: _Run, epoch: int, stats: EpochStats, lr: float, seconds: float) -> None:
+def _end_epoch(
+    run: _Run, epoch: int, stats: EpochStats, lr: float, seconds: float, reporter: TrainReporter
+) -> None:
     """Main process: evaluation (when due), metrics.jsonl, steps.jsonl, checkpoints, curves."""
     config, out = run.config, run.out
     evaluated = _evaluation_due(config.eval_every, epoch, run.schedule.epochs)
     if evaluated:
+        reporter.evaluating(epoch + 1, len(run.data.eval))
         run.top1, run.top5 = evaluate(run.model, run.data.eval, config.eval_batch_size,
                                       config.workers, run.device, config.channels_last)  # fmt: skip
         run.best = max(run.best, run.top1)
@@ -314,29 +329,30 @@ def _end_epoch(run: _Run, epoch: int, stats: EpochStats, lr: float, seconds: flo
     if evaluated and run.top1 is not None and run.top1 >= run.best:
         outputs.save_checkpoint(out / "best.pt", state)
     outputs.plot_curves(out)
-    top1 = f"{run.top1:.2f}%" if evaluated else "not evaluated"
-    log.info("epoch %d: loss %.4f top-1 %s", epoch + 1, means["loss"], top1)
+    reporter.epoch_finished(record)
 
 
 def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
     """Train a student; writes checkpoints, metrics.jsonl, steps.jsonl, run.json and
     curves.png under ``out``."""
     _check_loss_vs_source(config)
+    reporter = as_reporter(progress)
     with _distributed(config) as (ctx, device):
-        run = _set_up(config, ctx, device)
+        run = _set_up(config, ctx, device, reporter)
         for epoch in range(run.start_epoch, run.schedule.epochs):
             batches = _epoch_batches(run, epoch)
             started = time.perf_counter()
+            reporter.epoch_started(epoch + 1, run.schedule.epochs, int(batches.plan.bounds[-1]))
             stats = train_one_epoch(run.train_model, run.objective, run.optimizer, batches,
                                     epoch=epoch, teacher=run.teacher, amp=config.amp,
-                                    progress=progress)  # fmt: skip
+                                    progress=reporter)  # fmt: skip
             seconds = time.perf_counter() - started
             lr = run.optimizer.param_groups[0]["lr"]
             run.scheduler.step()
             run.step_losses += stats.step_losses
             stats = _reduce_stats(stats, ctx)
             if ctx.is_main:
-                _end_epoch(run, epoch, stats, lr, seconds)
+                _end_epoch(run, epoch, stats, lr, seconds, reporter)
             ctx.barrier()
         return TrainResult(run.out, run.schedule.epochs, run.best if run.evaluated else None,
                            run.top1, run.top5, run.data.cache_fingerprint,

@@ -1,48 +1,87 @@
 """A run's directory: atomic checkpoints, metrics.jsonl, steps.jsonl, run.json, curves PNG.
 
-Files written here are replaced atomically (write to a temporary file in the same directory, then
-``os.replace``), so a crash never leaves a half-written checkpoint where a good one was.
+Files written here are replaced atomically (write to a temporary file in the same directory, fsync,
+then ``os.replace``), so a crash never leaves a half-written checkpoint where a good one was. The
+temporary files follow the user's umask like every other file (``tempfile.mkstemp`` would make them
+0600, and the rename would keep that), and a temporary left by a kill is removed when the folder
+is next prepared.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import tempfile
+import secrets
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
 from kdcache.errors import ConfigError, WeightsError
+
+log = logging.getLogger(__name__)
 
 METRICS = "metrics.jsonl"  # one record per epoch
 STEP_LOSSES = "steps.jsonl"  # one record per epoch: every optimiser step's loss (main process)
 RUN_FILES = ("run.json", METRICS, STEP_LOSSES, "last.pt", "best.pt", "curves.png")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _temp_glob(name: str) -> str:
+    return f".{name}.*.tmp"
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write ``path`` through ``write(file)`` to a temporary name beside it, fsync, rename.
+
+    The temporary file is created with mode 0666 minus the umask, as ``open`` would create
+    ``path`` itself, so the result is as readable as the run's other files.
+    """
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename is durable only once the directory entry is (POSIX); not possible on Windows.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Delete temporaries a killed writer left behind (``.last.pt.<pid>.<hex>.tmp`` ...)."""
+    stale = [p for name in RUN_FILES for p in out.glob(_temp_glob(name)) if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d stale temporary file(s) in %s", len(stale), out)
+    return stale
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -62,17 +101,36 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def prepare_run_dir(out: Path, *, resume: bool, force: bool) -> None:
-    """Refuse to clobber an existing run unless told; --force removes only kdcache's run files."""
+    """Make ``out`` ready for a run; refuse to clobber a run that has a checkpoint unless told.
+
+    A folder whose run never wrote a checkpoint (stopped in its first epoch, or killed while
+    writing the first checkpoint) holds nothing worth keeping: it is started again without
+    ``--force``. ``--force`` removes only kdcache's run files.
+    """
+    if out.is_dir():
+        remove_stale_temporaries(out)
     existing = [name for name in RUN_FILES if (out / name).exists()]
+    has_checkpoint = (out / "last.pt").is_file()
     if resume:
-        if not (out / "last.pt").is_file():
-            raise ConfigError(f"--resume: no checkpoint {out / 'last.pt'} to resume from")
-        return
-    if existing and not force:
+        if has_checkpoint:
+            return
+        if existing:
+            raise ConfigError(
+                f"--resume: the run in {out} stopped before its first checkpoint (no last.pt), "
+                "so there is nothing to resume: run the same command without --resume to start "
+                "it again"
+            )
+        raise ConfigError(
+            f"--resume: {out} holds no training run; drop --resume to start one there"
+        )
+    if has_checkpoint and not force:
         raise ConfigError(
             f"{out} already holds a training run ({', '.join(existing)}); pass --resume to "
-            "continue it, --force to replace it, or choose another --out"
+            "continue it (with a larger --epochs to extend it), --force to replace it, or "
+            "choose another --out"
         )
+    if existing and not has_checkpoint:
+        log.info("%s holds a run with no checkpoint (%s): starting it again", out, existing)
     out.mkdir(parents=True, exist_ok=True)
     for name in existing:
         (out / name).unlink()
@@ -122,7 +180,7 @@ def plot_curves(out: Path) -> None:
     ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="accuracy")
     ax_acc.legend()
     fig.tight_layout()
-    tmp = out / ".curves.png.tmp"
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out / "curves.png")
+    try:
+        atomic_write(out / "curves.png", lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)

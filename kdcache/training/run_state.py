@@ -1,9 +1,11 @@
-"""What a run records about itself: checkpoint contents, resume, and run.json."""
+"""What a run records about itself: checkpoint contents, resume (and extension), and run.json."""
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
+from collections import Counter
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,6 +15,8 @@ import torch
 from torch import nn
 
 from kdcache.errors import ConfigError
+from kdcache.losses.objective import Objective
+from kdcache.models.names import resolve_model_name
 from kdcache.runtime import DistContext
 from kdcache.training import outputs
 from kdcache.training.config import Schedule, TrainConfig
@@ -22,6 +26,27 @@ log = logging.getLogger(__name__)
 
 # Settings that may change between a run and its --resume (they do not change the result).
 _RESUME_FREE = {"resume", "force", "workers", "device", "out", "data_dir", "cache", "eval_every"}
+# ... and those that may change to extend a run: the schedule is recomputed for the new length.
+_EXTENDABLE = {"epochs"}
+
+
+def check_objective(objective: Objective, num_classes: int, with_teacher: bool) -> None:
+    """Run the objective once on a dummy 2-row batch, so that a hyper-parameter that only fails
+    against the data (LDRLD ``k`` above the class count ...) fails before the run writes a file.
+
+    Raises:
+        ConfigError: the loss refuses its settings for ``num_classes`` classes.
+    """
+    logits = torch.zeros(2, num_classes)  # [2, C]
+    target = torch.arange(2) % num_classes  # [2]
+    device = next(iter(objective.buffers()), logits).device
+    with torch.no_grad():
+        objective(
+            logits.to(device),
+            logits.to(device) if with_teacher else None,
+            target.to(device),
+            epoch=1,
+        )
 
 
 def checkpoint_state(
@@ -40,7 +65,8 @@ def checkpoint_state(
         "scheduler": scheduler.state_dict(),
         "epoch": epoch,
         "best_top1": best,
-        "student": config.student,
+        "student": resolve_model_name(config.student).spec,
+        "student_model": resolve_model_name(config.student).to_dict(),
         "num_classes": spec.num_classes,
         "in_chans": spec.in_chans,
         "dataset": spec.name,
@@ -56,22 +82,88 @@ def restore(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
+    schedule: Schedule,
 ) -> tuple[int, float]:
+    """Load ``out/last.pt`` into the model, optimizer and scheduler; returns (epoch, best top-1).
+
+    A larger ``--epochs`` than the run's extends it: the schedule (milestones, warm-up) is the one
+    computed for the new length, the learning rate is set to what that schedule gives at the
+    checkpoint's epoch, and run.json records the change.
+
+    Raises:
+        ConfigError: other settings differ from the run's, or ``--epochs`` is below the epochs
+            already trained.
+    """
     state = outputs.load_checkpoint(out / "last.pt")
     old = state.get("config", {})
     new = config.to_dict()
-    changed = sorted(k for k in new if k not in _RESUME_FREE and old.get(k) != new[k])
+    changed = sorted(k for k in new if k not in _RESUME_FREE | _EXTENDABLE and old.get(k) != new[k])
     if changed:
         raise ConfigError(
             f"--resume with settings that differ from the run in {out}: "
             + ", ".join(f"{k} {old.get(k)!r} -> {new[k]!r}" for k in changed)
+            + "; give the run's settings (see its run.json), or use --force or another --out "
+            "to start a new run"
+        )
+    epoch = int(state["epoch"])
+    if schedule.epochs < epoch:
+        raise ConfigError(
+            f"--resume --epochs {schedule.epochs}: the run in {out} already trained {epoch} "
+            "epochs; give --epochs of at least that"
         )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    outputs.truncate_metrics(out, state["epoch"])
-    log.info("resumed %s at epoch %d", out, state["epoch"])
-    return int(state["epoch"]), float(state["best_top1"])
+    if old.get("epochs") != new["epochs"]:
+        _apply_extended_schedule(optimizer, scheduler, schedule, epoch)
+        _record_extension(out, schedule, from_epochs=old.get("epochs"), at_epoch=epoch)
+    outputs.truncate_metrics(out, epoch)
+    log.info("resumed %s at epoch %d of %d", out, epoch, schedule.epochs)
+    return epoch, float(state["best_top1"])
+
+
+def _apply_extended_schedule(
+    optimizer: torch.optim.Optimizer, scheduler: Any, schedule: Schedule, epoch: int
+) -> None:
+    # The checkpoint's scheduler carries the old milestones: replace them, and set the lr to the
+    # new schedule's value after ``epoch`` steps (base lr times one decay per milestone passed).
+    scheduler.milestones = Counter(schedule.milestones)
+    decays = bisect.bisect_right(sorted(schedule.milestones), epoch)
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = base * schedule.lr_decay**decays
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+def _record_extension(
+    out: Path, schedule: Schedule, *, from_epochs: int | None, at_epoch: int
+) -> None:
+    path = out / "run.json"
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    record.setdefault("extensions", []).append(
+        {
+            "at_epoch": at_epoch,
+            "from_epochs": from_epochs,
+            "to_epochs": schedule.epochs,
+            "previous_schedule": record.get("schedule"),
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+    )
+    record["schedule"] = asdict(schedule)
+    if isinstance(record.get("config"), dict):
+        record["config"]["epochs"] = schedule.epochs
+    outputs.atomic_write_bytes(path, json.dumps(record, indent=2).encode())
+    log.info("extended %s to %d epochs (schedule %s)", out, schedule.epochs, asdict(schedule))
+
+
+def _teacher_record(config: TrainConfig, data: RunData) -> dict[str, Any] | None:
+    """The live teacher as resolved, or the cache's teacher as the cache records it."""
+    if config.teacher is not None:
+        return resolve_model_name(config.teacher).to_dict()
+    if data.reader is None:
+        return None
+    meta = data.reader.meta
+    # Caches before format 1.2 record only the name the user gave.
+    return dict(meta.teacher_model or {"spec": meta.identity.teacher.name}) | {"from": "cache"}
 
 
 def write_run_json(
@@ -82,6 +174,10 @@ def write_run_json(
 
     record = {
         "config": config.to_dict(),
+        "models": {
+            "student": resolve_model_name(config.student).to_dict(),
+            "teacher": _teacher_record(config, data),
+        },
         "schedule": asdict(schedule),
         "cache_fingerprint": data.cache_fingerprint,
         "cache": data.reader.location if data.reader else None,

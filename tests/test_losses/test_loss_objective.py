@@ -123,9 +123,11 @@ def test_invalid_objective_settings_fail_at_construction(kwargs: dict, param: st
         build_objective(name, **kwargs)
 
 
-def test_unknown_objective_name_is_refused() -> None:
-    with pytest.raises(UnknownNameError, match="known losses"):
+def test_unknown_objective_name_is_refused_listing_ce_too() -> None:
+    with pytest.raises(UnknownNameError, match="choose one of ce, dkd, kd, ldrld, rld"):
         build_objective("crd")
+    with pytest.raises(UnknownNameError, match="Did you mean ldrld"):
+        build_objective("LDRLD")
 
 
 def test_negative_epoch_is_refused() -> None:

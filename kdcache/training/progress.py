@@ -1,0 +1,105 @@
+"""What a training run reports while it runs: the reporter protocol the loop calls, and the
+one-line description of the resolved schedule.
+
+The loop calls a :class:`TrainReporter` at five points (run start, epoch start, every step, the
+evaluation, epoch end) and knows nothing of bars or terminals; the CLI's reporter
+(``kdcache.cli.progress``) draws them. A plain ``progress(n)`` callable (the older interface) is
+still accepted and receives the images of each step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+from kdcache.losses.objective import Objective
+from kdcache.training.config import Schedule, TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class TrainReporter(Protocol):
+    """Receives a run's progress; every method must be cheap (``step`` runs every batch)."""
+
+    def run_started(self, description: str) -> None: ...
+
+    def epoch_started(self, epoch: int, epochs: int, samples: int) -> None:
+        """``epoch`` counts from 1; ``samples``: images this process trains on this epoch."""
+
+    def step(self, samples: int, loss: float, lr: float) -> None: ...
+
+    def evaluating(self, epoch: int, samples: int) -> None: ...
+
+    def epoch_finished(self, record: dict[str, Any]) -> None:
+        """``record``: the epoch's metrics.jsonl record (main process only)."""
+
+
+class LogReporter:
+    """The library default: the description and each epoch's summary go to the log."""
+
+    def run_started(self, description: str) -> None:
+        log.info("%s", description)
+
+    def epoch_started(self, epoch: int, epochs: int, samples: int) -> None:
+        pass
+
+    def step(self, samples: int, loss: float, lr: float) -> None:
+        pass
+
+    def evaluating(self, epoch: int, samples: int) -> None:
+        log.info("epoch %d: evaluating on %d images", epoch, samples)
+
+    def epoch_finished(self, record: dict[str, Any]) -> None:
+        log.info("%s", format_epoch(record))
+
+
+class _CallbackReporter(LogReporter):
+    def __init__(self, progress: Callable[[int], None]) -> None:
+        self._progress = progress
+
+    def step(self, samples: int, loss: float, lr: float) -> None:
+        self._progress(samples)
+
+
+def as_reporter(progress: TrainReporter | Callable[[int], None] | None) -> TrainReporter:
+    """A reporter for whatever the caller passed (a reporter, a ``progress(n)`` callable, None)."""
+    if progress is None:
+        return LogReporter()
+    if isinstance(progress, TrainReporter):
+        return progress
+    return _CallbackReporter(progress)
+
+
+def describe_run(config: TrainConfig, schedule: Schedule, objective: Objective) -> str:
+    """One line with everything the run will do, e.g. ``resnet8, loss kd (ce 0.1, distill 0.9):
+    240 epochs, batch 64, SGD lr 0.05 momentum 0.9 weight decay 0.0005, lr x0.1 after epochs 150,
+    180, 210 (cifar protocol)``."""
+    terms = [f"ce {objective.ce_weight:g}"]
+    if objective.requires_teacher:
+        terms.append(f"distill {objective.distill_weight:g}")
+        if objective.warmup_epochs:
+            terms.append(f"warm-up {objective.warmup_epochs:g} epochs")
+    terms += [f"{k}={v}" for k, v in sorted(config.loss_params.items())]
+    milestones = ", ".join(str(m) for m in schedule.milestones) or "none"
+    return (
+        f"{config.student}, loss {config.loss} ({', '.join(terms)}): {schedule.epochs} epoch"
+        f"{'s' if schedule.epochs != 1 else ''}, batch {schedule.batch_size}, SGD lr "
+        f"{schedule.lr:g} momentum {config.momentum:g} weight decay {schedule.weight_decay:g}, "
+        f"lr x{schedule.lr_decay:g} after epochs {milestones} ({schedule.protocol} protocol)"
+    )
+
+
+def format_epoch(record: dict[str, Any], epochs: int | None = None) -> str:
+    """``epoch 3/240: loss 1.2345 (ce 0.9876, distill 0.3456) test top-1 45.67% ...``."""
+    of = f"/{epochs}" if epochs else ""
+    parts = [f"ce {record['train_ce']:.4f}"]
+    if "train_distill" in record:
+        parts.append(f"distill {record['train_distill']:.4f}")
+    return (
+        f"epoch {record['epoch']}{of}: loss {record['train_loss']:.4f} ({', '.join(parts)}), "
+        f"test top-1 {record['test_top1']:.2f}% top-5 {record['test_top5']:.2f}%, "
+        f"lr {record['lr']:g}, {record['epoch_seconds']:.1f} s "
+        f"({record['images_per_second']:.0f} img/s)"
+    )
