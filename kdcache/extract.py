@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from kdcache import __version__
-from kdcache.augment import Recipe, create_recipe
+from kdcache.augment import Recipe, create_recipe, views_to_store
 from kdcache.cache import schema
 from kdcache.cache.store import CacheWriter, open_for_writing
 from kdcache.data import SeededViews, SourceDataset, load_dataset, normalize
@@ -52,7 +52,7 @@ class ExtractConfig:
     split: str = "train"
     recipe: str = "cifar"
     recipe_params: dict[str, Any] = field(default_factory=dict)
-    views: int = 1
+    views: int | None = None  # None: all distinct views of an exhaustive recipe, else 1
     seed: int = 0
     dtype: Literal["float16", "float32"] = "float16"
     topk: int | None = None  # None: dense logits; K: sparse top-K + log-sum-exp
@@ -63,7 +63,7 @@ class ExtractConfig:
     download: bool = False
 
     def __post_init__(self) -> None:
-        if self.views < 1:
+        if self.views is not None and self.views < 1:
             raise ConfigError(f"--views must be >= 1, got {self.views}")
         if self.seed < 0:
             raise ConfigError(f"--seed must be >= 0, got {self.seed}")
@@ -183,12 +183,7 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
     source = load_dataset(config.dataset, config.data_dir, config.split, download=config.download)
     spec = source.spec
     recipe = create_recipe(config.recipe, spec, **config.recipe_params)
-    distinct = recipe.num_distinct_views()
-    if recipe.params().get("exhaustive") and distinct is not None and config.views > distinct:
-        raise ConfigError(
-            f"--views {config.views} exceeds the {distinct} distinct views the exhaustive "
-            f"{config.recipe!r} recipe has"
-        )
+    num_views = views_to_store(recipe, config.views)
     teacher = build_model(
         config.teacher, spec.num_classes, in_chans=spec.in_chans, weights=config.weights
     )
@@ -207,7 +202,7 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
             spec=spec.to_dict(),
         ),
         augmentation=schema.AugmentationInfo(
-            recipe=recipe.name, params=recipe.params(), seed=config.seed, num_views=config.views
+            recipe=recipe.name, params=recipe.params(), seed=config.seed, num_views=num_views
         ),
         storage=schema.StorageInfo(
             mode="sparse" if config.topk else "dense",
@@ -237,7 +232,7 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
     # Every rank must read the record before any rank writes, or their pending lists differ.
     ctx.barrier()
     pending = [
-        (v, b) for v in range(config.views) for b in range(writer.meta.num_blocks) if not done[v, b]
+        (v, b) for v in range(num_views) for b in range(writer.meta.num_blocks) if not done[v, b]
     ]
     mine = pending[ctx.rank :: ctx.world_size]
     items = _pending_items(writer.meta, mine)

@@ -38,7 +38,12 @@ from kdcache.cli._common import progress_bar, user_errors
     is_flag=True,
     help="Enumerate the recipe's distinct views (cifar: 162) instead of sampling.",
 )
-@click.option("--views", default=1, show_default=True, type=int, help="Augmented views per sample.")
+@click.option(
+    "--views",
+    default=None,
+    type=int,
+    help="Augmented views per sample [default: 1; with --exhaustive, all distinct views].",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Cache seed.")
 @click.option("--out", required=True, help="Cache location (directory).")
 @click.option(
@@ -63,7 +68,7 @@ def extract_command(
     split: str,
     recipe: str,
     exhaustive: bool,
-    views: int,
+    views: int | None,
     seed: int,
     out: str,
     dtype: str,
