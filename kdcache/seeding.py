@@ -68,8 +68,9 @@ def forked_global_rng(seed: int) -> Iterator[None]:
     torch_state = torch.random.get_rng_state()
     try:
         random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.random.manual_seed(seed)
+        np.random.seed(seed % 2**32)  # NumPy's legacy seeding takes 32-bit seeds only
+        # The CPU generator only: torch.manual_seed would also reseed (and so disturb) CUDA's.
+        torch.default_generator.manual_seed(seed)
         yield
     finally:
         random.setstate(py_state)
