@@ -137,7 +137,11 @@ def _fingerprint_rows(sources: list[Any]) -> list[str]:
         line = json.dumps(header, sort_keys=True, separators=(",", ":"))
         if len(line) > 160:  # CIFAR-100's 100 class names: show the ends
             line = line[:100] + " ... " + line[-60:]
-        rows += [f"{src.spec.name} {src.split}:", f"    header   {line}", f"    sha256   {src.fingerprint()}"]
+        rows += [
+            f"{src.spec.name} {src.split}:",
+            f"    header   {line}",
+            f"    sha256   {src.fingerprint()}",
+        ]
     return rows
 
 
@@ -161,8 +165,12 @@ def block_digits() -> str:
     train = load_dataset("digits", None, "train")
     test = load_dataset("digits", None, "test")
     lines = ["```text", *_fingerprint_rows([train, test])]
-    lines.append("test indices, first 10: " + _fmt(digits_split_indices(1797, "test")[:10].tolist()))
-    lines.append("train sample 0, row 3 of its 8x8 uint8 pixels: " + _fmt(train.pixels[0, 0, 3].tolist()))
+    lines.append(
+        "test indices, first 10: " + _fmt(digits_split_indices(1797, "test")[:10].tolist())
+    )
+    lines.append(
+        "train sample 0, row 3 of its 8x8 uint8 pixels: " + _fmt(train.pixels[0, 0, 3].tolist())
+    )
     lines.append("```")
     lines.append("")
     lines += _recipe_rows(train, _RECIPES)
@@ -219,7 +227,9 @@ def main() -> int:
             if doc_block(text, name) is None:
                 print(f"{DOC} has no vectors:{name} block", file=sys.stderr)
                 return 1
-            text = block_pattern(name).sub(lambda m, b=body: m.group(1) + b + "\n" + m.group(3), text)
+            text = block_pattern(name).sub(
+                lambda m, b=body: m.group(1) + b + "\n" + m.group(3), text
+            )
         else:
             print(f"<!-- vectors:{name} -->\n{body}\n")
     if args.write:
