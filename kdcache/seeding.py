@@ -40,13 +40,6 @@ def sample_seed(cache_seed: int, view: int, index: int) -> int:
     return int.from_bytes(digest[:8], "little") & _SEED_MASK
 
 
-def sample_generator(cache_seed: int, view: int, index: int) -> torch.Generator:
-    """A fresh CPU generator seeded for one (seed, view, index); the global RNG is untouched."""
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(sample_seed(cache_seed, view, index))
-    return gen
-
-
 def derived_seed(*parts: int) -> int:
     """A 63-bit seed from any tuple of non-negative integers (e.g. student seed, epoch, sample).
 
