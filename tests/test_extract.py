@@ -57,6 +57,7 @@ def test_extract_writes_a_complete_self_describing_cache(tmp_path, digits_extrac
     assert np.array_equal(reader.labels()[:5], reader.labels()[:5].astype(np.int64))
 
 
+@pytest.mark.slow
 def test_bytes_do_not_depend_on_batch_size_or_workers(tmp_path, digits_extract_args):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     one_view = [
@@ -123,6 +124,7 @@ def test_interrupted_extract_resumes_to_the_same_bytes(tmp_path, digits_extract_
     assert cache_attrs(whole) == cache_attrs(broken)
 
 
+@pytest.mark.slow
 def test_killed_process_resumes_to_the_same_bytes(tmp_path, digits_extract_args):
     """A real SIGKILL mid-run (not a Python exception) leaves a cache that resumes cleanly."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
@@ -148,6 +150,7 @@ def test_killed_process_resumes_to_the_same_bytes(tmp_path, digits_extract_args)
     assert cache_chunk_bytes(whole) == cache_chunk_bytes(killed)
 
 
+@pytest.mark.slow
 def test_two_torchrun_ranks_write_the_same_bytes_as_one_process(tmp_path, digits_extract_args):
     single, multi = tmp_path / "single", tmp_path / "multi"
     extract(digits_extract_args, single, "--workers", "0")
