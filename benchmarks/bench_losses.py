@@ -32,13 +32,11 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests" / "test_losses"))
-
-from reference_ldrld import ldrld_loop  # noqa: E402
+sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from benchmarks._docs import write_section  # noqa: E402
 from kdcache.losses import dkd_loss, kd_loss, ldrld_terms, rld_loss  # noqa: E402
+from tests.test_losses.reference_ldrld import ldrld_loop  # noqa: E402
 
 SECTION = "Losses"
 Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

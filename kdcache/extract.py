@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from kdcache import __version__
-from kdcache.augment import Recipe, create_recipe
+from kdcache.augment import Recipe, create_recipe, views_to_store
 from kdcache.cache import bounds, schema
 from kdcache.cache.store import CacheWriter, open_for_writing
 from kdcache.data import SeededViews, SourceDataset, load_dataset, normalize
@@ -52,7 +52,7 @@ class ExtractConfig:
     split: str = "train"
     recipe: str = "cifar"
     recipe_params: dict[str, Any] = field(default_factory=dict)
-    views: int = 1
+    views: int | None = None  # None: all distinct views of an exhaustive recipe, else 1
     seed: int = 0
     # None: float16 for dense logits, float32 for sparse rows (the only precision they take)
     dtype: Literal["float16", "float32"] | None = None
@@ -67,7 +67,7 @@ class ExtractConfig:
     download: bool = False
 
     def __post_init__(self) -> None:
-        if not 1 <= self.views <= bounds.MAX_VIEWS:
+        if self.views is not None and not 1 <= self.views <= bounds.MAX_VIEWS:
             raise ConfigError(f"--views must be in 1..{bounds.MAX_VIEWS}, got {self.views}")
         if not 0 <= self.seed <= bounds.MAX_SEED:
             raise ConfigError(f"--seed must be in 0..2**63-1, got {self.seed}")
@@ -216,12 +216,7 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
     source = load_dataset(config.dataset, config.data_dir, config.split, download=config.download)
     spec = source.spec
     recipe = create_recipe(config.recipe, spec, **config.recipe_params)
-    distinct = recipe.num_distinct_views()
-    if recipe.params().get("exhaustive") and distinct is not None and config.views > distinct:
-        raise ConfigError(
-            f"--views {config.views} exceeds the {distinct} distinct views the exhaustive "
-            f"{config.recipe!r} recipe has"
-        )
+    num_views = views_to_store(recipe, config.views)
     teacher_ref = resolve_model_name(config.teacher)
     teacher = build_model(
         config.teacher, spec.num_classes, in_chans=spec.in_chans, weights=config.weights
@@ -241,7 +236,7 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
             spec=spec.to_dict(),
         ),
         augmentation=schema.AugmentationInfo(
-            recipe=recipe.name, params=recipe.params(), seed=config.seed, num_views=config.views
+            recipe=recipe.name, params=recipe.params(), seed=config.seed, num_views=num_views
         ),
         storage=schema.StorageInfo(
             mode="sparse" if config.topk else "dense",
@@ -255,7 +250,7 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
         raise ConfigError(f"--topk {config.topk} exceeds the {spec.num_classes} classes")
     # Before the cache is created: a layout this machine cannot hold is refused, not attempted.
     bounds.check_layout(
-        num_views=config.views,
+        num_views=num_views,
         num_samples=len(source),
         num_classes=spec.num_classes,
         chunk_rows=config.chunk_rows,
@@ -280,7 +275,7 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
     # Every rank must read the record before any rank writes, or their pending lists differ.
     ctx.barrier()
     pending = [
-        (v, b) for v in range(config.views) for b in range(writer.meta.num_blocks) if not done[v, b]
+        (v, b) for v in range(num_views) for b in range(writer.meta.num_blocks) if not done[v, b]
     ]
     mine = pending[ctx.rank :: ctx.world_size]
     items = _pending_items(writer.meta, mine)
@@ -294,7 +289,7 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
 
     start_bar = getattr(progress, "start", None)
     if start_bar is not None:  # a CLI bar: show the total and what earlier runs wrote
-        written = config.views * len(source) - sum(_block_len(writer.meta, b) for _, b in pending)
+        written = num_views * len(source) - sum(_block_len(writer.meta, b) for _, b in pending)
         start_bar(total=written + len(items), done=written)
     start = time.perf_counter()
     if len(items):

@@ -40,13 +40,6 @@ def sample_seed(cache_seed: int, view: int, index: int) -> int:
     return int.from_bytes(digest[:8], "little") & _SEED_MASK
 
 
-def sample_generator(cache_seed: int, view: int, index: int) -> torch.Generator:
-    """A fresh CPU generator seeded for one (seed, view, index); the global RNG is untouched."""
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(sample_seed(cache_seed, view, index))
-    return gen
-
-
 def derived_seed(*parts: int) -> int:
     """A 63-bit seed from any tuple of non-negative integers (e.g. student seed, epoch, sample).
 
@@ -68,8 +61,9 @@ def forked_global_rng(seed: int) -> Iterator[None]:
     torch_state = torch.random.get_rng_state()
     try:
         random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.random.manual_seed(seed)
+        np.random.seed(seed % 2**32)  # NumPy's legacy seeding takes 32-bit seeds only
+        # The CPU generator only: torch.manual_seed would also reseed (and so disturb) CUDA's.
+        torch.default_generator.manual_seed(seed)
         yield
     finally:
         random.setstate(py_state)

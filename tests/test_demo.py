@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 
 from kdcache.cli import main
 
 
+@pytest.mark.slow
 def test_demo_runs_the_whole_pipeline_and_prints_the_table(tmp_path):
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--teacher-epochs", "2", "--student-epochs", "1",

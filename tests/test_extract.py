@@ -57,6 +57,7 @@ def test_extract_writes_a_complete_self_describing_cache(tmp_path, digits_extrac
     assert np.array_equal(reader.labels()[:5], reader.labels()[:5].astype(np.int64))
 
 
+@pytest.mark.slow
 def test_bytes_do_not_depend_on_batch_size_or_workers(tmp_path, digits_extract_args):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     one_view = [
@@ -123,6 +124,7 @@ def test_interrupted_extract_resumes_to_the_same_bytes(tmp_path, digits_extract_
     assert cache_attrs(whole) == cache_attrs(broken)
 
 
+@pytest.mark.slow
 def test_killed_process_resumes_to_the_same_bytes(tmp_path, digits_extract_args):
     """A real SIGKILL mid-run (not a Python exception) leaves a cache that resumes cleanly."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
@@ -148,6 +150,7 @@ def test_killed_process_resumes_to_the_same_bytes(tmp_path, digits_extract_args)
     assert cache_chunk_bytes(whole) == cache_chunk_bytes(killed)
 
 
+@pytest.mark.slow
 def test_two_torchrun_ranks_write_the_same_bytes_as_one_process(tmp_path, digits_extract_args):
     single, multi = tmp_path / "single", tmp_path / "multi"
     extract(digits_extract_args, single, "--workers", "0")
@@ -254,6 +257,67 @@ def test_extract_without_weights_explains_why(tmp_path):
         ["extract", "--teacher", "resnet8", "--dataset", "digits", "--out", str(tmp_path / "c")]
     )
     assert code != 0 and "--weights is required" in output
+
+
+def _exhaustive_args(digits_extract_args: list[str]) -> list[str]:
+    """The digits extract with ``--recipe cifar --exhaustive`` and no ``--views``."""
+    args = list(digits_extract_args)
+    at = args.index("--views")
+    del args[at : at + 2]
+    return [*args, "--exhaustive"]
+
+
+def test_exhaustive_extract_stores_every_distinct_view_by_default(tmp_path, digits_teacher_weights):
+    # Before the fix, no --views meant view 0 only. Padding 1 (18 views) keeps it fast;
+    # the CLI passes no --views through as None (next test).
+    from kdcache.extract import ExtractConfig, run_extract
+
+    out = tmp_path / "c"
+    config = ExtractConfig(
+        teacher="resnet8", weights=str(digits_teacher_weights), dataset="digits", split="test",
+        recipe="cifar", recipe_params={"exhaustive": True, "padding": 1}, out=str(out),
+        chunk_rows=512, batch_size=512, workers=0,
+    )  # fmt: skip
+    assert run_extract(config).complete
+    reader = open_cache(str(out))
+    assert reader.identity.augmentation.num_views == 18
+    hashes = np.stack([reader.read_input_hashes(v, 0) for v in range(18)])  # [18, 359]
+    # The 18 views of a sample are 18 geometries: shifted crops of a digit never coincide (a flip
+    # may coincide with a shift for a symmetric digit), so a sample has many distinct hashes.
+    assert all(len(set(hashes[:, i])) > 9 for i in range(hashes.shape[1]))
+
+
+def test_exhaustive_cli_without_views_asks_for_all_views(monkeypatch, digits_extract_args):
+    import kdcache.extract
+
+    seen = {}
+
+    def fake_run(config, progress=None):
+        seen["config"] = config
+        raise SystemExit(0)
+
+    monkeypatch.setattr(kdcache.extract, "run_extract", fake_run)
+    run_cli([*_exhaustive_args(digits_extract_args), "--out", "unused"])
+    assert seen["config"].views is None and seen["config"].recipe_params == {"exhaustive": True}
+
+
+def test_exhaustive_with_more_views_than_distinct_is_refused(tmp_path, digits_extract_args):
+    out = tmp_path / "c"
+    args = [*_exhaustive_args(digits_extract_args), "--views", "163", "--out", str(out)]
+    code, output = run_cli(args)
+    assert code == 1 and "Traceback" not in output
+    assert "--views 163 exceeds the 162 distinct views" in output
+    assert not out.exists()
+
+
+def test_views_to_store_defaults() -> None:
+    from kdcache.augment import create_recipe, views_to_store
+    from kdcache.data.datasets import CIFAR100
+
+    assert views_to_store(create_recipe("cifar", CIFAR100, exhaustive=True), None) == 162
+    assert views_to_store(create_recipe("cifar", CIFAR100, exhaustive=True), 5) == 5
+    assert views_to_store(create_recipe("cifar", CIFAR100), None) == 1
+    assert views_to_store(create_recipe("randaugment", CIFAR100), 300) == 300
 
 
 @pytest.mark.slow

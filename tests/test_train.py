@@ -94,6 +94,7 @@ def online_config(out: Path, teacher_weights: Path, **overrides: Any) -> TrainCo
     return base_config(out, **settings, **overrides)
 
 
+@pytest.mark.slow
 def test_cached_and_online_training_give_the_same_step_losses(
     tmp_path, fp32_cache, digits_teacher_weights
 ):
@@ -110,6 +111,7 @@ def test_cached_and_online_training_give_the_same_step_losses(
     )
 
 
+@pytest.mark.slow
 def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(
     tmp_path, fp32_cache, monkeypatch
 ):
@@ -220,6 +222,7 @@ def test_yaml_config_values_are_overridden_by_flags(tmp_path, fp32_cache):
     assert config["loss_params"] == {"temperature": 2}
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process_within_tolerance(tmp_path, fp32_cache):
     args = ["train", "--cache", str(fp32_cache), "--student", "resnet8", "--loss", "kd",
             "--epochs", "2", "--batch-size", "64", "--workers", "0", "--device", "cpu",

@@ -14,7 +14,13 @@ name                    what                                                    
 """
 
 from kdcache.augment import geometric, randaugment  # noqa: F401  (registers the recipes)
-from kdcache.augment.base import Recipe, create_recipe, list_recipes, register_recipe
+from kdcache.augment.base import (
+    Recipe,
+    create_recipe,
+    list_recipes,
+    register_recipe,
+    views_to_store,
+)
 from kdcache.augment.geometric import EvalTransform, PadCropFlip, RandomResizedCropFlip
 from kdcache.augment.randaugment import RandAugmentRecipe
 
@@ -27,4 +33,5 @@ __all__ = [
     "create_recipe",
     "list_recipes",
     "register_recipe",
+    "views_to_store",
 ]

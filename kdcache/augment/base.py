@@ -94,6 +94,26 @@ def list_recipes() -> list[str]:
     return sorted(_RECIPES)
 
 
+def views_to_store(recipe: Recipe, requested: int | None) -> int:
+    """How many views a cache of ``recipe`` holds when the user asked for ``requested``.
+
+    ``None`` means "the default": every distinct view for an exhaustive recipe (162 for ``cifar``
+    with padding 4), one otherwise. An exhaustive recipe cannot have more views than it enumerates.
+    """
+    exhaustive = bool(recipe.params().get("exhaustive"))
+    distinct = recipe.num_distinct_views() if exhaustive else None
+    if requested is None:
+        return distinct if distinct is not None else 1
+    if requested < 1:
+        raise ConfigError(f"--views must be >= 1, got {requested}")
+    if distinct is not None and requested > distinct:
+        raise ConfigError(
+            f"--views {requested} exceeds the {distinct} distinct views the exhaustive "
+            f"{recipe.name!r} recipe has; drop --views to store all {distinct}, or pass fewer"
+        )
+    return requested
+
+
 def create_recipe(name: str, spec: DatasetSpec, **params: Any) -> Recipe:
     """Build the recipe ``name`` for a dataset; unknown names or parameters are user errors."""
     cls = _RECIPES.get(name)

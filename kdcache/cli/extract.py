@@ -42,10 +42,9 @@ from kdcache.cli._common import progress_bar, storage_timeout_option, user_error
 )
 @click.option(
     "--views",
-    default=1,
-    show_default=True,
+    default=None,
     type=click.IntRange(1, bounds.MAX_VIEWS),
-    help="Augmented views per sample.",
+    help="Augmented views per sample [default: 1; with --exhaustive, all distinct views].",
 )
 @click.option(
     "--seed",
@@ -102,7 +101,7 @@ def extract_command(
     split: str,
     recipe: str,
     exhaustive: bool,
-    views: int,
+    views: int | None,
     seed: int,
     out: str,
     dtype: str | None,

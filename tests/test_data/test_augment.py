@@ -231,3 +231,21 @@ def test_cifar_recipe_refuses_images_of_another_size() -> None:
     recipe = create_recipe("cifar", CIFAR100)
     with pytest.raises(ConfigError, match="imagenet"):
         recipe(torch.zeros(3, 40, 40, dtype=torch.uint8), sample_seed=0, view=0)
+
+
+def test_forked_global_rng_seeds_the_documented_generators_and_restores_them(monkeypatch) -> None:
+    cuda_seeds: list[int] = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", cuda_seeds.append)
+    before = random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state()
+    seed = 2**40 + 3  # NumPy's legacy seeding takes seed % 2**32 (docs/cache-format.md §5.1)
+    with forked_global_rng(seed):
+        drawn = random.random(), np.random.random(), torch.rand(1).item()
+    assert drawn == (
+        random.Random(seed).random(),
+        np.random.RandomState(seed % 2**32).random(),
+        torch.rand(1, generator=torch.Generator().manual_seed(seed)).item(),
+    )
+    assert cuda_seeds == []  # CUDA's generators are the training process's: never reseeded
+    assert random.getstate() == before[0]
+    assert np.array_equal(np.random.get_state()[1], before[1])
+    assert torch.equal(torch.get_rng_state(), before[2])

@@ -71,6 +71,7 @@ def test_hashes_do_not_depend_on_workers_or_batch_size(recipe: str) -> None:
     assert serial == parallel == [views[k]["input_hash"] for k in range(len(views))]
 
 
+@pytest.mark.slow
 def test_spawned_workers_replay_the_same_images() -> None:
     views = _views("randaugment")
     loader = torch.utils.data.DataLoader(

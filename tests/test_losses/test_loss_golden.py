@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_GOLDEN, SHARED_GOLDEN
 from torch import Tensor
 
 from kdcache.losses import (
@@ -26,6 +25,7 @@ from kdcache.losses import (
     rld_loss,
     rld_terms,
 )
+from tests.test_losses.conftest import REPO_GOLDEN, SHARED_GOLDEN
 
 # The README's tolerance for exact masking against the official -1000 / -1e9 masking in float64;
 # far tighter than the rtol 1e-6 the project requires.

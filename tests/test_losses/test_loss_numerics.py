@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from reference_ldrld import ldrld_loop
 
 from kdcache.losses import dkd_loss, dkd_terms, ldrld_loss, ldrld_terms, rld_loss, rld_terms
 from kdcache.losses._common import masked_kl
 from kdcache.losses.ldrld import adw_weight
 from kdcache.losses.rld import _RLDRows, _RLDSharedRows
+from tests.test_losses.reference_ldrld import ldrld_loop
 
 
 def _logits(batch: int, classes: int, scale: float = 3.0, seed: int = 0, dtype=torch.float64):

@@ -10,7 +10,6 @@ import pytest
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 COMPAT_JSON = SHARED / "compat" / "mdistiller_cifar100_state_dicts.json"
 TEACHER = SHARED / "data" / "teachers" / "resnet56_cifar100_020118.pth"
-CIFAR100_TEST = SHARED / "data" / "cifar-100-python" / "test"
 
 
 def load_compat() -> dict[str, dict]:
@@ -26,10 +25,3 @@ def teacher_path() -> Path:
     if not TEACHER.is_file():
         pytest.skip(f"real teacher not found at {TEACHER}")
     return TEACHER
-
-
-@pytest.fixture
-def cifar100_test_path() -> Path:
-    if not CIFAR100_TEST.is_file():
-        pytest.skip(f"CIFAR-100 test split not found at {CIFAR100_TEST}")
-    return CIFAR100_TEST

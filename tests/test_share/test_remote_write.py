@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import cache_attrs, cache_chunk_bytes, run_kdcache_process
 from tests.test_share.conftest import (
     BUCKET,
@@ -36,6 +38,7 @@ def test_extract_to_s3_writes_the_bytes_of_a_local_extract(
     assert s3_listing(prefix) == before
 
 
+@pytest.mark.slow
 def test_two_torchrun_ranks_write_to_s3_the_bytes_of_one_process(
     digits_cache, digits_extract_args, prefix
 ):

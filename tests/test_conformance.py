@@ -1,0 +1,363 @@
+"""An independent reader of docs/cache-format.md: regenerate a cache's views from the page alone.
+
+Everything the page specifies (dataset loading and splits, the dataset fingerprint, sample seeds,
+every recipe's draws, the input hash) is implemented here again **without importing kdcache's
+augmentation, data or seeding code**: only hashlib, pickle, NumPy, torch/torchvision, Pillow, timm
+and scikit-learn (the digits' source). Where the page names a torchvision transform as equivalent,
+this reader uses that transform (with torch's global RNG seeded) instead of re-deriving it, so it
+checks the page's equivalence claims too. kdcache is used only as a black box, through its CLI, to
+make the caches, which are read with zarr directly.
+
+For each cache: the dataset fingerprint, the labels, and every (view, sample) input hash must equal
+what this reader computes; dense and sparse caches of the same recipe must agree on the top-K, the
+log-sum-exp and the hit counts (§2). The digits split is covered whole for every recipe and both
+storage modes; real CIFAR-100 (when ../shared/data has it) for every recipe on a sample of rows.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import pickle
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from click.testing import CliRunner
+
+from tests.conftest import DATA_DIR, require_shared_data
+from tests.make_test_vectors import DOC, doc_block
+
+# --- §5.1 sample seed and §5.4 input hash ---------------------------------------------------------
+
+
+def le64(x: int) -> bytes:
+    return x.to_bytes(8, "little")
+
+
+def sample_seed(s: int, v: int, i: int) -> int:
+    digest = hashlib.sha256(b"kdcache-v1" + le64(s) + le64(v) + le64(i)).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def input_hash(u8: np.ndarray) -> int:
+    header = ("u8:" + ",".join(str(d) for d in u8.shape) + ";").encode("ascii")
+    digest = hashlib.blake2b(header + np.ascontiguousarray(u8).tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+# --- §5.2 datasets and §4.2 dataset fingerprint ---------------------------------------------------
+
+
+@dataclass
+class Split:
+    name: str
+    split: str
+    pixels: np.ndarray  # uint8 [N, C, H, W]
+    labels: np.ndarray  # int64 [N]
+    classes: list[str]
+    mean: tuple[float, ...]
+
+    def fingerprint(self) -> str:
+        header = {
+            "classes": self.classes,
+            "identity": "pixels-u8:" + ",".join(str(d) for d in self.pixels.shape),
+            "n": len(self.labels),
+            "name": self.name,
+            "split": self.split,
+        }
+        h = hashlib.sha256(b"kdcache-dataset-v1\n")
+        h.update(json.dumps(header, sort_keys=True, separators=(",", ":")).encode("ascii"))
+        h.update(b"\n")
+        h.update(self.labels.astype("<i8").tobytes())
+        h.update(np.ascontiguousarray(self.pixels).tobytes())
+        return h.hexdigest()
+
+
+@functools.cache
+def load_digits_split(split: str) -> Split:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    raw = np.asarray(bunch.images).round().astype(np.int64)  # [1797, 8, 8], 0..16
+    pixels = ((raw * 255 + 8) // 16).astype(np.uint8)[:, None]
+    keys = [hashlib.sha256(b"kdcache-digits-split-v1" + le64(i)).digest() for i in range(1797)]
+    test = sorted(sorted(range(1797), key=keys.__getitem__)[: 1797 // 5])
+    idx = test if split == "test" else sorted(set(range(1797)) - set(test))
+    labels = np.asarray(bunch.target, dtype=np.int64)[idx]
+    return Split("digits", split, pixels[idx], labels, [str(c) for c in range(10)], (0.3053,))
+
+
+def load_cifar100_split(split: str) -> Split:
+    folder = DATA_DIR / "cifar-100-python"
+    with open(folder / split, "rb") as f:
+        d = pickle.load(f, encoding="latin1")
+    with open(folder / "meta", "rb") as f:
+        classes = pickle.load(f, encoding="latin1")["fine_label_names"]
+    pixels = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    labels = np.asarray(d["fine_labels"], dtype=np.int64)
+    return Split("cifar100", split, pixels, labels, classes, (0.5071, 0.4865, 0.4409))
+
+
+# --- §5.3 recipes ---------------------------------------------------------------------------------
+
+
+class GlobalRng:
+    """Seed Python's, NumPy's (mod 2**32) and torch's CPU global RNGs; restore them on exit."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def __enter__(self) -> None:
+        self.saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        random.seed(self.seed)
+        np.random.seed(self.seed % 2**32)
+        torch.default_generator.manual_seed(self.seed)
+
+    def __exit__(self, *exc: object) -> None:
+        random.setstate(self.saved[0])
+        np.random.set_state(self.saved[1])
+        torch.set_rng_state(self.saved[2])
+
+
+def view_none(img: torch.Tensor, size: int, crop_pct: float) -> torch.Tensor:
+    import torchvision.transforms.v2.functional as tvf
+
+    r = round(size / crop_pct)
+    if min(img.shape[-2:]) != r:
+        img = tvf.resize(img, [r], antialias=True)
+    if tuple(img.shape[-2:]) != (size, size):
+        img = tvf.center_crop(img, [size, size])
+    return img
+
+
+def view_cifar(img: torch.Tensor, size: int, padding: int, seed: int) -> torch.Tensor:
+    # The page: torchvision's RandomCrop(S, padding=P) + RandomHorizontalFlip, global RNG seeded.
+    import torchvision.transforms as T
+
+    with GlobalRng(seed):
+        out = T.RandomHorizontalFlip(0.5)(T.RandomCrop(size, padding=padding)(img))
+    return out
+
+
+def view_cifar_exhaustive(img: np.ndarray, size: int, padding: int, v: int) -> np.ndarray:
+    positions = 2 * padding + 1
+    dy, dx, flip = v // 2 // positions, v // 2 % positions, v % 2
+    canvas = np.pad(img, ((0, 0), (padding, padding), (padding, padding)))
+    out = canvas[:, dy : dy + size, dx : dx + size]
+    return out[:, :, ::-1] if flip else out
+
+
+def view_imagenet(img: torch.Tensor, size: int, scale, ratio, seed: int) -> torch.Tensor:  # noqa: ANN001
+    import torchvision.transforms as T
+    import torchvision.transforms.v2.functional as tvf
+
+    with GlobalRng(seed):
+        top, left, h, w = T.RandomResizedCrop.get_params(img, scale=list(scale), ratio=list(ratio))
+        flip = bool(torch.rand(1) < 0.5)
+    out = tvf.resized_crop(img, top, left, h, w, [size, size], antialias=True)
+    return out.flip(-1) if flip else out
+
+
+@functools.cache
+def timm_randaugment(config: str, size: int, fill: tuple[int, ...]):  # noqa: ANN201
+    """timm's transform with the page's hparams (built once: construction draws nothing)."""
+    from PIL import Image
+    from timm.data.auto_augment import rand_augment_transform
+
+    hparams = {
+        "translate_const": int(0.45 * size),
+        "img_mean": fill[0] if len(fill) == 1 else fill,
+        "interpolation": Image.Resampling.BILINEAR,
+    }
+    return rand_augment_transform(config, hparams)
+
+
+def view_randaugment(img: torch.Tensor, data: Split, params: dict, seed: int) -> np.ndarray:
+    from PIL import Image
+
+    size = data.pixels.shape[-1]
+    if params["base"] == "cifar":
+        base = view_cifar(img, size, 4, seed)
+    else:
+        base = view_imagenet(img, size, (0.08, 1.0), (3 / 4, 4 / 3), seed)
+    fill = tuple(min(255, round(255 * m)) for m in data.mean)
+    hwc = base.permute(1, 2, 0).numpy()
+    pil = Image.fromarray(hwc[..., 0] if hwc.shape[-1] == 1 else hwc)
+    with GlobalRng(seed):
+        pil = timm_randaugment(params["config"], size, fill)(pil)
+    out = np.asarray(pil)
+    return (out[..., None] if out.ndim == 2 else out).transpose(2, 0, 1)
+
+
+def regenerate(data: Split, aug: dict, v: int, i: int) -> np.ndarray:
+    """The uint8 view [C, S, S] of sample i in view v, from the page's rules."""
+    recipe, params, size = aug["recipe"], aug["params"], data.pixels.shape[-1]
+    img = torch.from_numpy(data.pixels[i].copy())
+    seed = sample_seed(aug["seed"], v, i)
+    if recipe == "none":
+        out = view_none(img, size, params["crop_pct"])
+    elif recipe == "cifar" and params["exhaustive"]:
+        return view_cifar_exhaustive(data.pixels[i], size, params["padding"], v)
+    elif recipe == "cifar":
+        out = view_cifar(img, size, params["padding"], seed)
+    elif recipe == "imagenet":
+        out = view_imagenet(img, size, params["scale"], params["ratio"], seed)
+    elif recipe == "randaugment":
+        return view_randaugment(img, data, params, seed)
+    else:
+        raise AssertionError(f"the page defines no recipe {recipe!r}")
+    return out.numpy()
+
+
+# --- making and checking caches -------------------------------------------------------------------
+
+RECIPES = [
+    ("none", []),
+    ("cifar", []),
+    # Views 0..5: dx 0..2 with and without the flip (the vectors cover dy > 0 and view 161).
+    ("cifar-exhaustive", ["--recipe", "cifar", "--exhaustive", "--views", "6"]),
+    ("imagenet", []),
+    ("randaugment", []),
+]
+
+
+TINY_TEACHER = """
+import torch.nn as nn
+
+
+def build(num_classes, in_chans=3, **kwargs):
+    pool = nn.AdaptiveAvgPool2d(4)
+    return nn.Sequential(pool, nn.Flatten(), nn.Linear(in_chans * 16, num_classes))
+"""
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, Path]]:
+    """A tiny linear teacher (the views, not the logits, are under test) per dataset."""
+    folder = tmp_path_factory.mktemp("teacher")
+    (folder / "tiny.py").write_text(TINY_TEACHER)
+    spec = f"{folder / 'tiny.py'}:build"
+    out = {}
+    for name, classes, chans in (("digits", 10, 1), ("cifar100", 100, 3)):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(chans * 16, classes)
+        )
+        torch.save(model.state_dict(), folder / f"{name}.pth")
+        out[name] = (spec, folder / f"{name}.pth")
+    return out
+
+
+def extract(
+    out: Path, teacher: tuple[str, Path], dataset: list[str], recipe: str, extra: list[str]
+) -> Path:
+    from kdcache.cli import main
+
+    args = [
+        "extract", "--teacher", teacher[0], "--weights", str(teacher[1]), *dataset,
+        "--recipe", recipe, "--views", "2", "--seed", "11", "--dtype", "float32",
+        "--chunk-rows", "4096", "--batch-size", "512", "--workers", "0", "--no-progress",
+        *extra, "--out", str(out),
+    ]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def check_cache(root: Path, data: Split, rows: np.ndarray) -> dict:
+    """Check a cache against the reader; returns its attributes."""
+    group = zarr.open_group(str(root), mode="r")
+    attrs = group.attrs["kdcache"]
+    ds, aug = attrs["dataset"], attrs["augmentation"]
+    assert (ds["name"], ds["split"], ds["num_samples"]) == (data.name, data.split, len(data.labels))
+    assert ds["fingerprint"] == data.fingerprint()
+    assert np.array_equal(group["labels"][:], data.labels)
+    assert attrs["complete"] and np.asarray(group["block_done"][:]).all()
+    hashes = np.asarray(group["input_hash"][:])  # [V, N]
+    for v in range(aug["num_views"]):
+        expected = [input_hash(regenerate(data, aug, v, int(i))) for i in rows]
+        mismatched = [int(i) for i, e in zip(rows, expected, strict=True) if hashes[v, i] != e]
+        assert not mismatched, f"{aug['recipe']} view {v}: samples {mismatched[:10]} differ"
+    return attrs
+
+
+def check_dense_against_sparse(dense: Path, sparse: Path) -> None:
+    """§2: top-K of the float32 logits (ties by lower index), log-sum-exp, the same hit counts."""
+    d, s = zarr.open_group(str(dense), mode="r"), zarr.open_group(str(sparse), mode="r")
+    logits = np.asarray(d["logits"][:])  # [V, N, C] float32
+    k = s.attrs["kdcache"]["storage"]["topk"]
+    order = np.argsort(-logits, axis=-1, kind="stable")[..., :k]
+    assert np.array_equal(np.asarray(s["topk_indices"][:]), order)
+    assert np.array_equal(np.asarray(s["topk_values"][:]), np.take_along_axis(logits, order, -1))
+    lse = np.log(np.exp(logits.astype(np.float64)).sum(-1))
+    np.testing.assert_allclose(np.asarray(s["logsumexp"][:]), lse, rtol=1e-5, atol=1e-5)
+    for name in ("block_top1_correct", "block_top5_correct"):
+        assert np.array_equal(np.asarray(d[name][:]), np.asarray(s[name][:]))
+    labels = np.asarray(d["labels"][:])
+    top1 = (order[..., 0] == labels).sum(-1)  # [V]
+    assert np.array_equal(np.asarray(d["block_top1_correct"][:]).sum(-1), top1)
+    n = len(labels)
+    assert d.attrs["kdcache"]["teacher_top1"] == [round(100 * float(t) / n, 4) for t in top1]
+
+
+def test_reader_reproduces_the_published_vectors() -> None:
+    # The page's own vectors (§5.6) from the page's own rules: the digits rows.
+    data = load_digits_split("train")
+    assert data.fingerprint() in doc_block(DOC.read_text(), "digits")
+    table = [r for r in doc_block(DOC.read_text(), "digits").splitlines() if r.startswith("| ")]
+    checked = 0
+    for row in table[2:]:
+        recipe, seed, view, index, s, _drawn, expected = (
+            c.strip() for c in row.strip("|").split("|")
+        )
+        seed, view, index = int(seed), int(view), int(index)
+        assert sample_seed(seed, view, index) == int(s)
+        exhaustive = recipe.endswith("--exhaustive")
+        name = recipe.split()[0]
+        params = {
+            "none": {"crop_pct": 1.0},
+            "cifar": {"padding": 4, "exhaustive": exhaustive},
+            "imagenet": {"scale": [0.08, 1.0], "ratio": [3 / 4, 4 / 3]},
+            "randaugment": {"config": "rand-m9-mstd0.5", "base": "cifar"},
+        }[name]
+        aug = {"recipe": name, "params": params, "seed": seed}
+        assert input_hash(regenerate(data, aug, view, index)) == int(expected), row
+        checked += 1
+    assert checked >= 20
+
+
+@pytest.mark.parametrize(("label", "extra"), RECIPES, ids=[r[0] for r in RECIPES])
+def test_digits_caches_conform(tmp_path, teachers, label, extra) -> None:
+    data = load_digits_split("test")
+    dataset = ["--dataset", "digits", "--split", "test"]
+    recipe = extra[1] if extra else label
+    rest = extra[2:] if extra else []
+    dense = extract(tmp_path / "dense", teachers["digits"], dataset, recipe, rest)
+    sparse = extract(
+        tmp_path / "sparse", teachers["digits"], dataset, recipe, [*rest, "--topk", "3"]
+    )
+    rows = np.arange(len(data.labels))
+    attrs = check_cache(dense, data, rows)
+    assert check_cache(sparse, data, rows)["augmentation"] == attrs["augmentation"]
+    check_dense_against_sparse(dense, sparse)
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_cifar100_caches_conform(tmp_path, teachers) -> None:
+    require_shared_data()
+    data = load_cifar100_split("test")
+    dataset = ["--dataset", "cifar100", "--data-dir", str(DATA_DIR), "--split", "test"]
+    rows = np.random.default_rng(0).choice(len(data.labels), 150, replace=False)
+    for k, (label, extra) in enumerate(RECIPES):
+        recipe = extra[1] if extra else label
+        rest = extra[2:] if extra else []
+        mode = ["--topk", "5"] if k % 2 else []  # every recipe, both modes across the set
+        out = extract(tmp_path / label, teachers["cifar100"], dataset, recipe, [*rest, *mode])
+        check_cache(out, data, rows)
