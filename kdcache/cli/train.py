@@ -35,6 +35,9 @@ _FIELDS = {
     "cache": "cache",
     "teacher": "teacher",
     "teacher_weights": "teacher_weights",
+    "teacher_ema": "teacher_ema",
+    "teacher_preprocessing": "teacher_preprocessing",
+    "student_preprocessing": "student_preprocessing",
     "dataset": "dataset",
     "split": "split",
     "recipe": "recipe",
@@ -80,6 +83,27 @@ _FIELDS = {
     "--teacher", default=None, help="Online KD: live teacher architecture instead of a cache."
 )
 @click.option("--teacher-weights", type=click.Path(dir_okay=False), default=None)
+@click.option(
+    "--teacher-ema", is_flag=True, help="Online: load the teacher checkpoint's EMA weights."
+)
+@click.option(
+    "--teacher-preprocessing",
+    default="auto",
+    show_default=True,
+    help="Online: how the live teacher converts the views (a cache records its own): "
+    + "auto (default: the model's timm pretrained_cfg, else the dataset's), dataset, "
+    "and/or overrides, e.g. 'dataset,mean=0.5/0.5/0.5,std=0.5/0.5/0.5,size=224,"
+    "interpolation=bicubic' (docs/training.md).",
+)
+@click.option(
+    "--student-preprocessing",
+    default="auto",
+    show_default=True,
+    help="How the student converts the views: "
+    + "auto (default: the model's timm pretrained_cfg, else the dataset's), dataset, "
+    "and/or overrides, e.g. 'dataset,mean=0.5/0.5/0.5,std=0.5/0.5/0.5,size=224,"
+    "interpolation=bicubic' (docs/training.md).",
+)
 @click.option("--dataset", default=None, help="Without --cache: the dataset to train on.")
 @click.option("--split", default=None, help="Without --cache: training split (default train).")
 @click.option(

@@ -15,12 +15,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from kdcache.data import SeededViews, SourceDataset, normalize
+from kdcache.data import SeededViews, SourceDataset
 from kdcache.errors import ConfigError, ReplayMismatchError
 from kdcache.losses.objective import Objective, build_objective
 from kdcache.models import build_model
 from kdcache.models.inference import prepare_teacher, teacher_inference
 from kdcache.models.inference import teacher_logits as teacher_forward
+from kdcache.models.preprocess import resolve_preprocessing
 from kdcache.runtime import DistContext, init_distributed, rank_device, resolve_device
 from kdcache.training import outputs, run_state
 from kdcache.training.config import Schedule, TrainConfig, resolve_schedule
@@ -123,7 +124,7 @@ def train_one_epoch(
         if step >= steps:
             break
         images = batch["image"].to(device, non_blocking=True)  # uint8 [B, C, H, W]
-        x = normalize(images, data.train.spec).contiguous(memory_format=memory_format)
+        x = data.student_input(images).contiguous(memory_format=memory_format)
         target = batch["label"].to(device, non_blocking=True)
         teacher_logits = None
         if stream is not None:
@@ -134,7 +135,7 @@ def train_one_epoch(
         elif teacher is not None:
             # The extract forward, so that online logits equal a float32 cache's bit for bit.
             with teacher_inference(device):
-                teacher_logits = teacher_forward(teacher, x)
+                teacher_logits = teacher_forward(teacher, data.teacher_input(images))
             # An inference-mode tensor cannot be saved for backward: a plain copy for the loss.
             teacher_logits = teacher_logits.clone()
         with _amp_context(device, config.amp):
@@ -161,6 +162,7 @@ def _build_student(config: TrainConfig, data: RunData, device: torch.device) -> 
     spec = data.train.spec
     torch.manual_seed(config.seed)  # the student's initialisation is part of the run's seed
     model = build_model(config.student, spec.num_classes, in_chans=spec.in_chans)
+    data.student_input = resolve_preprocessing(model, spec, config.student_preprocessing)
     check_student_classes(model, data)
     model = model.to(device)
     if config.channels_last:
@@ -173,8 +175,13 @@ def _build_teacher(config: TrainConfig, data: RunData, device: torch.device) -> 
         return None
     spec = data.train.spec
     teacher = build_model(
-        config.teacher, spec.num_classes, in_chans=spec.in_chans, weights=config.teacher_weights
+        config.teacher,
+        spec.num_classes,
+        in_chans=spec.in_chans,
+        weights=config.teacher_weights,
+        ema=config.teacher_ema,
     )
+    data.teacher_input = resolve_preprocessing(teacher, spec, config.teacher_preprocessing)
     return prepare_teacher(teacher, device)
 
 
@@ -294,6 +301,7 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainR
                     config.workers,
                     device,
                     config.channels_last,
+                    data.student_input,
                 )
                 best = max(best, top1)
                 record = {

@@ -45,6 +45,7 @@ def checkpoint_state(
         "in_chans": spec.in_chans,
         "dataset": spec.name,
         "dataset_spec": spec.to_dict(),
+        "preprocessing": data.student_input.to_dict(),  # what eval must feed this model
         "cache_fingerprint": data.cache_fingerprint,
         "config": config.to_dict(),
     }
