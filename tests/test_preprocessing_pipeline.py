@@ -82,6 +82,7 @@ def test_verify_reruns_the_teacher_with_the_recorded_preprocessing(vit_cache) ->
     cache, weights = vit_cache
     out = cli("verify", cache, "--teacher-weights", weights, "--replay", 8)
     assert "max |cached - live|" in out
+    assert "input        mean 0.5 std 0.5 size 160x160 bicubic" in cli("info", cache)
 
 
 def test_cached_and_online_losses_are_bit_identical_when_the_models_convert_differently(
