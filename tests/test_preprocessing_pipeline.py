@@ -135,3 +135,15 @@ def test_preprocessing_flags_for_a_cached_teacher_are_refused(tmp_path: Path) ->
         TrainConfig(
             student="resnet8", out=str(tmp_path), cache="x", teacher_preprocessing="dataset"
         )
+
+
+def test_a_run_started_before_the_preprocessing_settings_existed_resumes(tmp_path: Path) -> None:
+    settings = dict(student="resnet8", out=str(tmp_path / "run"), dataset="digits", batch_size=64,
+                    workers=0, device="cpu", max_samples=64)  # fmt: skip
+    run_train(TrainConfig(epochs=1, **settings))
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    for key in ("teacher_ema", "teacher_preprocessing", "student_preprocessing"):
+        del state["config"][key]
+    torch.save(state, tmp_path / "run" / "last.pt")
+    # The settings check passes (it raised "student_preprocessing None -> 'auto'" before).
+    assert run_train(TrainConfig(epochs=1, resume=True, **settings)).epochs == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import asdict
@@ -61,7 +62,11 @@ def restore(
     state = outputs.load_checkpoint(out / "last.pt")
     old = state.get("config", {})
     new = config.to_dict()
-    changed = sorted(k for k in new if k not in _RESUME_FREE and old.get(k) != new[k])
+    # A setting added after the run started reads as its default (e.g. *_preprocessing: auto).
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    changed = sorted(
+        k for k in new if k not in _RESUME_FREE and old.get(k, defaults.get(k)) != new[k]
+    )
     if changed:
         raise ConfigError(
             f"--resume with settings that differ from the run in {out}: "
