@@ -49,3 +49,21 @@ class FormatVersionError(CacheError):
 
 class ReplayMismatchError(KdcacheError, RuntimeError):
     """A regenerated augmented image does not hash to what the cache recorded."""
+
+
+class CorruptImageError(KdcacheError, OSError):
+    """An image file that cannot be decoded (truncated, corrupt, not an image); names the file.
+
+    A DataLoader worker's exception reaches the main process re-built from the worker's whole
+    traceback text (``Caught ... in DataLoader worker process 0. Original Traceback ...``); the
+    user sees only its last line, the message raised in the worker.
+    """
+
+    def __init__(self, message: str) -> None:
+        if message.startswith("Caught ") and "Original Traceback" in message:
+            last = message.rstrip().splitlines()[-1]
+            message = last.split(": ", 1)[1] if ": " in last else last
+        super().__init__(message)
+
+    def __str__(self) -> str:  # OSError would format a 1-tuple of args; keep the plain message
+        return str(self.args[0]) if self.args else ""

@@ -24,7 +24,7 @@ from kdcache import __version__
 from kdcache.augment import Recipe, create_recipe, views_to_store
 from kdcache.cache import bounds, schema
 from kdcache.cache.store import CacheWriter, open_for_writing
-from kdcache.data import SeededViews, SourceDataset, load_dataset, normalize
+from kdcache.data import SeededViews, SourceDataset, load_dataset
 from kdcache.errors import ConfigError
 from kdcache.models import build_model, count_parameters, resolve_model_name, weights_sha256
 from kdcache.models.inference import (
@@ -33,6 +33,7 @@ from kdcache.models.inference import (
     teacher_inference,
     teacher_logits,
 )
+from kdcache.models.preprocess import Preprocessing, check_preprocessing_text, resolve_preprocessing
 from kdcache.runtime import init_distributed, rank_device, resolve_device
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,9 @@ class ExtractConfig:
     out: str
     dataset: str
     weights: str | None = None  # required; Optional only so the error message can explain
+    ema: bool = False  # load the checkpoint's EMA weights (state_dict_ema / model_ema)
+    # auto | dataset [,key=value...]: kdcache.models.preprocess; recorded in the cache
+    teacher_preprocessing: str = "auto"
     data_dir: str | None = None
     split: str = "train"
     recipe: str = "cifar"
@@ -96,6 +100,7 @@ class ExtractConfig:
         bad = [t for t in self.extra_temperatures if not (0 < t < float("inf"))]
         if bad:
             raise ConfigError(f"--sparse-temperature must be a finite number > 0, got {bad[0]}")
+        check_preprocessing_text(self.teacher_preprocessing)
 
     @property
     def storage_dtype(self) -> Literal["float16", "float32"]:
@@ -219,13 +224,20 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
     num_views = views_to_store(recipe, config.views)
     teacher_ref = resolve_model_name(config.teacher)
     teacher = build_model(
-        config.teacher, spec.num_classes, in_chans=spec.in_chans, weights=config.weights
+        config.teacher,
+        spec.num_classes,
+        in_chans=spec.in_chans,
+        weights=config.weights,
+        ema=config.ema,
     )
+    preprocessing = resolve_preprocessing(teacher, spec, config.teacher_preprocessing)
     identity = schema.CacheIdentity(
         teacher=schema.TeacherInfo(
             name=teacher_ref.spec,  # canonical: "RESNET56" and "resnet56" make the same cache
             weights_sha256=weights_sha256(config.weights) if config.weights else None,
             num_params=count_parameters(teacher),
+            preprocessing=preprocessing.to_dict(),
+            weights_ema=config.ema,
         ),
         dataset=schema.DatasetInfo(
             name=spec.name,
@@ -293,7 +305,9 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
         start_bar(total=written + len(items), done=written)
     start = time.perf_counter()
     if len(items):
-        _stream_blocks(config, source, recipe, teacher, writer, mine, items, device, progress)
+        _stream_blocks(
+            config, source, recipe, teacher, preprocessing, writer, mine, items, device, progress
+        )
     seconds = time.perf_counter() - start
 
     ctx.barrier()
@@ -322,6 +336,7 @@ def _stream_blocks(
     source: SourceDataset,
     recipe: Recipe,
     teacher: torch.nn.Module,
+    preprocessing: Preprocessing,
     writer: CacheWriter,
     blocks: list[tuple[int, int]],
     items: np.ndarray,
@@ -343,7 +358,7 @@ def _stream_blocks(
     with teacher_inference(device):
         for batch in loader:
             images = batch["image"].to(device, non_blocking=True)  # uint8 [B, C, H, W]
-            logits = teacher_logits(teacher, normalize(images, source.spec)).cpu().numpy()
+            logits = teacher_logits(teacher, preprocessing(images)).cpu().numpy()
             assembler.add(logits, batch["input_hash"].numpy(), batch["label"].numpy())
             if progress is not None:
                 progress(len(logits))

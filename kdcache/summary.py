@@ -31,6 +31,18 @@ def summarize(reader: CacheReader) -> dict[str, Any]:
     return d
 
 
+def _teacher_input(teacher: dict[str, Any], dataset: dict[str, Any]) -> str:
+    from kdcache.models.preprocess import Preprocessing
+
+    if teacher.get("preprocessing") is not None:
+        return Preprocessing.from_dict(teacher["preprocessing"]).describe()
+    spec = dataset.get("spec") or {}
+    return (
+        f"the dataset's normalisation (mean {spec.get('mean')}, std {spec.get('std')}; "
+        "not recorded before format 1.2)"
+    )
+
+
 def format_summary(s: dict[str, Any]) -> str:
     t, ds, aug, st = s["teacher"], s["dataset"], s["augmentation"], s["storage"]
     if st["mode"] == "dense":
@@ -47,7 +59,9 @@ def format_summary(s: dict[str, Any]) -> str:
         f"state        {'complete' if s['complete'] else 'INCOMPLETE'} "
         f"({s['blocks']['done']}/{s['blocks']['total']} blocks)",
         f"teacher      {t['name']}  ({t['num_params']:,} params, weights sha256 "
-        f"{(t['weights_sha256'] or 'none (random init)')[:16]})",
+        f"{(t['weights_sha256'] or 'none (random init)')[:16]}"
+        f"{', EMA weights' if t.get('weights_ema') else ''})",
+        f"input        {_teacher_input(t, ds)}",
         f"dataset      {ds['name']}/{ds['split']}  N={ds['num_samples']:,}  C={ds['num_classes']}  "
         f"fingerprint {ds['fingerprint'][:16]}",
         f"augmentation {aug['recipe']} {aug['params']}  seed {aug['seed']}  "

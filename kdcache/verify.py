@@ -199,8 +199,8 @@ def _check_teacher(
     items: np.ndarray,
     teacher_weights: str,
 ) -> None:
-    from kdcache.data import normalize
     from kdcache.models import build_model, weights_sha256
+    from kdcache.models.preprocess import recorded_preprocessing
 
     ident = reader.identity
     sha = weights_sha256(teacher_weights)
@@ -217,10 +217,12 @@ def _check_teacher(
         ident.dataset.num_classes,
         in_chans=source.spec.in_chans,
         weights=teacher_weights,
+        ema=ident.teacher.weights_ema,
     ).eval()
+    preprocessing = recorded_preprocessing(ident.teacher.preprocessing, source.spec)
     images = torch.stack([views[k]["image"] for k in range(len(items))])
     with torch.inference_mode():
-        live = model(normalize(images, source.spec)).float().numpy()  # [M, C]
+        live = model(preprocessing(images)).float().numpy()  # [M, C]
     worst = 0.0
     for k, (view, index) in enumerate(items):
         block, row = divmod(int(index), ident.storage.chunk_rows)

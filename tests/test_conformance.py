@@ -295,8 +295,18 @@ def check_dense_against_sparse(dense: Path, sparse: Path) -> None:
     order = np.argsort(-logits, axis=-1, kind="stable")[..., :k]
     assert np.array_equal(np.asarray(s["topk_indices"][:]), order)
     assert np.array_equal(np.asarray(s["topk_values"][:]), np.take_along_axis(logits, order, -1))
-    lse = np.log(np.exp(logits.astype(np.float64)).sum(-1))
-    np.testing.assert_allclose(np.asarray(s["logsumexp"][:]), lse, rtol=1e-5, atol=1e-5)
+    z = logits.astype(np.float64)
+    kept = np.zeros(z.shape, dtype=bool)
+    np.put_along_axis(kept, order, True, axis=-1)
+    temps = s.attrs["kdcache"]["storage"]["temperatures"]  # §2.1: one column per temperature
+    for col, t in enumerate(temps):
+        lse = np.log(np.exp(z / t).sum(-1))
+        tail = np.log(np.where(kept, 0.0, np.exp(z / t)).sum(-1))
+        np.testing.assert_allclose(np.asarray(s["logsumexp_t"][..., col]), lse, rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(s["tail_logsumexp_t"][..., col]), tail, rtol=1e-6)
+    labels_z = np.take_along_axis(logits, np.asarray(d["labels"][:])[None, :, None], -1)[..., 0]
+    assert np.array_equal(np.asarray(s["label_logit"][:]), labels_z)
+    np.testing.assert_allclose(np.asarray(s["logit_std"][:]), z.std(-1, ddof=1), rtol=1e-6)
     for name in ("block_top1_correct", "block_top5_correct"):
         assert np.array_equal(np.asarray(d[name][:]), np.asarray(s[name][:]))
     labels = np.asarray(d["labels"][:])

@@ -16,8 +16,9 @@ from kdcache.errors import CacheError, ConfigError, FormatVersionError
 
 FORMAT_MAJOR = 1
 # 1.1: + producers (1.0 caches read with none recorded)
-# 1.2: + teacher_model (how the teacher's name resolved); sparse rows exact at every recorded
-#      temperature (1.0/1.1 sparse caches read with LSE at T = 1 only)
+# 1.2: + teacher_model (how the teacher's name resolved); teacher.preprocessing and
+#      teacher.weights_ema (1.0/1.1: the dataset's normalisation, no EMA); sparse rows exact at
+#      every recorded temperature (1.0/1.1 sparse caches read with LSE at T = 1 only)
 FORMAT_MINOR = 2
 FORMAT_VERSION = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
 ATTRS_KEY = "kdcache"  # the group attribute that holds the whole self-description
@@ -53,13 +54,33 @@ class TeacherInfo:
     name: str
     weights_sha256: str | None  # None: randomly initialised teacher (tests, demos)
     num_params: int
+    # 1.2: how the uint8 view was converted for the teacher (kdcache.models.preprocess
+    # Preprocessing.to_dict); None in older caches, which used the dataset's normalisation.
+    preprocessing: dict[str, Any] | None = None
+    weights_ema: bool = False  # 1.2: the checkpoint's EMA weights were the teacher
+
+    def to_dict(self) -> dict[str, Any]:
+        # The 1.2 fields are left out when unset, so that 1.0 / 1.1 identities (and with them
+        # their recorded fingerprints) stay exactly what they were.
+        d = asdict(self)
+        if self.preprocessing is None:
+            del d["preprocessing"]
+        if not self.weights_ema:
+            del d["weights_ema"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TeacherInfo:
         _require(isinstance(d.get("name"), str), "teacher.name must be a string")
         _require(isinstance(d.get("num_params"), int), "teacher.num_params must be an integer")
+        pre = d.get("preprocessing")
+        _require(pre is None or isinstance(pre, dict), "teacher.preprocessing must be a mapping")
         return cls(
-            name=d["name"], weights_sha256=d.get("weights_sha256"), num_params=d["num_params"]
+            name=d["name"],
+            weights_sha256=d.get("weights_sha256"),
+            num_params=d["num_params"],
+            preprocessing=dict(pre) if pre is not None else None,
+            weights_ema=bool(d.get("weights_ema", False)),
         )
 
 
@@ -185,7 +206,7 @@ class CacheIdentity:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "teacher": asdict(self.teacher),
+            "teacher": self.teacher.to_dict(),
             "dataset": asdict(self.dataset),
             "augmentation": asdict(self.augmentation),
             "storage": self.storage.to_dict(),

@@ -19,7 +19,21 @@ from kdcache.cli._common import progress_bar, storage_timeout_option, user_error
     "--weights",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Teacher weights file (state dict or common checkpoint wrapper).",
+    help="Teacher weights file (state dict, .safetensors, or a training checkpoint).",
+)
+@click.option(
+    "--ema",
+    is_flag=True,
+    help="Load the checkpoint's EMA weights (timm state_dict_ema / model_ema), not its plain ones.",
+)
+@click.option(
+    "--teacher-preprocessing",
+    default="auto",
+    show_default=True,
+    help="How the teacher converts the uint8 views (recorded in the cache): "
+    + "auto (default: the model's timm pretrained_cfg, else the dataset's), dataset, "
+    "and/or overrides, e.g. 'dataset,mean=0.5/0.5/0.5,std=0.5/0.5/0.5,size=224,"
+    "interpolation=bicubic' (docs/training.md).",
 )
 @click.option("--dataset", required=True, help="cifar10, cifar100, imagefolder or digits.")
 @click.option(
@@ -96,6 +110,8 @@ from kdcache.cli._common import progress_bar, storage_timeout_option, user_error
 def extract_command(
     teacher: str,
     weights: str | None,
+    ema: bool,
+    teacher_preprocessing: str,
     dataset: str,
     data_dir: str | None,
     split: str,
@@ -125,6 +141,8 @@ def extract_command(
         config = ExtractConfig(
             teacher=teacher,
             weights=weights,
+            ema=ema,
+            teacher_preprocessing=teacher_preprocessing,
             dataset=dataset,
             data_dir=data_dir,
             split=split,

@@ -43,6 +43,9 @@ _FIELDS = {
     "cache": "cache",
     "teacher": "teacher",
     "teacher_weights": "teacher_weights",
+    "teacher_ema": "teacher_ema",
+    "teacher_preprocessing": "teacher_preprocessing",
+    "student_preprocessing": "student_preprocessing",
     "dataset": "dataset",
     "split": "split",
     "recipe": "recipe",
@@ -95,6 +98,27 @@ _FIELDS = {
     type=click.Path(dir_okay=False),
     default=None,
     help="Online KD: the live teacher's weights (a state dict or a teacher checkpoint).",
+)
+@click.option(
+    "--teacher-ema", is_flag=True, help="Online: load the teacher checkpoint's EMA weights."
+)
+@click.option(
+    "--teacher-preprocessing",
+    default="auto",
+    show_default=True,
+    help="Online: how the live teacher converts the views (a cache records its own): "
+    + "auto (default: the model's timm pretrained_cfg, else the dataset's), dataset, "
+    "and/or overrides, e.g. 'dataset,mean=0.5/0.5/0.5,std=0.5/0.5/0.5,size=224,"
+    "interpolation=bicubic' (docs/training.md).",
+)
+@click.option(
+    "--student-preprocessing",
+    default="auto",
+    show_default=True,
+    help="How the student converts the views: "
+    + "auto (default: the model's timm pretrained_cfg, else the dataset's), dataset, "
+    "and/or overrides, e.g. 'dataset,mean=0.5/0.5/0.5,std=0.5/0.5/0.5,size=224,"
+    "interpolation=bicubic' (docs/training.md).",
 )
 @click.option("--dataset", default=None, help="Without --cache: the dataset to train on.")
 @click.option("--split", default=None, help="Without --cache: training split (default train).")

@@ -16,6 +16,7 @@ folders.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import torch
 
 from kdcache.data.source import SourceDataset
 from kdcache.data.spec import DatasetSpec
-from kdcache.errors import ConfigError, DataNotFoundError
+from kdcache.errors import ConfigError, CorruptImageError, DataNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +53,20 @@ class ImageFolderDataset(SourceDataset):
         self.sizes = sizes
 
     def image(self, index: int) -> torch.Tensor:
-        from PIL import Image
+        """Decoded as torchvision's ``ImageFolder`` does (PIL ``convert("RGB")``: grey, CMYK,
+        palette and RGBA images become RGB). A file that does not decode raises
+        :class:`CorruptImageError` naming it, also from inside a DataLoader worker."""
+        from PIL import Image, UnidentifiedImageError
 
-        with Image.open(self.root / self.relpaths[index]) as img:
-            rgb = np.asarray(img.convert("RGB"))  # [H, W, 3]
+        path = self.root / self.relpaths[index]
+        try:
+            with Image.open(path) as img:
+                rgb = np.asarray(img.convert("RGB"))  # [H, W, 3]
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+            raise CorruptImageError(
+                f"cannot decode image {path} (sample {index}): {exc}. Replace or remove the file; "
+                "already written cache blocks are kept and a re-run resumes"
+            ) from exc
         return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()  # [3, H, W]
 
     def _identity(self) -> tuple[str, Iterator[bytes | memoryview]]:
@@ -68,6 +79,34 @@ class ImageFolderDataset(SourceDataset):
 
 def _class_dirs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _scan(folder: Path, class_index: dict[str, int]) -> tuple[list[str], list[int], list[int]]:
+    """(relative posix paths, sizes, labels) of the images under the class folders of ``folder``.
+
+    ``os.walk(followlinks=True)`` as torchvision does, so symlinked class folders and trees work;
+    ``os.scandir`` entries give the file type for free, so each image costs one ``stat`` (its
+    size, for the fingerprint) and nothing is decoded.
+    """
+    relpaths: list[str] = []
+    sizes: list[int] = []
+    labels: list[int] = []
+    for name, label in class_index.items():
+        top = folder / name
+        if not top.is_dir():
+            continue  # a class absent from this split
+        for dirpath, dirnames, _ in os.walk(top, followlinks=True):
+            dirnames.sort()
+            rel_dir = Path(dirpath).relative_to(folder).as_posix()
+            with os.scandir(dirpath) as entries:
+                for entry in entries:
+                    ext = os.path.splitext(entry.name)[1].lower()
+                    if ext not in IMG_EXTENSIONS or not entry.is_file():
+                        continue
+                    relpaths.append(f"{rel_dir}/{entry.name}")
+                    sizes.append(entry.stat().st_size)
+                    labels.append(label)
+    return relpaths, sizes, labels
 
 
 def load_imagefolder(
@@ -96,24 +135,13 @@ def load_imagefolder(
             f"imagefolder: {folder} has class folders absent from {class_root}: {stray[:5]}"
         )
     class_index = {name: k for k, name in enumerate(class_names)}
-    relpaths: list[str] = []
-    sizes: list[int] = []
-    labels: list[int] = []
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder)
-        if len(rel.parts) < 2 or not path.is_file():
-            continue
-        if path.suffix.lower() not in IMG_EXTENSIONS or rel.parts[0] not in class_index:
-            continue
-        relpaths.append(rel.as_posix())
-        sizes.append(path.stat().st_size)
-        labels.append(class_index[rel.parts[0]])
+    relpaths, sizes, labels = _scan(folder, class_index)
     if not relpaths:
         raise DataNotFoundError(
             f"imagefolder found no images ({', '.join(IMG_EXTENSIONS)}) in the class folders of "
             f"{folder}"
         )
-    # rglob's sort is by full path; re-sort by relative posix path so the order is portable.
+    # Samples in relative posix path order (docs/cache-format.md §4.2), whatever the walk order.
     order = sorted(range(len(relpaths)), key=relpaths.__getitem__)
     spec = DatasetSpec(
         name="imagefolder",

@@ -118,16 +118,18 @@ def build_model(
     in_chans: int = 3,
     weights: str | Path | None = None,
     strict: bool = True,
+    ema: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
     """Create a model and, if ``weights`` is given, load them (strictly by default).
 
     A CIFAR ResNet checkpoint whose stem carries ``conv1.bias`` (e.g. the ``020118`` resnet56
     teacher) is built with ``stem_bias=True`` so that it loads strictly under its plain name.
+    ``ema`` takes a training checkpoint's EMA weights (``state_dict_ema`` / ``model_ema``).
     The model is returned in train mode, as constructed; call ``.eval()`` for a teacher.
     """
     ref = resolve_model_name(name)  # fails on a bad name before reading any weights
-    state_dict = load_checkpoint_state_dict(weights) if weights is not None else None
+    state_dict = load_checkpoint_state_dict(weights, ema=ema) if weights is not None else None
     if (
         state_dict is not None
         and "conv1.bias" in state_dict

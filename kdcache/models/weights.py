@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
 import pickle
@@ -18,6 +19,9 @@ logger = logging.getLogger(__name__)
 
 # Keys under which training scripts commonly nest the state dict, most specific first.
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
+# Where timm's train.py (``state_dict_ema``) and DeiT-style scripts (``model_ema``) keep the EMA
+# weights, beside the plain ones.
+EMA_KEYS = ("state_dict_ema", "model_ema")
 # Prefixes added by DataParallel / DistributedDataParallel and by torch.compile.
 STRIP_PREFIXES = ("module.", "_orig_mod.")
 _MAX_LISTED = 8  # keys shown per category in an error message
@@ -72,25 +76,83 @@ def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
     return out
 
 
-def load_checkpoint_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint into a plain ``{key: tensor}`` dict on the CPU.
+def is_safetensors(path: Path) -> bool:
+    """True for a safetensors file, whatever its name: an 8-byte little-endian header length
+    followed by a JSON header (torch's zip files start with ``PK``, pickles with ``0x80``)."""
+    with path.open("rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
 
-    Loads with ``weights_only=True`` (no arbitrary code from pickles) and ``map_location="cpu"``
-    (checkpoints saved from CUDA load on CPU-only machines), unwraps ``{'state_dict': ...}``,
-    ``{'model_state_dict': ...}``, ``{'model': ...}`` and ``{'net': ...}``, and strips ``module.``
-    and ``_orig_mod.`` key prefixes.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataNotFoundError(f"weights file not found: {path}")
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    # The safetensors library, not torch.load: torch reads this format only in recent releases.
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"could not read safetensors weights {path}: {exc}") from exc
+
+
+def _torch_load(path: Path) -> object:
+    # timm's train.py saves its argparse.Namespace of settings beside the weights: allow that one
+    # harmless class, nothing else, in the weights-only unpickler.
+    torch.serialization.add_safe_globals([argparse.Namespace])
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, OSError) as exc:
         raise WeightsError(
             f"could not read weights {path}: {exc}. kdcache loads checkpoints with "
             "weights_only=True; a file that pickles whole objects must be re-saved as a state dict"
         ) from exc
-    return strip_prefixes(_unwrap(obj, path))
+
+
+def _select_ema(obj: object, path: Path, ema: bool) -> object:
+    """The EMA entry of a training checkpoint when ``ema``; otherwise ``obj``, noting EMA weights
+    that are being passed over."""
+    found = [k for k in EMA_KEYS if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping)]
+    if ema:
+        if not found:
+            keys = sorted(str(k) for k in obj) if isinstance(obj, Mapping) else []
+            raise WeightsError(
+                f"{path} has no EMA weights (none of {list(EMA_KEYS)}; top-level keys: "
+                f"{_listing(keys)}): drop the EMA option to load its plain weights"
+            )
+        assert isinstance(obj, Mapping)
+        logger.info("%s: loading the EMA weights %r", path, found[0])
+        return obj[found[0]]
+    if found:
+        logger.info("%s also holds EMA weights (%s); the EMA option loads them", path, found[0])
+    return obj
+
+
+def load_checkpoint_state_dict(path: str | Path, ema: bool = False) -> dict[str, torch.Tensor]:
+    """Read a checkpoint into a plain ``{key: tensor}`` dict on the CPU.
+
+    A ``.safetensors`` file (recognised by its header, whatever its name) is read with the
+    ``safetensors`` library. Anything else loads with ``torch.load(weights_only=True)`` (no
+    arbitrary code from pickles; ``argparse.Namespace``, which timm's ``train.py`` stores as
+    ``args``, is allowed) and ``map_location="cpu"`` (checkpoints saved from CUDA load on
+    CPU-only machines). With ``ema`` the ``state_dict_ema`` (timm) or ``model_ema`` (DeiT) entry
+    is taken, an error when there is none; by default the plain weights are, as timm's
+    ``validate.py`` does without ``--use-ema``. Then ``{'state_dict': ...}``,
+    ``{'model_state_dict': ...}``, ``{'model': ...}`` and ``{'net': ...}`` are unwrapped and
+    ``module.`` / ``_orig_mod.`` key prefixes stripped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataNotFoundError(f"weights file not found: {path}")
+    if is_safetensors(path):
+        if ema:
+            raise WeightsError(
+                f"{path} is a safetensors file, which holds one set of weights and no EMA "
+                "entry: drop the EMA option"
+            )
+        return strip_prefixes(_unwrap(_read_safetensors(path), path))
+    return strip_prefixes(_unwrap(_select_ema(_torch_load(path), path, ema), path))
 
 
 @dataclass(frozen=True)
@@ -150,6 +212,7 @@ def load_weights(
     state_dict_or_path: Mapping[str, torch.Tensor] | str | Path,
     strict: bool = True,
     arch: str | None = None,
+    ema: bool = False,
 ) -> KeyReport:
     """Load weights into ``model`` in place and return how the keys compared.
 
@@ -158,7 +221,7 @@ def load_weights(
     warning (never silently: a dropped ``conv1.bias`` changes every logit).
     """
     if isinstance(state_dict_or_path, str | Path):
-        state_dict = load_checkpoint_state_dict(state_dict_or_path)
+        state_dict = load_checkpoint_state_dict(state_dict_or_path, ema=ema)
     else:
         state_dict = strip_prefixes(state_dict_or_path)
     arch = arch or type(model).__name__

@@ -57,6 +57,10 @@ class TrainConfig:
     cache: str | None = None
     teacher: str | None = None
     teacher_weights: str | None = None
+    teacher_ema: bool = False  # online: the checkpoint's EMA weights (state_dict_ema / model_ema)
+    # auto | dataset [,key=value...] (kdcache.models.preprocess). A cache brings its teacher's.
+    teacher_preprocessing: str = "auto"
+    student_preprocessing: str = "auto"
     # Without a cache the data comes from these (a cache supplies its own):
     dataset: str | None = None
     split: str | None = None
@@ -136,6 +140,15 @@ class TrainConfig:
             raise ConfigError(
                 f"--verify-replay must be all, sample or off, got {self.verify_replay!r}"
             )
+        if self.cache is not None and (self.teacher_preprocessing != "auto" or self.teacher_ema):
+            raise ConfigError(
+                "--teacher-preprocessing / --teacher-ema are for a live teacher: a cache records "
+                "its teacher's preprocessing and weights"
+            )
+        from kdcache.models.preprocess import check_preprocessing_text
+
+        check_preprocessing_text(self.teacher_preprocessing)
+        check_preprocessing_text(self.student_preprocessing)
         if self.resume and self.force:
             raise ConfigError("--resume and --force are exclusive")
 

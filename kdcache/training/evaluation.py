@@ -12,11 +12,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from kdcache.augment import create_recipe
-from kdcache.data import SeededViews, SourceDataset, normalize
+from kdcache.data import SeededViews, SourceDataset
 from kdcache.data.spec import DatasetSpec
 from kdcache.errors import ConfigError, DataNotFoundError
 from kdcache.models import AmbiguousModelNameError, build_model, load_weights, resolve_model_name
 from kdcache.models.names import TIMM_SCHEME
+from kdcache.models.preprocess import Preprocessing, resolve_preprocessing
 from kdcache.runtime import resolve_device
 from kdcache.training import outputs
 
@@ -30,9 +31,12 @@ def evaluate(
     workers: int,
     device: torch.device,
     channels_last: bool = True,
+    preprocessing: Preprocessing | None = None,
 ) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy (%) on ``source`` with the evaluation transform."""
+    """Top-1 and top-5 accuracy (%) on ``source`` with the evaluation transform, each image
+    converted by ``preprocessing`` (default: the dataset's normalisation)."""
     model.eval()
+    preprocess = preprocessing or Preprocessing.from_dataset(source.spec)
     recipe = create_recipe("none", source.spec)
     items = np.stack([np.zeros(len(source), np.int64), np.arange(len(source))], axis=1)
     loader = DataLoader(
@@ -44,7 +48,7 @@ def evaluate(
     top1 = top5 = 0
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     for batch in loader:
-        x = normalize(batch["image"].to(device, non_blocking=True), source.spec)
+        x = preprocess(batch["image"].to(device, non_blocking=True))
         logits = model(x.contiguous(memory_format=memory_format)).float()
         target = batch["label"].to(device)
         k = min(5, logits.shape[1])
@@ -111,7 +115,15 @@ def evaluate_checkpoint(
         source = load_dataset(name, data_dir, split or _eval_split(name))
         model = build_model(model_name, source.spec.num_classes, source.spec.in_chans, weights=path)
     model = model.to(device).to(memory_format=torch.channels_last)
-    top1, top5 = evaluate(model, source, batch_size, workers, device)
+    # What the student was trained with (plain weights, or checkpoints from before preprocessing
+    # was recorded: the run's choice, else auto).
+    record = state.get("preprocessing") if state is not None else None
+    if record is not None:
+        preprocessing = Preprocessing.from_dict(record)
+    else:
+        choice = run_config.get("student_preprocessing", "auto")
+        preprocessing = resolve_preprocessing(model, source.spec, choice)
+    top1, top5 = evaluate(model, source, batch_size, workers, device, True, preprocessing)
     return top1, top5, len(source)
 
 

@@ -24,6 +24,7 @@ from kdcache.losses.objective import Objective, build_objective, list_objectives
 from kdcache.models import build_model
 from kdcache.models.inference import prepare_teacher, teacher_inference
 from kdcache.models.inference import teacher_logits as teacher_forward
+from kdcache.models.preprocess import Preprocessing, resolve_preprocessing
 from kdcache.runtime import DistContext, init_distributed, rank_device, resolve_device
 from kdcache.training import outputs, run_state
 from kdcache.training.config import Schedule, TrainConfig, resolve_schedule
@@ -62,10 +63,13 @@ def _amp_context(device: torch.device, enabled: bool) -> contextlib.AbstractCont
     return contextlib.nullcontext()
 
 
-def _online_logits(teacher: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """float32 [B, C]: the extract forward, so that online logits equal a float32 cache's bits."""
-    with teacher_inference(images.device):
-        logits = teacher_forward(teacher, images)
+def _online_logits(
+    teacher: nn.Module, views: torch.Tensor, teacher_input: Preprocessing
+) -> torch.Tensor:
+    """float32 [B, C] of the uint8 ``views`` converted the teacher's way: the extract forward, so
+    that online logits equal a float32 cache's bits."""
+    with teacher_inference(views.device):
+        logits = teacher_forward(teacher, teacher_input(views))
     # An inference-mode tensor cannot be saved for backward: a plain copy for the loss.
     return logits.clone()
 
@@ -78,13 +82,15 @@ def train_one_epoch(
     *,
     epoch: int,
     teacher: nn.Module | None = None,
+    teacher_input: Preprocessing | None = None,
     amp: bool = True,
     progress: ProgressFn | None = None,
 ) -> EpochStats:
     """One optimiser step per batch; ``epoch`` is 0-based (the objective's warm-up counts from 1).
 
     Teacher logits come with the batch (a cache) or, when it has none, from ``teacher`` (online
-    KD); with neither the objective must be cross-entropy.
+    KD), fed the batch's uint8 views converted by ``teacher_input``; with neither the objective
+    must be cross-entropy.
     """
     model.train()
     reporter = as_reporter(progress)
@@ -94,7 +100,12 @@ def train_one_epoch(
     for batch in batches:
         teacher_logits = batch.teacher_logits  # [B, C] or None
         if teacher_logits is None and teacher is not None:
-            teacher_logits = _online_logits(teacher, batch.images)
+            if batch.views_uint8 is None or teacher_input is None:
+                raise ConfigError(
+                    "online KD needs the batches' uint8 views and the teacher's preprocessing "
+                    "(teacher_input=kdcache.models.preprocess.resolve_preprocessing(...))"
+                )
+            teacher_logits = _online_logits(teacher, batch.views_uint8, teacher_input)
         with _amp_context(batch.images.device, amp):
             student_logits = model(batch.images)  # [B, C]
         # Losses in float32 whatever the autocast dtype (DESIGN.md §4).
@@ -168,6 +179,7 @@ def _build_student(config: TrainConfig, data: RunData, device: torch.device) -> 
     spec = data.train.spec
     torch.manual_seed(config.seed)  # the student's initialisation is part of the run's seed
     model = build_model(config.student, spec.num_classes, in_chans=spec.in_chans)
+    data.student_input = resolve_preprocessing(model, spec, config.student_preprocessing)
     check_student_classes(model, data)
     model = model.to(device)
     if config.channels_last:
@@ -180,8 +192,13 @@ def _build_teacher(config: TrainConfig, data: RunData, device: torch.device) -> 
         return None
     spec = data.train.spec
     teacher = build_model(
-        config.teacher, spec.num_classes, in_chans=spec.in_chans, weights=config.teacher_weights
+        config.teacher,
+        spec.num_classes,
+        in_chans=spec.in_chans,
+        weights=config.teacher_weights,
+        ema=config.teacher_ema,
     )
+    data.teacher_input = resolve_preprocessing(teacher, spec, config.teacher_preprocessing)
     return prepare_teacher(teacher, device)
 
 
@@ -198,7 +215,7 @@ def _stream_source(config: TrainConfig, data: RunData) -> EpochSource:
         # Only --loss ce gets here (sources refuses a 1.0/1.1 sparse cache for the other losses).
         log.warning("1.0/1.1 sparse cache, loss ce: no rows are read, so no replay checks are made")
     return EpochSource(data.train, data.recipe, data.aug_seed, data.allowed_views,
-                       data.block_rows, data.num_samples, teacher)  # fmt: skip
+                       data.block_rows, data.num_samples, teacher, data.student_input)  # fmt: skip
 
 
 def _set_up(
@@ -305,7 +322,8 @@ def _end_epoch(
     if evaluated:
         reporter.evaluating(epoch + 1, len(run.data.eval))
         run.top1, run.top5 = evaluate(run.model, run.data.eval, config.eval_batch_size,
-                                      config.workers, run.device, config.channels_last)  # fmt: skip
+                                      config.workers, run.device, config.channels_last,
+                                      run.data.student_input)  # fmt: skip
         run.best = max(run.best, run.top1)
         run.evaluated = True
     means = stats.means
@@ -344,7 +362,8 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainR
             started = time.perf_counter()
             reporter.epoch_started(epoch + 1, run.schedule.epochs, int(batches.plan.bounds[-1]))
             stats = train_one_epoch(run.train_model, run.objective, run.optimizer, batches,
-                                    epoch=epoch, teacher=run.teacher, amp=config.amp,
+                                    epoch=epoch, teacher=run.teacher,
+                                    teacher_input=run.data.teacher_input, amp=config.amp,
                                     progress=reporter)  # fmt: skip
             seconds = time.perf_counter() - started
             lr = run.optimizer.param_groups[0]["lr"]

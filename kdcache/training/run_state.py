@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 import logging
 from collections import Counter
@@ -71,6 +72,7 @@ def checkpoint_state(
         "in_chans": spec.in_chans,
         "dataset": spec.name,
         "dataset_spec": spec.to_dict(),
+        "preprocessing": data.student_input.to_dict(),  # what eval must feed this model
         "cache_fingerprint": data.cache_fingerprint,
         "config": config.to_dict(),
     }
@@ -97,7 +99,13 @@ def restore(
     state = outputs.load_checkpoint(out / "last.pt")
     old = state.get("config", {})
     new = config.to_dict()
-    changed = sorted(k for k in new if k not in _RESUME_FREE | _EXTENDABLE and old.get(k) != new[k])
+    # A setting added after the run started reads as its default (e.g. *_preprocessing: auto).
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    changed = sorted(
+        k
+        for k in new
+        if k not in _RESUME_FREE | _EXTENDABLE and old.get(k, defaults.get(k)) != new[k]
+    )
     if changed:
         raise ConfigError(
             f"--resume with settings that differ from the run in {out}: "

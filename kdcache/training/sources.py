@@ -21,6 +21,7 @@ from kdcache.data import SourceDataset, load_dataset
 from kdcache.errors import CacheError, CacheMismatchError, ConfigError
 from kdcache.losses.registry import create_loss, loss_info
 from kdcache.losses.sparse import refuse_sparse
+from kdcache.models.preprocess import Preprocessing, recorded_preprocessing
 from kdcache.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,10 @@ class RunData:
     block_rows: int
     num_samples: int  # samples trained on (after --max-samples)
     reader: CacheReader | None
+    # How each model converts the uint8 views: the student's own (set once it is built), and
+    # the teacher's (the cache's record, or the live teacher's own once it is built).
+    student_input: Preprocessing
+    teacher_input: Preprocessing
 
     @property
     def cache_fingerprint(self) -> str | None:
@@ -142,6 +147,8 @@ def _from_cache(config: TrainConfig) -> RunData:
         ident.storage.chunk_rows,
         n,
         reader,
+        student_input=Preprocessing.from_dataset(train.spec),
+        teacher_input=recorded_preprocessing(ident.teacher.preprocessing, train.spec),
     )
 
 
@@ -161,6 +168,8 @@ def _from_dataset(config: TrainConfig) -> RunData:
         config.block_rows or DEFAULT_BLOCK_ROWS,
         n,
         None,
+        student_input=Preprocessing.from_dataset(train.spec),
+        teacher_input=Preprocessing.from_dataset(train.spec),
     )
 
 
@@ -171,7 +180,7 @@ def resolve_run_data(config: TrainConfig) -> RunData:
 def check_student_classes(model: torch.nn.Module, data: RunData) -> None:
     """The student must output one logit per class of the cache / dataset."""
     spec = data.train.spec
-    x = torch.zeros(2, spec.in_chans, spec.image_size, spec.image_size)
+    x = torch.zeros(2, spec.in_chans, *data.student_input.input_size)
     was_training = model.training
     model.eval()
     with torch.no_grad():

@@ -22,9 +22,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from kdcache.data import SeededViews, SourceDataset, normalize
+from kdcache.data import SeededViews, SourceDataset
 from kdcache.errors import ConfigError, ReplayMismatchError
 from kdcache.losses.sparse import SparseTeacher
+from kdcache.models.preprocess import Preprocessing
 from kdcache.training.plan import EpochPlan, plan_epoch
 from kdcache.training.teacher_stream import CachedTeacher
 
@@ -45,6 +46,9 @@ class Batch:
     teacher_logits: Tensor | SparseTeacher | None
     view: Tensor  # int64 [B] (CPU): the cached view each row is
     index: Tensor  # int64 [B] (CPU): the sample index of each row
+    # uint8 [B, C, H, W] on the device: the augmented view itself, before any model's conversion
+    # (what a live teacher converts its own way; the input hash covers these bytes)
+    views_uint8: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,8 @@ class EpochSource:
     block_rows: int  # the cache's chunk rows: the unit of order and of reading
     num_samples: int
     teacher: CachedTeacher | None  # None: no cached logits (online KD, cross-entropy)
+    # How the student converts the uint8 views (None: the dataset's mean/std, no resize)
+    student_input: Preprocessing | None = None
 
 
 class _BoundsSampler:
@@ -143,11 +149,11 @@ class EpochBatches:
         teacher = self.source.teacher
         logits = teacher.batches(self.plan.items, self.plan.bounds) if teacher else None
         versions = teacher.reader.meta.versions if teacher else {}
-        spec = self.source.train.spec
+        convert = self.source.student_input or Preprocessing.from_dataset(self.source.train.spec)
         try:
             for batch in self._loader():
                 images = batch["image"].to(self.device, non_blocking=True)  # uint8 [B, C, H, W]
-                x = normalize(images, spec).contiguous(memory_format=self.memory_format)
+                x = convert(images).contiguous(memory_format=self.memory_format)
                 labels = batch["label"].to(self.device, non_blocking=True)
                 teacher_logits = None
                 if logits is not None:
@@ -156,7 +162,7 @@ class EpochBatches:
                         check_replay(batch["view"], batch["index"], batch["input_hash"], hashes,
                                      self.verify_replay, versions)  # fmt: skip
                     teacher_logits = cached.to(self.device, non_blocking=True)
-                yield Batch(x, labels, teacher_logits, batch["view"], batch["index"])
+                yield Batch(x, labels, teacher_logits, batch["view"], batch["index"], images)
         finally:
             if logits is not None:
                 logits.close()  # type: ignore[attr-defined]  # stops the prefetch thread
@@ -208,9 +214,10 @@ def evaluation_batches(
     workers: int = 0,
     device: torch.device,
     channels_last: bool = False,
+    student_input: Preprocessing | None = None,
 ) -> Iterator[Batch]:
     """Every sample of ``source`` once, in index order, with the evaluation transform (recipe
-    ``none``), normalised like the training batches; ``teacher_logits`` is None."""
+    ``none``), converted like the training batches; ``teacher_logits`` is None."""
     from kdcache.augment import create_recipe
 
     items = np.stack([np.zeros(len(source), np.int64), np.arange(len(source))], axis=1)
@@ -221,8 +228,9 @@ def evaluation_batches(
         pin_memory=device.type == "cuda",
     )
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    convert = student_input or Preprocessing.from_dataset(source.spec)
     for batch in loader:
-        images = normalize(batch["image"].to(device, non_blocking=True), source.spec)
+        images = convert(batch["image"].to(device, non_blocking=True))
         labels = batch["label"].to(device, non_blocking=True)
         yield Batch(images.contiguous(memory_format=memory_format), labels, None, batch["view"],
                     batch["index"])  # fmt: skip
