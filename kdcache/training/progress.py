@@ -97,9 +97,12 @@ def format_epoch(record: dict[str, Any], epochs: int | None = None) -> str:
     parts = [f"ce {record['train_ce']:.4f}"]
     if "train_distill" in record:
         parts.append(f"distill {record['train_distill']:.4f}")
+    if record.get("test_top1") is None:  # --eval-every: this epoch was not evaluated
+        test = "not evaluated"
+    else:
+        test = f"test top-1 {record['test_top1']:.2f}% top-5 {record['test_top5']:.2f}%"
     return (
         f"epoch {record['epoch']}{of}: loss {record['train_loss']:.4f} ({', '.join(parts)}), "
-        f"test top-1 {record['test_top1']:.2f}% top-5 {record['test_top5']:.2f}%, "
-        f"lr {record['lr']:g}, {record['epoch_seconds']:.1f} s "
+        f"{test}, lr {record['lr']:g}, {record['epoch_seconds']:.1f} s "
         f"({record['images_per_second']:.0f} img/s)"
     )
