@@ -49,3 +49,7 @@ class FormatVersionError(CacheError):
 
 class ReplayMismatchError(KdcacheError, RuntimeError):
     """A regenerated augmented image does not hash to what the cache recorded."""
+
+
+class NonFiniteError(KdcacheError, FloatingPointError):
+    """Training met NaN/Inf (teacher logits, loss or weights); nothing further was written."""

@@ -22,7 +22,7 @@ from kdcache.models import build_model
 from kdcache.models.inference import prepare_teacher, teacher_inference
 from kdcache.models.inference import teacher_logits as teacher_forward
 from kdcache.runtime import DistContext, init_distributed, rank_device, resolve_device
-from kdcache.training import outputs, run_state
+from kdcache.training import finite, outputs, provenance, run_state
 from kdcache.training.config import Schedule, TrainConfig, resolve_schedule
 from kdcache.training.evaluation import evaluate
 from kdcache.training.plan import plan_epoch
@@ -141,6 +141,8 @@ def train_one_epoch(
             student_logits = model(x)
         # Losses in float32 whatever the autocast dtype (DESIGN.md §4).
         loss, parts = objective(student_logits.float(), teacher_logits, target, epoch=epoch + 1)
+        rows = data.block_rows if cached is not None else None
+        finite.check_step(loss, teacher_logits, batch, epoch=epoch, step=step, cached_rows=rows)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -154,6 +156,7 @@ def train_one_epoch(
             progress(n)
     if stream is not None:
         stream.close()  # type: ignore[attr-defined]
+    finite.check_weights(model, epoch=epoch)
     return {key: value / max(seen, 1) for key, value in sums.items()} | {"samples": seen}
 
 
@@ -234,6 +237,7 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainR
         )
         start_epoch, best = 0, 0.0
         if config.resume:
+            provenance.check_resume(out, config, data)
             start_epoch, best = run_state.restore(out, config, model, optimizer, scheduler)
         train_model: nn.Module = model
         if ctx.enabled:

@@ -14,7 +14,7 @@ from torch import nn
 
 from kdcache.errors import ConfigError
 from kdcache.runtime import DistContext
-from kdcache.training import outputs
+from kdcache.training import outputs, provenance
 from kdcache.training.config import Schedule, TrainConfig
 from kdcache.training.sources import RunData
 
@@ -45,7 +45,7 @@ def checkpoint_state(
         "in_chans": spec.in_chans,
         "dataset": spec.name,
         "dataset_spec": spec.to_dict(),
-        "cache_fingerprint": data.cache_fingerprint,
+        **provenance.run_sources(config, data),
         "config": config.to_dict(),
     }
 
@@ -83,7 +83,7 @@ def write_run_json(
     record = {
         "config": config.to_dict(),
         "schedule": asdict(schedule),
-        "cache_fingerprint": data.cache_fingerprint,
+        **provenance.run_sources(config, data),
         "cache": data.reader.location if data.reader else None,
         "dataset": {
             "name": data.train.spec.name,
