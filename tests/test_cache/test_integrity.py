@@ -66,7 +66,7 @@ def config(cache: Path | None, out: Path, **overrides: object) -> TrainConfig:
 
 def train_cli(cache: Path, out: Path, *extra: object) -> tuple[int, str]:
     return cli(["train", "--cache", cache, "--student", "resnet8", "--loss", "kd", "--epochs", "1",
-                "--workers", "0", "--max-samples", "256", "--out", out, "--no-progress",
+                "--workers", "0", "--max-samples", "512", "--out", out, "--no-progress",
                 *extra])  # fmt: skip
 
 
