@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from kdcache.cache import schema
 from kdcache.cache.digest import block_digest
-from kdcache.cache.store import open_cache
+from kdcache.cache.store import open_cache, open_for_writing
 from kdcache.cli import main
 from kdcache.errors import CacheCorruptError, CacheMismatchError, ConfigError, NonFiniteError
 from kdcache.training import finite, outputs
@@ -142,6 +142,36 @@ def test_reads_check_every_array_of_the_block(cache3, tmp_path):
     reader.read_dense(1, 4)  # the logits of that block are intact
     with pytest.raises(CacheCorruptError, match=r"input_hash chunk \(view 1, block 4, rows 1024"):
         reader.read_input_hashes(1, 4)
+
+
+def test_a_sparse_cache_binds_every_array_of_the_block(tmp_path):
+    ident = schema.CacheIdentity(
+        teacher=schema.TeacherInfo("resnet8", None, 1),
+        dataset=schema.DatasetInfo("digits", "train", 10, 6, "f" * 64),
+        augmentation=schema.AugmentationInfo("cifar", {}, 0, 2),
+        storage=schema.StorageInfo("sparse", "float16", 4, topk=3),
+    )
+    meta = schema.CacheMeta(identity=ident)
+    writer = open_for_writing(str(tmp_path / "c"), meta, np.arange(10) % 6, create=True)
+    rng = np.random.default_rng(0)
+    for view in range(2):
+        for block in range(meta.num_blocks):
+            rows = meta.block_rows(block)
+            n = rows.stop - rows.start
+            logits = rng.normal(size=(n, 6)).astype(np.float32)
+            writer.write_block(view, block, logits, np.arange(rows.start, rows.stop) + 1, 1, 2)
+    writer.finalize()
+    reader = open_cache(str(tmp_path / "c"))
+    assert [len(x) for x in reader.read_sparse(1, 2)] == [2, 2, 2]  # the short last block
+    code, output = cli(["verify", tmp_path / "c", "--replay", "0"])
+    assert code == 0, output
+    for array in (schema.TOPK_VALUES, schema.TOPK_INDICES, schema.LOGSUMEXP):
+        broken = copy(tmp_path / "c", tmp_path / f"broken-{array}")
+        sub = ["0"] if array != schema.LOGSUMEXP else []
+        shutil.copyfile(broken.joinpath(array, "c", "1", "1", *sub),
+                        broken.joinpath(array, "c", "0", "1", *sub))  # fmt: skip
+        with pytest.raises(CacheCorruptError, match=rf"{array} chunk \(view 0, block 1, rows 4-7"):
+            open_cache(str(broken)).read_sparse(0, 1)
 
 
 def test_a_missing_input_hash_chunk_is_named_not_blamed_on_library_versions(cache3, tmp_path):
