@@ -237,9 +237,13 @@ class CacheMeta:
             ("teacher_top1", self.teacher_top1, top1),
             ("teacher_top5", self.teacher_top5 or [], top5),
         ):
-            if len(recorded) != len(counted) or any(
-                not isinstance(r, int | float) or abs(r - c) > _FIGURE_TOLERANCE
-                for r, c in zip(recorded, counted, strict=False)
+            if (
+                not isinstance(recorded, list)
+                or len(recorded) != len(counted)
+                or any(
+                    not isinstance(r, int | float) or abs(r - c) > _FIGURE_TOLERANCE
+                    for r, c in zip(recorded, counted, strict=False)
+                )
             ):
                 out.append(f"{name} records {recorded} but the per-block hit counts give {counted}")
         return out
