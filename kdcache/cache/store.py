@@ -393,18 +393,32 @@ class CacheReader:
         )
 
     def _digest_record(self, view: int, block: int) -> np.ndarray:
-        """[A, 32] uint8: the digests recorded for block (view, block); all zero if none."""
+        """[A, 32] uint8: the digests recorded for block (view, block); all zero if none.
+
+        The first miss in a view reads the whole view's records at once (zarr fetches its
+        n_blocks small chunks concurrently; one call instead of one per block read), so a
+        training epoch pays one digest read per view, not per block.
+        """
         record = self._digest_records.get((view, block))
-        if record is None:
-            record = np.asarray(
-                self._read(
-                    f"{schema.BLOCK_DIGEST} (view {view}, block {block})",
-                    lambda: self._array(schema.BLOCK_DIGEST)[view, block],
-                )
+        if record is not None:
+            return record
+        digests = self._array(schema.BLOCK_DIGEST)
+        try:
+            records = np.asarray(
+                self._read(f"{schema.BLOCK_DIGEST} (view {view})", lambda: digests[view])
             )
-            if record.any():  # only a written record is final; a missing one may still come
-                self._digest_records[(view, block)] = record
-        return record
+        except KdcacheError:  # a damaged record: read this block's alone, to name it
+            records = None
+        if records is not None:
+            for b in np.flatnonzero(records.reshape(len(records), -1).any(axis=1)).tolist():
+                self._digest_records[(view, b)] = records[b]  # only written records are final
+            return records[block]
+        return np.asarray(
+            self._read(
+                f"{schema.BLOCK_DIGEST} (view {view}, block {block})",
+                lambda: digests[view, block],
+            )
+        )
 
     def _checked(self, name: str, view: int, block: int, values: np.ndarray) -> np.ndarray:
         """``values`` read from ``name``'s chunk at (view, block), once proven to belong there.
