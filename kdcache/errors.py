@@ -67,3 +67,7 @@ class CorruptImageError(KdcacheError, OSError):
 
     def __str__(self) -> str:  # OSError would format a 1-tuple of args; keep the plain message
         return str(self.args[0]) if self.args else ""
+
+
+class NonFiniteError(KdcacheError, FloatingPointError):
+    """Training met NaN/Inf (teacher logits, loss or weights); nothing further was written."""

@@ -16,6 +16,10 @@ def summarize(reader: CacheReader) -> dict[str, Any]:
     done = reader.done_mask()
     d["location"] = reader.location
     d["blocks"] = {"done": int(done.sum()), "total": int(done.size), "per_view": meta.num_blocks}
+    # Complete means every mark is there, whatever the attributes say (a mark may be lost).
+    d["complete"] = bool(meta.complete and done.all())
+    d["integrity"] = reader.integrity_note()
+    d["warnings"] = _warnings(reader, done)
     if meta.teacher_top1 is None and done.any():
         # Incomplete cache: report accuracy over the blocks written so far.
         top1, _ = reader.block_correct_counts()
@@ -43,6 +47,22 @@ def _teacher_input(teacher: dict[str, Any], dataset: dict[str, Any]) -> str:
     )
 
 
+def _warnings(reader: CacheReader, done: np.ndarray) -> list[str]:
+    """What is inconsistent in the self-description (``kdcache verify`` checks it in full)."""
+    meta, out = reader.meta, []
+    if meta.complete and not done.all():
+        missing = np.argwhere(~done)
+        shown = ", ".join(f"(view {v}, block {b})" for v, b in missing[:3])
+        out.append(
+            f"the metadata says complete, but {len(missing)} block mark(s) are missing ({shown}"
+            f"{', ...' if len(missing) > 3 else ''}): the cache was damaged or partly copied"
+        )
+    if meta.teacher_top1 is not None:
+        for problem in meta.figure_mismatches(*reader.block_correct_counts()):
+            out.append(f"the metadata was edited: {problem}")
+    return out
+
+
 def format_summary(s: dict[str, Any]) -> str:
     t, ds, aug, st = s["teacher"], s["dataset"], s["augmentation"], s["storage"]
     if st["mode"] == "dense":
@@ -67,6 +87,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"augmentation {aug['recipe']} {aug['params']}  seed {aug['seed']}  "
         f"views {aug['num_views']}",
         f"storage      {mode}, {st['chunk_rows']} rows per chunk",
+        f"integrity    {s['integrity']}",
     ]
     if s.get("stored_bytes") is not None:
         per_view = s["stored_bytes"] / aug["num_views"]
@@ -102,4 +123,5 @@ def format_summary(s: dict[str, Any]) -> str:
             "may differ in the last bits between blocks)"
         )
     lines.append("versions     " + ", ".join(f"{k} {v}" for k, v in sorted(s["versions"].items())))
+    lines.extend(f"WARNING      {w}" for w in s.get("warnings", []))
     return "\n".join(lines)

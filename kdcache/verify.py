@@ -5,23 +5,31 @@ Checks, in order (each yields a :class:`Check`; one failing does not stop the ot
 1. ``metadata``: the self-description parses, the format version is readable, the fingerprint
    matches the identity fields (done by :func:`open_cache`).
 2. ``complete``: every (view, block) is marked in the completeness record.
-3. ``chunks``: every stored chunk decodes (crc32c) and holds only finite values; in a sparse
-   cache, each row's kept probabilities sum to at most 1 (within the stored precision) at every
-   recorded temperature.
-4. ``dataset``: the local data's fingerprint equals the cache's (needs the data; without
-   ``data_dir``, for a dataset that needs one, 4-6 are reported as skipped, which is not a failure).
-5. ``replay``: a sample of (view, index) pairs regenerated here hashes to the recorded input hash.
-6. ``teacher`` (optional): the teacher re-run on the sample gives the cached logits.
+3. ``chunks``: every chunk of every marked block decodes (crc32c), is present, holds only finite
+   values and, from format 1.2 on, hashes to the digest recorded for its (array, view, block); in
+   a sparse cache, each row's kept probabilities sum to at most 1 (within the stored precision) at
+   every recorded temperature.
+4. ``figures``: the teacher top-1 / top-5 in the attributes equal the per-block hit counts.
+5. ``dataset``: the local data's fingerprint equals the cache's (needs the data; without
+   ``data_dir``, for a dataset that needs one, 5-7 are reported as skipped, which is not a failure).
+6. ``replay``: a sample of (view, index) pairs regenerated here hashes to the recorded input hash.
+7. ``teacher`` (optional): the teacher re-run on the sample gives the cached logits.
+
+A remote cache is verified at its origin: its objects are read from the store, never from the
+local chunk copies (which are a cache of the origin, not a witness of it).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
 
+from kdcache.cache import remote
 from kdcache.cache.sparse import KEPT_MASS_TOLERANCE, kept_mass_violations
 from kdcache.cache.store import CacheReader, open_cache
 from kdcache.data import SeededViews, SourceDataset
@@ -29,6 +37,7 @@ from kdcache.errors import KdcacheError
 from kdcache.seeding import derived_seed
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -70,35 +79,51 @@ def replay_sample(reader: CacheReader, count: int, salt: int = 0) -> np.ndarray:
 
 
 def _check_chunks(reader: CacheReader, report: VerifyReport) -> None:
+    """Read every chunk of every marked block; the reader checks presence, finiteness, digest."""
     ident = reader.identity
+    done = reader.done_mask()
     bad: list[str] = []
-    for view in range(ident.augmentation.num_views):
-        for block in range(reader.meta.num_blocks):
-            try:
-                if ident.storage.mode == "dense":
-                    arrays = [reader.read_dense(view, block)]
-                else:
-                    sparse = reader.read_sparse(view, block)
-                    arrays = [sparse.values, sparse.lse]
-                    if (over := kept_mass_violations(sparse)) > 0:
-                        bad.append(
-                            f"view {view} block {block}: {over} rows whose kept top-"
-                            f"{ident.storage.topk} mass exceeds 1 by more than "
-                            f"{KEPT_MASS_TOLERANCE:g} (the stored log-sum-exp does not match "
-                            "the kept values)"
-                        )
-                reader.read_input_hashes(view, block)
-                if not all(np.isfinite(a.astype(np.float32)).all() for a in arrays):
-                    bad.append(f"view {view} block {block}: NaN/Inf logits")
-            except KdcacheError as exc:
-                bad.append(str(exc))
-    n = ident.augmentation.num_views * reader.meta.num_blocks
+    for view, block in np.argwhere(done).tolist():
+        try:
+            if ident.storage.mode == "dense":
+                reader.read_dense(view, block)
+            else:
+                sparse = reader.read_sparse(view, block)
+                if (over := kept_mass_violations(sparse)) > 0:
+                    bad.append(
+                        f"view {view} block {block}: {over} rows whose kept top-"
+                        f"{ident.storage.topk} mass exceeds 1 by more than "
+                        f"{KEPT_MASS_TOLERANCE:g} (the stored log-sum-exp does not match the "
+                        "kept values)"
+                    )
+            reader.read_input_hashes(view, block)
+            reader.read_block_counts(view, block)
+        except KdcacheError as exc:
+            bad.append(str(exc))
+    detail = (
+        f"{int(done.sum())} blocks decode with valid checksums and finite values; "
+        f"{reader.integrity_note()}"
+    )
+    report.add("chunks", not bad, detail if not bad else f"{len(bad)} bad: " + "; ".join(bad[:3]))
+
+
+def _check_figures(reader: CacheReader, report: VerifyReport) -> None:
+    """The derived figures of the self-description against the per-block counts."""
+    meta = reader.meta
+    if meta.teacher_top1 is None:
+        return  # incomplete: no figures recorded yet
+    try:
+        top1, top5 = reader.block_correct_counts()
+    except KdcacheError as exc:
+        report.add("figures", False, str(exc))
+        return
+    problems = meta.figure_mismatches(top1, top5)
     report.add(
-        "chunks",
-        not bad,
-        f"{n} blocks decode with valid checksums and finite values"
-        if not bad
-        else f"{len(bad)} bad: " + "; ".join(bad[:3]),
+        "figures",
+        not problems,
+        "teacher top-1/top-5 in the metadata equal the per-block hit counts"
+        if not problems
+        else "the metadata was edited: " + "; ".join(problems),
     )
 
 
@@ -112,7 +137,8 @@ def verify_cache(
     """Run every check that the given inputs allow; see the module docstring."""
     report = VerifyReport(location)
     try:
-        reader = open_cache(location)
+        # A remote cache is checked at its origin: no local copies (cache_dir "off").
+        reader = open_cache(location, cache_dir="off" if remote.is_remote(location) else None)
     except KdcacheError as exc:
         report.add("metadata", False, str(exc))
         return report
@@ -127,6 +153,7 @@ def verify_cache(
     except KdcacheError as exc:
         report.add("complete", False, str(exc))
     _check_chunks(reader, report)
+    _check_figures(reader, report)
     if replay > 0:
         _check_replay(reader, report, data_dir, replay, teacher_weights)
     return report
@@ -169,14 +196,19 @@ def _check_replay(
     items = replay_sample(reader, count)
     views = SeededViews(source, recipe, ident.augmentation.seed, items)
     mismatches = []
+    unreadable = 0
     for k in range(len(items)):
         view, index = (int(x) for x in items[k])
         block, row = divmod(index, ident.storage.chunk_rows)
-        recorded = int(reader.read_input_hashes(view, block)[row])
-        got = views[k]["input_hash"]
-        if got != recorded:
+        recorded = _readable(reader.read_input_hashes, view, block)
+        if recorded is None:
+            unreadable += 1  # a missing or damaged block: the complete / chunks checks name it
+            continue
+        if views[k]["input_hash"] != int(recorded[row]):
             mismatches.append(f"(view {view}, index {index})")
-    if mismatches:
+    if unreadable == len(items):
+        report.add("replay", False, "no sampled view lies in a readable block")
+    elif mismatches:
         report.add(
             "replay",
             False,
@@ -186,7 +218,9 @@ def _check_replay(
             f"(cache: {reader.meta.versions})",
         )
     else:
-        report.add("replay", True, f"{len(items)} sampled views regenerate bit-exactly")
+        skipped = f" ({unreadable} in unreadable blocks skipped)" if unreadable else ""
+        regenerated = f"{len(items) - unreadable} sampled views regenerate bit-exactly"
+        report.add("replay", True, regenerated + skipped)
     if teacher_weights is not None:
         _check_teacher(reader, report, source, views, items, teacher_weights)
 
@@ -227,10 +261,14 @@ def _check_teacher(
     for k, (view, index) in enumerate(items):
         block, row = divmod(int(index), ident.storage.chunk_rows)
         if ident.storage.mode == "dense":
-            cached = reader.read_dense(int(view), block)[row].astype(np.float32)
-            worst = max(worst, float(np.abs(cached - live[k]).max()))
+            dense = _readable(reader.read_dense, int(view), block)
+            if dense is None:
+                continue  # named by the chunks check
+            worst = max(worst, float(np.abs(dense[row].astype(np.float32) - live[k]).max()))
         else:
-            sparse = reader.read_sparse(int(view), block)
+            sparse = _readable(reader.read_sparse, int(view), block)
+            if sparse is None:
+                continue
             kept = sparse.indices[row].astype(np.int64)
             diff = sparse.values[row].astype(np.float32) - live[k][kept]
             worst = max(worst, float(np.abs(diff).max()))
@@ -243,3 +281,11 @@ def _check_teacher(
         f"re-ran the teacher on {len(items)} views: max |cached - live| "
         f"= {worst:.3g} (tolerance {tol:.3g})",
     )
+
+
+def _readable(read: Callable[[int, int], T], view: int, block: int) -> T | None:
+    """``read(view, block)``, or None when the block is missing or damaged (reported elsewhere)."""
+    try:
+        return read(view, block)
+    except KdcacheError:
+        return None

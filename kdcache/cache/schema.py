@@ -12,13 +12,16 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
+import numpy as np
+
 from kdcache.errors import CacheError, ConfigError, FormatVersionError
 
 FORMAT_MAJOR = 1
 # 1.1: + producers (1.0 caches read with none recorded)
-# 1.2: + teacher_model (how the teacher's name resolved); teacher.preprocessing and
-#      teacher.weights_ema (1.0/1.1: the dataset's normalisation, no EMA); sparse rows exact at
-#      every recorded temperature (1.0/1.1 sparse caches read with LSE at T = 1 only)
+# 1.2: + block_digest (position-bound chunk digests); teacher_model (how the teacher's name
+#      resolved); teacher.preprocessing and teacher.weights_ema (1.0/1.1: the dataset's
+#      normalisation, no EMA); sparse rows exact at every recorded temperature (1.0/1.1 sparse
+#      caches read with LSE at T = 1 only). Older caches read without each of these.
 FORMAT_MINOR = 2
 FORMAT_VERSION = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
 ATTRS_KEY = "kdcache"  # the group attribute that holds the whole self-description
@@ -42,6 +45,24 @@ INPUT_HASH = "input_hash"  # [V, N]    int64
 BLOCK_DONE = "block_done"  # [V, n_blocks] uint8, one chunk per block: the completeness record
 BLOCK_TOP1 = "block_top1_correct"  # [V, n_blocks] int64, teacher top-1 hits per block
 BLOCK_TOP5 = "block_top5_correct"  # [V, n_blocks] int64, teacher top-5 hits per block
+# [V, n_blocks, A, 32] uint8 (format 1.2): sha256 of each of the block's A chunks, bound to
+# (array, view, block); one chunk per block, written before the mark (docs/cache-format.md §3.1).
+BLOCK_DIGEST = "block_digest"
+DIGESTS_SINCE = (1, 2)  # the first format version that records block digests
+# Two figures agree if they differ by less than the attributes' rounding (4 decimals).
+_FIGURE_TOLERANCE = 6e-5
+
+
+SPARSE_ROW_STATS = (LABEL_LOGIT, LOGIT_MEAN, LOGIT_STD)  # [V, N] each, sparse mode 1.2
+
+
+def data_arrays(storage: StorageInfo) -> tuple[str, ...]:
+    """The per-view arrays that hold the teacher's outputs in this storage mode."""
+    if storage.mode == "dense":
+        return (LOGITS,)
+    if storage.exact_sparse:
+        return (TOPK_VALUES, TOPK_INDICES, LSE_AT_T, TAIL_LSE_AT_T, *SPARSE_ROW_STATS)
+    return (TOPK_VALUES, TOPK_INDICES, LOGSUMEXP)  # format 1.0 / 1.1
 
 
 def _require(cond: bool, message: str) -> None:
@@ -268,6 +289,45 @@ class CacheMeta:
         n, rows = self.identity.dataset.num_samples, self.identity.storage.chunk_rows
         return -(-n // rows)
 
+    @property
+    def has_block_digests(self) -> bool:
+        """Whether this cache records a position-bound digest of every block (format >= 1.2)."""
+        return format_tuple(self.format_version) >= DIGESTS_SINCE
+
+    def figures_from_counts(
+        self, top1_hits: np.ndarray, top5_hits: np.ndarray
+    ) -> tuple[list[float], list[float]]:
+        """Teacher top-1 / top-5 per view (percent, 4 decimals) from hits [V, n_blocks]."""
+        n = self.identity.dataset.num_samples
+        return (
+            [round(float(x), 4) for x in np.asarray(top1_hits).sum(axis=1) * 100.0 / n],
+            [round(float(x), 4) for x in np.asarray(top5_hits).sum(axis=1) * 100.0 / n],
+        )
+
+    def figure_mismatches(self, top1_hits: np.ndarray, top5_hits: np.ndarray) -> list[str]:
+        """Where the recorded teacher_top1/top5 disagree with the per-block hit counts [V, nb].
+
+        Empty when they agree, or when the cache records no figures yet (incomplete).
+        """
+        if self.teacher_top1 is None:
+            return []
+        top1, top5 = self.figures_from_counts(top1_hits, top5_hits)
+        out = []
+        for name, recorded, counted in (
+            ("teacher_top1", self.teacher_top1, top1),
+            ("teacher_top5", self.teacher_top5 or [], top5),
+        ):
+            if (
+                not isinstance(recorded, list)
+                or len(recorded) != len(counted)
+                or any(
+                    not isinstance(r, int | float) or abs(r - c) > _FIGURE_TOLERANCE
+                    for r, c in zip(recorded, counted, strict=False)
+                )
+            ):
+                out.append(f"{name} records {recorded} but the per-block hit counts give {counted}")
+        return out
+
     def block_rows(self, block: int) -> slice:
         rows = self.identity.storage.chunk_rows
         return slice(block * rows, min((block + 1) * rows, self.identity.dataset.num_samples))
@@ -317,6 +377,13 @@ def _parse_temperatures(raw: object) -> tuple[float, ...] | None:
     ):
         raise ConfigError(f"storage.temperatures must be a list of numbers, got {raw!r}")
     return tuple(float(t) for t in raw)
+
+
+def format_tuple(version: str) -> tuple[int, int]:
+    """``"1.2"`` -> ``(1, 2)``; a version without a minor part counts as minor 0."""
+    parts = version.split(".")
+    minor = parts[1] if len(parts) > 1 and parts[1].isdigit() else "0"
+    return int(parts[0]), int(minor)
 
 
 def check_format_version(version: object) -> None:

@@ -2,9 +2,12 @@
 
 Layout and meaning are specified in ``docs/cache-format.md`` and encoded in :mod:`.schema`. A
 *block* is one chunk of rows of one view: the unit of writing, of the completeness record and of
-reading. Writers mark a block done only after its data is written (zarr's LocalStore writes each
-chunk to a temporary file and renames it, so a written chunk is whole), and each mark is its own
-zarr chunk (its own file or object), so concurrent writers never read-modify-write a shared object.
+reading. Writers mark a block done only after its data and its digest record are written (zarr's
+LocalStore writes each chunk to a temporary file and renames it, so a written chunk is whole), and
+each mark and each digest record is its own zarr chunk (its own file or object), so concurrent
+writers never read-modify-write a shared object. Readers check every chunk they read against its
+position-bound digest (:mod:`.digest`), so a moved, altered or missing chunk is an error naming it,
+never data.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from zarr.abc.store import Store
 from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 
 from kdcache.cache import bounds, locations, schema
+from kdcache.cache.digest import DIGEST_BYTES, block_digest, digested_arrays
 from kdcache.cache.locations import open_zarr_store
 from kdcache.cache.schema import CacheMeta
 from kdcache.cache.sparse import SparseRows, sparse_rows_from_logits
@@ -82,32 +86,16 @@ def _open_array(group: zarr.Group, name: str, location: str) -> zarr.Array:
     return node
 
 
-_SPARSE_ROW_STATS = (schema.LABEL_LOGIT, schema.LOGIT_MEAN, schema.LOGIT_STD)  # [V, N] each
+def _per_view_arrays(meta: CacheMeta) -> tuple[str, ...]:
+    names = (*digested_arrays(meta.identity.storage), schema.BLOCK_DONE)
+    return (*names, schema.BLOCK_DIGEST) if meta.has_block_digests else names
 
 
-def _data_arrays(storage: schema.StorageInfo) -> tuple[str, ...]:
-    """The per-view arrays that hold the teacher's outputs in this storage mode."""
-    if storage.mode == "dense":
-        return (schema.LOGITS,)
-    if storage.exact_sparse:
-        return (
-            schema.TOPK_VALUES,
-            schema.TOPK_INDICES,
-            schema.LSE_AT_T,
-            schema.TAIL_LSE_AT_T,
-            *_SPARSE_ROW_STATS,
-        )
-    return (schema.TOPK_VALUES, schema.TOPK_INDICES, schema.LOGSUMEXP)  # format 1.0 / 1.1
-
-
-def _per_view_arrays(storage: schema.StorageInfo) -> tuple[str, ...]:
-    return (
-        *_data_arrays(storage),
-        schema.INPUT_HASH,
-        schema.BLOCK_DONE,
-        schema.BLOCK_TOP1,
-        schema.BLOCK_TOP5,
-    )
+def _all_fill(values: np.ndarray, fill: Any) -> bool:
+    """Whether every value equals the array's fill value (what zarr returns for a missing chunk)."""
+    if isinstance(fill, float | np.floating) and np.isnan(fill):
+        return bool(np.isnan(values).all())
+    return bool((values == fill).all())
 
 
 class CacheWriter:
@@ -117,11 +105,10 @@ class CacheWriter:
         self.group = group
         self.meta = meta
         # Opened once: re-opening per block would re-read each array's zarr.json (slow on S3).
-        self._arrays = {
-            name: _open_array(group, name, location)
-            for name in _per_view_arrays(meta.identity.storage)
-        }
+        self._arrays = {name: _open_array(group, name, location) for name in _per_view_arrays(meta)}
         self._done = self._arrays[schema.BLOCK_DONE]
+        # A resumed 1.0 / 1.1 cache keeps its version and is finished without digests.
+        self._digests = self._arrays.get(schema.BLOCK_DIGEST)
 
     def done_mask(self) -> np.ndarray:
         """[V, n_blocks] bool: blocks already written and marked."""
@@ -156,20 +143,28 @@ class CacheWriter:
                     f"teacher logits overflow {storage.dtype} in view {view} (max |logit| "
                     f"{np.abs(logits).max():.4g}): extract with --dtype float32"
                 )
-            self._arrays[schema.LOGITS][view, rows, :] = stored
+            chunks = {schema.LOGITS: stored}
         else:
             if labels is None:
                 raise ValueError("a sparse block needs the rows' labels")
-            self._write_sparse(view, rows, logits, labels)
-        self._arrays[schema.INPUT_HASH][view, rows] = input_hashes.astype(np.int64)
+            chunks = self._sparse_chunks(logits, labels)
+        chunks[schema.INPUT_HASH] = input_hashes.astype(np.int64)
+        for name, values in chunks.items():
+            self._arrays[name][view, rows, ...] = values
+        chunks[schema.BLOCK_TOP1] = np.asarray(top1_correct, dtype=np.int64)
+        chunks[schema.BLOCK_TOP5] = np.asarray(top5_correct, dtype=np.int64)
         self._arrays[schema.BLOCK_TOP1][view, block] = top1_correct
         self._arrays[schema.BLOCK_TOP5][view, block] = top5_correct
+        if self._digests is not None:  # digests of exactly the values stored, before the mark
+            record = b"".join(
+                block_digest(name, view, block, rows, chunks[name])
+                for name in digested_arrays(storage)
+            )
+            self._digests[view, block] = np.frombuffer(record, np.uint8).reshape(-1, DIGEST_BYTES)
         # The mark comes last: a crash before this line leaves the block unmarked, so it is redone.
         self._done[view, block] = 1
 
-    def _write_sparse(
-        self, view: int, rows: slice, logits: np.ndarray, labels: np.ndarray
-    ) -> None:
+    def _sparse_chunks(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
         storage = self.meta.identity.storage
         if not storage.exact_sparse:
             raise CacheError(
@@ -185,27 +180,25 @@ class CacheWriter:
         )
         assert sparse.tail_lse is not None and sparse.label_logit is not None  # format 1.2 rows
         assert sparse.logit_mean is not None and sparse.logit_std is not None
-        self._arrays[schema.TOPK_VALUES][view, rows, :] = sparse.values
-        self._arrays[schema.TOPK_INDICES][view, rows, :] = sparse.indices
-        self._arrays[schema.LSE_AT_T][view, rows, :] = sparse.lse
-        self._arrays[schema.TAIL_LSE_AT_T][view, rows, :] = sparse.tail_lse
-        self._arrays[schema.LABEL_LOGIT][view, rows] = sparse.label_logit
-        self._arrays[schema.LOGIT_MEAN][view, rows] = sparse.logit_mean
-        self._arrays[schema.LOGIT_STD][view, rows] = sparse.logit_std
+        return {
+            schema.TOPK_VALUES: sparse.values,
+            schema.TOPK_INDICES: sparse.indices,
+            schema.LSE_AT_T: sparse.lse,
+            schema.TAIL_LSE_AT_T: sparse.tail_lse,
+            schema.LABEL_LOGIT: sparse.label_logit,
+            schema.LOGIT_MEAN: sparse.logit_mean,
+            schema.LOGIT_STD: sparse.logit_std,
+        }
 
     def finalize(self) -> CacheMeta:
         """If every block is marked, record completeness and the teacher's accuracy per view."""
         if not self.done_mask().all():
             return self.meta
-        n = self.meta.identity.dataset.num_samples
-        top1 = np.asarray(self._arrays[schema.BLOCK_TOP1][:]).sum(axis=1) * 100.0 / n
-        top5 = np.asarray(self._arrays[schema.BLOCK_TOP5][:]).sum(axis=1) * 100.0 / n
-        meta = dataclasses.replace(
-            self.meta,
-            complete=True,
-            teacher_top1=[round(float(x), 4) for x in top1],
-            teacher_top5=[round(float(x), 4) for x in top5],
+        top1, top5 = self.meta.figures_from_counts(
+            np.asarray(self._arrays[schema.BLOCK_TOP1][:]),
+            np.asarray(self._arrays[schema.BLOCK_TOP5][:]),
         )
+        meta = dataclasses.replace(self.meta, complete=True, teacher_top1=top1, teacher_top5=top5)
         self.group.attrs[schema.ATTRS_KEY] = meta.to_dict()
         self.meta = meta
         return meta
@@ -252,7 +245,7 @@ def _create_layout(group: zarr.Group, meta: CacheMeta, labels: np.ndarray) -> No
                 fill_value=float("nan"),
                 **_codecs(),
             )
-        for name in _SPARSE_ROW_STATS:
+        for name in schema.SPARSE_ROW_STATS:
             group.create_array(
                 name,
                 shape=(V, N),
@@ -280,6 +273,16 @@ def _create_layout(group: zarr.Group, meta: CacheMeta, labels: np.ndarray) -> No
     for name in (schema.BLOCK_TOP1, schema.BLOCK_TOP5):
         group.create_array(
             name, shape=(V, nb), chunks=(1, 1), dtype="int64", fill_value=-1, **_codecs()
+        )
+    if meta.has_block_digests:
+        n_digests = len(digested_arrays(ident.storage))
+        group.create_array(
+            schema.BLOCK_DIGEST,
+            shape=(V, nb, n_digests, DIGEST_BYTES),
+            chunks=(1, 1, n_digests, DIGEST_BYTES),
+            dtype="uint8",
+            fill_value=0,
+            **_codecs(),
         )
     # Attributes last: a directory without them is not (yet) a cache and is recreated.
     group.attrs[schema.ATTRS_KEY] = meta.to_dict()
@@ -340,6 +343,14 @@ def open_for_writing(
     return CacheWriter(group, meta, location)
 
 
+def _missing_chunk(where: str) -> CacheCorruptError:
+    return CacheCorruptError(
+        f"{where} is missing although its block is marked written (it reads back as the fill "
+        "value): the object was deleted or never copied. Fetch a complete copy of the cache, or "
+        "re-extract it."
+    )
+
+
 def _try_open_group(store: Store) -> zarr.Group | None:
     try:
         return zarr.open_group(store=store, mode="r+", zarr_format=3)
@@ -357,6 +368,10 @@ class CacheReader:
         # Array handles, opened once: each `group[name]` reads the array's zarr.json again, which
         # over an object store is one request per block read.
         self._arrays: dict[str, zarr.Array] = {}
+        self._digest_slot = {
+            name: i for i, name in enumerate(digested_arrays(meta.identity.storage))
+        }
+        self._digest_records: dict[tuple[int, int], np.ndarray] = {}  # (view, block) -> [A, 32]
 
     def _array(self, name: str) -> zarr.Array:
         array = self._arrays.get(name)
@@ -391,30 +406,116 @@ class CacheReader:
                 "re-running the same `kdcache extract` command."
             )
 
-    def read_dense(self, view: int, block: int) -> np.ndarray:
-        """Logits of one block, [R, C] in the stored dtype."""
-        if self.identity.storage.mode != "dense":
-            raise CacheError("this cache is sparse (top-K); it holds no dense logits")
-        rows = self.meta.block_rows(block)
+    @property
+    def has_block_digests(self) -> bool:
+        """Whether reads are checked against position-bound digests (format >= 1.2)."""
+        return self.meta.has_block_digests
+
+    def integrity_note(self) -> str:
+        """What the reads of this cache prove about each chunk's place, in one line."""
+        if self.has_block_digests:
+            return "every chunk matches the sha256 digest recorded for its (array, view, block)"
+        return (
+            f"format {self.meta.format_version} records no block digests: a missing chunk is "
+            "caught, but a valid chunk copied to another position, or replaced by other finite "
+            "values, is not (re-extract with this kdcache for format 1.2)"
+        )
+
+    def _digest_record(self, view: int, block: int) -> np.ndarray:
+        """[A, 32] uint8: the digests recorded for block (view, block); all zero if none.
+
+        The first miss in a view reads the whole view's records at once (zarr fetches its
+        n_blocks small chunks concurrently; one call instead of one per block read), so a
+        training epoch pays one digest read per view, not per block.
+        """
+        record = self._digest_records.get((view, block))
+        if record is not None:
+            return record
+        digests = self._array(schema.BLOCK_DIGEST)
+        try:
+            records = np.asarray(
+                self._read(f"{schema.BLOCK_DIGEST} (view {view})", lambda: digests[view])
+            )
+        except KdcacheError:  # a damaged record: read this block's alone, to name it
+            records = None
+        if records is not None:
+            for b in np.flatnonzero(records.reshape(len(records), -1).any(axis=1)).tolist():
+                self._digest_records[(view, b)] = records[b]  # only written records are final
+            return records[block]
         return np.asarray(
             self._read(
-                f"{schema.LOGITS} chunk (view {view}, block {block})",
-                lambda: self._array(schema.LOGITS)[view, rows, :],
+                f"{schema.BLOCK_DIGEST} (view {view}, block {block})",
+                lambda: digests[view, block],
             )
         )
 
+    def _checked(self, name: str, view: int, block: int, values: np.ndarray) -> np.ndarray:
+        """``values`` read from ``name``'s chunk at (view, block), once proven to belong there.
+
+        Format 1.2: the values must hash to the digest recorded for (name, view, block). Older
+        caches have no digests: a chunk that reads entirely as the fill value is refused as
+        missing, and float data must be finite; a chunk moved to another position goes unnoticed.
+        """
+        rows = self.meta.block_rows(block)
+        where = (
+            f"{name} chunk (view {view}, block {block}, rows {rows.start}-{rows.stop - 1}) of "
+            f"{self.location}"
+        )
+        fill = self._array(name).fill_value
+        if self.meta.has_block_digests:
+            record = self._digest_record(view, block)
+            if not record.any():
+                raise CacheCorruptError(
+                    f"{where} has no digest record ({schema.BLOCK_DIGEST} of view {view}, block "
+                    f"{block}): the block was never completely written, or that object was "
+                    "deleted. Resume an unfinished cache with the same `kdcache extract` command; "
+                    "otherwise fetch a complete copy."
+                )
+            expected = record[self._digest_slot[name]].tobytes()
+            if block_digest(name, view, block, rows, values) != expected:
+                if _all_fill(values, fill):
+                    raise _missing_chunk(where)
+                raise CacheCorruptError(
+                    f"{where} does not hold the data recorded for that position (sha256 digest "
+                    "mismatch): a chunk was copied to the wrong place, or its bytes were replaced. "
+                    "Fetch an intact copy of the cache, or re-extract it."
+                )
+        elif _all_fill(values, fill):
+            raise _missing_chunk(where)
+        # The tail log-sum-exp is -inf where no class is left outside the top-K (K = C).
+        finite = np.isfinite(values) | (name == schema.TAIL_LSE_AT_T) & (values == -np.inf)
+        if values.dtype.kind == "f" and not finite.all():
+            raise CacheCorruptError(
+                f"{where} holds NaN/Inf values; a kdcache writer never stores them. Fetch an "
+                "intact copy of the cache, or re-extract it."
+            )
+        return values
+
+    def read_dense(self, view: int, block: int) -> np.ndarray:
+        """Logits of one block, [R, C] in the stored dtype, checked against its digest."""
+        if self.identity.storage.mode != "dense":
+            raise CacheError("this cache is sparse (top-K); it holds no dense logits")
+        return self._read_block(schema.LOGITS, view, block)
+
+    def _read_block(self, name: str, view: int, block: int) -> np.ndarray:
+        rows = self.meta.block_rows(block)
+        values = np.asarray(
+            self._read(
+                f"{name} chunk (view {view}, block {block})",
+                lambda: self._array(name)[view, rows, ...],
+            )
+        )
+        return self._checked(name, view, block, values)
+
     def read_sparse(self, view: int, block: int) -> SparseRows:
-        """The sparse rows of one block (format 1.0/1.1: top-K and LSE at T = 1 only)."""
+        """The sparse rows of one block, checked against their digests (format 1.0/1.1: top-K and
+        the log-sum-exp at T = 1 only)."""
         storage = self.identity.storage
         if storage.mode != "sparse":
             raise CacheError("this cache is dense; it holds no top-K arrays")
-        rows = self.meta.block_rows(block)
-        where = f"(view {view}, block {block})"
 
         def read(name: str) -> np.ndarray:
-            return np.asarray(
-                self._read(f"{name} chunk {where}", lambda: self._array(name)[view, rows])
-            )
+            return self._read_block(name, view, block)
 
         values, indices = read(schema.TOPK_VALUES), read(schema.TOPK_INDICES)
         if not storage.exact_sparse:
@@ -436,13 +537,21 @@ class CacheReader:
         )
 
     def read_input_hashes(self, view: int, block: int) -> np.ndarray:
-        rows = self.meta.block_rows(block)
-        return np.asarray(
-            self._read(
-                f"{schema.INPUT_HASH} chunk (view {view}, block {block})",
-                lambda: self._array(schema.INPUT_HASH)[view, rows],
+        """Input hashes of one block, [R] int64, checked against its digest."""
+        return self._read_block(schema.INPUT_HASH, view, block)
+
+    def read_block_counts(self, view: int, block: int) -> tuple[int, int]:
+        """The teacher's top-1 and top-5 hits recorded for one block, checked against its digest."""
+        counts = []
+        for name in (schema.BLOCK_TOP1, schema.BLOCK_TOP5):
+            value = np.asarray(
+                self._read(
+                    f"{name} (view {view}, block {block})",
+                    lambda name=name: self._array(name)[view, block],  # type: ignore[misc]
+                )
             )
-        )
+            counts.append(int(self._checked(name, view, block, value)))
+        return counts[0], counts[1]
 
     def block_correct_counts(self) -> tuple[np.ndarray, np.ndarray]:
         """Teacher top-1 and top-5 hits per block, [V, n_blocks] each (-1 where not written)."""

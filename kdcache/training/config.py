@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -121,10 +122,20 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        for name in ("lr", "weight_decay", "warmup_epochs", "ce_weight", "distill_weight"):
+        for name in (
+            "lr",
+            "momentum",
+            "weight_decay",
+            "warmup_epochs",
+            "ce_weight",
+            "distill_weight",
+        ):
             value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+            # NaN compares false with everything: test finiteness first, or it slips through.
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}"
+                )
         if self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
         if self.eval_every < 0:

@@ -26,7 +26,7 @@ from kdcache.models.inference import prepare_teacher, teacher_inference
 from kdcache.models.inference import teacher_logits as teacher_forward
 from kdcache.models.preprocess import Preprocessing, resolve_preprocessing
 from kdcache.runtime import DistContext, init_distributed, rank_device, resolve_device
-from kdcache.training import outputs, run_state
+from kdcache.training import finite, outputs, provenance, run_state
 from kdcache.training.config import Schedule, TrainConfig, resolve_schedule
 from kdcache.training.evaluation import evaluate
 from kdcache.training.progress import TrainReporter, as_reporter, describe_run
@@ -97,7 +97,7 @@ def train_one_epoch(
     sums: dict[str, float] = {}
     seen = 0
     step_losses: list[float] = []
-    for batch in batches:
+    for step, batch in enumerate(batches):
         teacher_logits = batch.teacher_logits  # [B, C] or None
         if teacher_logits is None and teacher is not None:
             if batch.views_uint8 is None or teacher_input is None:
@@ -112,6 +112,9 @@ def train_one_epoch(
         loss, parts = objective(
             student_logits.float(), teacher_logits, batch.labels, epoch=epoch + 1
         )
+        finite.check_step(loss, teacher_logits, batch.view, batch.index, epoch=epoch, step=step,
+                          from_cache=batch.teacher_logits is not None,
+                          cached_rows=getattr(batches, "block_rows", None))  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -121,6 +124,7 @@ def train_one_epoch(
             sums[key] = sums.get(key, 0.0) + float(value) * n
         seen += n
         reporter.step(n, step_losses[-1], optimizer.param_groups[0]["lr"])
+    finite.check_weights(model, epoch=epoch)
     means = {key: value / max(seen, 1) for key, value in sums.items()}
     return EpochStats(means, seen, step_losses)
 
@@ -258,6 +262,7 @@ def _set_up(
     )
     start_epoch, best = 0, 0.0
     if config.resume:
+        provenance.check_resume(out, config, data)
         start_epoch, best = run_state.restore(out, config, model, optimizer, scheduler, schedule)
     train_model: nn.Module = model
     if ctx.enabled:

@@ -19,7 +19,7 @@ from kdcache.errors import ConfigError
 from kdcache.losses.objective import Objective
 from kdcache.models.names import resolve_model_name
 from kdcache.runtime import DistContext
-from kdcache.training import outputs
+from kdcache.training import outputs, provenance
 from kdcache.training.config import Schedule, TrainConfig
 from kdcache.training.sources import RunData
 
@@ -73,7 +73,7 @@ def checkpoint_state(
         "dataset": spec.name,
         "dataset_spec": spec.to_dict(),
         "preprocessing": data.student_input.to_dict(),  # what eval must feed this model
-        "cache_fingerprint": data.cache_fingerprint,
+        **provenance.run_sources(config, data),
         "config": config.to_dict(),
     }
 
@@ -187,7 +187,7 @@ def write_run_json(
             "teacher": _teacher_record(config, data),
         },
         "schedule": asdict(schedule),
-        "cache_fingerprint": data.cache_fingerprint,
+        **provenance.run_sources(config, data),
         "cache": data.reader.location if data.reader else None,
         "dataset": {
             "name": data.train.spec.name,

@@ -131,6 +131,11 @@ class EpochBatches:
         return self.plan.steps
 
     @property
+    def block_rows(self) -> int:
+        """Rows per cache chunk (the unit of order and of reading)."""
+        return self.source.block_rows
+
+    @property
     def items(self) -> np.ndarray:
         """int64 [M, 2]: this rank's (view, index) pairs in the order the batches serve them."""
         return self.plan.items

@@ -38,7 +38,7 @@ def test_a_packed_zip_reads_like_the_directory(digits_cache, tmp_path):
     out = tmp_path / "digits.zip"
     code, output = run_cli(["pack", str(digits_cache), str(out)])
     assert code == 0, output
-    assert "68 objects" in output and "complete" in output
+    assert "81 objects" in output and "complete" in output
     for x, y in zip(blocks(str(out)), blocks(str(digits_cache)), strict=True):
         assert np.array_equal(x, y)
     assert open_cache(str(out)).meta == open_cache(str(digits_cache)).meta

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kdcache.cache.store import open_cache
+from kdcache.cache.store import CacheReader, open_cache, open_for_writing
 from tests.test_share._readers import digest_of_every_block
 from tests.test_share.conftest import (
     put_object,
@@ -69,8 +69,8 @@ def test_second_pass_reads_local_copies_not_the_server(digits_cache, prefix, tmp
     chunks = [k for k in fs.find(prefix.removeprefix("s3://")) if "/c/" in k]
     fs.rm(chunks)
     assert_same_blocks(every_block(prefix, cache_dir=copies), first)
-    # One local file per chunk read: logits and input hashes of 2 views x 6 blocks.
-    assert len([p for p in copies.rglob("*") if p.is_file()]) == 2 * 2 * 6
+    # One local file per chunk read: logits, input hashes and digest records of 2 views x 6 blocks.
+    assert len([p for p in copies.rglob("*") if p.is_file()]) == 3 * 2 * 6
 
 
 def test_local_copies_live_outside_the_cache_and_are_per_extraction(digits_cache, prefix, tmp_path):
@@ -81,14 +81,20 @@ def test_local_copies_live_outside_the_cache_and_are_per_extraction(digits_cache
     assert reader.local_copies is not None and reader.local_copies.parent == copies
     assert (reader.local_copies / "logits" / "c" / "0" / "0" / "0").is_file()
     # Re-extraction at the same URL (new creation time, other bytes): old copies are not used.
-    block1 = s3_objects(prefix)["logits/c/0/1/0"]
-    put_object(f"{prefix}/logits/c/0/0/0", block1)
+    rewrite_block_0_with_the_logits_of_block_1(prefix, reader)
     root = json.loads(s3_objects(prefix)["zarr.json"])
     root["attributes"]["kdcache"]["created"] = "2030-01-01T00:00:00+00:00"
     put_object(f"{prefix}/zarr.json", json.dumps(root).encode())
     again = open_cache(prefix, cache_dir=copies)
     assert again.local_copies != reader.local_copies
     assert np.array_equal(again.read_dense(0, 0), reader.read_dense(0, 1))
+
+
+def rewrite_block_0_with_the_logits_of_block_1(prefix: str, reader: CacheReader) -> None:
+    """Write other logits into (view 0, block 0) through the writer (data, digest and mark)."""
+    logits = reader.read_dense(0, 1).astype(np.float32)
+    writer = open_for_writing(prefix, reader.meta, reader.labels(), create=True)
+    writer.write_block(0, 0, logits, reader.read_input_hashes(0, 0), 0, 0)
 
 
 def test_a_damaged_local_copy_is_fetched_again(digits_cache, prefix, tmp_path):
@@ -201,7 +207,7 @@ def test_http_directory_and_zip_read_like_the_local_cache(digits_cache, http_roo
 def test_the_remote_cache_dir_flag_says_where_local_copies_go(digits_cache, prefix, tmp_path):
     upload(digits_cache, prefix)
     flag_dir = tmp_path / "flag-copies"
-    code, output = run_cli(["verify", "--remote-cache-dir", str(flag_dir), prefix, "--replay", "0"])
+    code, output = run_cli(["info", "--remote-cache-dir", str(flag_dir), prefix])
     assert code == 0, output
     assert len([p for p in flag_dir.rglob("*") if p.is_file()]) > 0
     assert not any(p.is_file() for p in (tmp_path / "chunk-copies").rglob("*"))
