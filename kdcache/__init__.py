@@ -39,6 +39,10 @@ _EXPORTS: dict[str, str] = {
     "dkd_loss": "kdcache.losses",
     "rld_loss": "kdcache.losses",
     "ldrld_loss": "kdcache.losses",
+    "SparseTeacher": "kdcache.losses.sparse",
+    "sparse_kd_loss": "kdcache.losses.sparse",
+    "Preprocessing": "kdcache.models.preprocess",
+    "resolve_preprocessing": "kdcache.models.preprocess",
     "run_extract": "kdcache.extract",
     "ExtractConfig": "kdcache.extract",
     "ExtractResult": "kdcache.extract",
@@ -56,6 +60,7 @@ _EXPORTS: dict[str, str] = {
     "CacheMismatchError": "kdcache.errors",
     "FormatVersionError": "kdcache.errors",
     "ReplayMismatchError": "kdcache.errors",
+    "NonFiniteError": "kdcache.errors",
 }
 
 # Spelled out (not derived from _EXPORTS) so that linters and type checkers see it.
@@ -77,9 +82,12 @@ __all__ = [
     "KDLoss",
     "KdcacheError",
     "LDRLDLoss",
+    "NonFiniteError",
     "Objective",
+    "Preprocessing",
     "RLDLoss",
     "ReplayMismatchError",
+    "SparseTeacher",
     "TrainConfig",
     "TrainResult",
     "VerifyReport",
@@ -92,9 +100,11 @@ __all__ = [
     "list_losses",
     "loss_info",
     "open_cache",
+    "resolve_preprocessing",
     "rld_loss",
     "run_extract",
     "run_train",
+    "sparse_kd_loss",
     "train_one_epoch",
 ]
 
@@ -108,6 +118,7 @@ if TYPE_CHECKING:
         DataNotFoundError,
         FormatVersionError,
         KdcacheError,
+        NonFiniteError,
         ReplayMismatchError,
     )
     from kdcache.extract import ExtractConfig, ExtractResult, run_extract
@@ -127,6 +138,8 @@ if TYPE_CHECKING:
         loss_info,
         rld_loss,
     )
+    from kdcache.losses.sparse import SparseTeacher, sparse_kd_loss
+    from kdcache.models.preprocess import Preprocessing, resolve_preprocessing
     from kdcache.training.config import TrainConfig
     from kdcache.training.evaluation import evaluate
     from kdcache.training.loop import TrainResult, run_train, train_one_epoch

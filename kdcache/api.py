@@ -29,6 +29,7 @@ from kdcache.cache.store import CacheReader
 from kdcache.cache.store import open_cache as open_reader
 from kdcache.data import SourceDataset
 from kdcache.errors import ConfigError
+from kdcache.models.preprocess import Preprocessing
 from kdcache.runtime import resolve_device
 from kdcache.training.sources import (
     cache_recipe,
@@ -143,6 +144,7 @@ class Cache:
         verify_replay: ReplayMode = "sample",
         drop_last: bool = False,
         channels_last: bool = False,
+        preprocessing: Preprocessing | None = None,
         window_blocks: int = 4,
         rank: int | None = None,
         world_size: int | None = None,
@@ -169,6 +171,9 @@ class Cache:
                 ``"all"`` rows, a ``"sample"`` (1 in 16 + each batch's first) or ``"off"``.
             drop_last: only full batches (under DDP: as many as the smallest rank share allows).
             channels_last: images in channels-last memory format.
+            preprocessing: how your student converts the uint8 views (mean/std, input size,
+                interpolation; e.g. ``resolve_preprocessing(model, cache_spec, "auto")`` for a
+                timm model's ``pretrained_cfg``); default: the dataset's mean and std.
             window_blocks: chunks whose samples are shuffled together (memory: two windows).
             rank, world_size: this process's shard; default from an initialised
                 ``torch.distributed`` (else 0 and 1). Each rank reads only its own chunks and the
@@ -190,7 +195,8 @@ class Cache:
             raise ConfigError(f"window_blocks must be >= 1, got {window_blocks}")
         teacher = CachedTeacher(self.reader, chunk_capacity=chunk_capacity(window_blocks, allowed))
         source = EpochSource(train, cache_recipe(self.reader, train), self.seed, allowed,
-                             self.chunk_rows, self.num_samples, teacher)  # fmt: skip
+                             self.chunk_rows, self.num_samples, teacher,
+                             preprocessing)  # fmt: skip
         return epoch_batches(
             source,
             seed=seed,
@@ -215,10 +221,12 @@ class Cache:
         workers: int = 0,
         device: str | torch.device = "cpu",
         channels_last: bool = False,
+        preprocessing: Preprocessing | None = None,
     ) -> Iterator[Batch]:
         """The dataset's evaluation split (default: its test / val split), no augmentation:
         :class:`~kdcache.training.stream.Batch` es of ``images`` float32 ``[B, C, H, W]``
-        normalised as :meth:`loader`'s, ``labels`` ``[B]``, ``teacher_logits`` None."""
+        converted by ``preprocessing`` as in :meth:`loader`, ``labels`` ``[B]``,
+        ``teacher_logits`` None."""
         from kdcache.data import DatasetSpec, load_dataset
 
         spec = DatasetSpec.from_dict(self.reader.identity.dataset.spec)
@@ -230,6 +238,7 @@ class Cache:
             workers=workers,
             device=device if isinstance(device, torch.device) else resolve_device(device),
             channels_last=channels_last,
+            student_input=preprocessing,
         )
 
 
