@@ -133,9 +133,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
-def loss_errors(
-    teacher: np.ndarray, student: np.ndarray, labels: np.ndarray, batches: int
-) -> str:
+def loss_errors(teacher: np.ndarray, student: np.ndarray, labels: np.ndarray, batches: int) -> str:
     temps = sparse_temperatures()
     lines = ["| loss | K | value error, mean | value error, worst | gradient error, mean | "
              "gradient error, worst |", "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip

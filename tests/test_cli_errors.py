@@ -167,9 +167,13 @@ def test_a_local_permission_error_is_not_called_a_credentials_problem(cache, mon
 def test_a_full_disk_while_saving_a_checkpoint_leaves_no_checkpoint_or_temporary(
     cache, tmp_path, monkeypatch
 ):
-    def no_space(obj, path, *args, **kwargs):
-        Path(path).write_bytes(b"\0" * 10)  # a partial write, then the disk is full
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    def no_space(obj, target, *args, **kwargs):
+        # A partial write, then the disk is full (torch.save gets a path or an open file).
+        if hasattr(target, "write"):
+            target.write(b"\0" * 10)
+        else:
+            Path(target).write_bytes(b"\0" * 10)
+        raise OSError(errno.ENOSPC, "No space left on device", str(getattr(target, "name", target)))
 
     monkeypatch.setattr("torch.save", no_space)
     run = tmp_path / "run"

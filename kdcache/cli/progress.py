@@ -42,7 +42,8 @@ class Meter:
         self.interval = interval
         self.postfix = ""
         self.unit_scale = total is None or total >= 10_000  # "50.0k", but "359" not "359.0"
-        self._start = self._last_line = time.monotonic()
+        self._start = time.monotonic()
+        self._last_line = float("-inf")  # off a terminal, the first update prints at once
         self._bar: tqdm | None = None
         self._plain = enabled and not _is_terminal(self.stream)
         if enabled and not self._plain:

@@ -23,6 +23,7 @@ from kdcache.training import outputs
 
 # What `kdcache eval` needs from a checkpoint (a raw state dict has none of them).
 
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,

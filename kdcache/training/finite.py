@@ -51,9 +51,7 @@ def check_step(
             v, i = int(view[r]), int(index[r])
             if from_cache:
                 block = (
-                    f", in the chunk (view {v}, block {i // cached_rows}),"
-                    if cached_rows
-                    else ""
+                    f", in the chunk (view {v}, block {i // cached_rows})," if cached_rows else ""
                 )
                 origin = f"the cached teacher logits of (view {v}, sample {i}){block}"
                 fix = "run `kdcache verify` on the cache and fetch an intact copy"

@@ -44,10 +44,11 @@ class CachedTeacher:
     def _load(self, key: tuple[int, int]) -> tuple[Rows, np.ndarray]:
         view, block = key
         self.decoded.append(key)
-        hashes = self.reader.read_input_hashes(view, block)
         if self.reader.identity.storage.mode == "dense":
-            return {"logits": self.reader.read_dense(view, block).astype(np.float32)}, hashes
+            logits = self.reader.read_dense(view, block).astype(np.float32)  # [R, C]
+            return {"logits": logits}, self.reader.read_input_hashes(view, block)
         sparse = self.reader.read_sparse(view, block)
+        hashes = self.reader.read_input_hashes(view, block)
         self.temperatures = sparse.temperatures
         rows = {
             "values": sparse.values,

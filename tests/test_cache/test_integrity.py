@@ -149,7 +149,7 @@ def test_a_sparse_cache_binds_every_array_of_the_block(tmp_path):
         teacher=schema.TeacherInfo("resnet8", None, 1),
         dataset=schema.DatasetInfo("digits", "train", 10, 6, "f" * 64),
         augmentation=schema.AugmentationInfo("cifar", {}, 0, 2),
-        storage=schema.StorageInfo("sparse", "float16", 4, topk=3),
+        storage=schema.StorageInfo("sparse", "float32", 4, topk=3, temperatures=(1.0, 4.0)),
     )
     meta = schema.CacheMeta(identity=ident)
     writer = open_for_writing(str(tmp_path / "c"), meta, np.arange(10) % 6, create=True)
@@ -159,15 +159,17 @@ def test_a_sparse_cache_binds_every_array_of_the_block(tmp_path):
             rows = meta.block_rows(block)
             n = rows.stop - rows.start
             logits = rng.normal(size=(n, 6)).astype(np.float32)
-            writer.write_block(view, block, logits, np.arange(rows.start, rows.stop) + 1, 1, 2)
+            writer.write_block(view, block, logits, np.arange(rows.start, rows.stop) + 1, 1, 2,
+                               labels=np.arange(rows.start, rows.stop) % 6)  # fmt: skip
     writer.finalize()
     reader = open_cache(str(tmp_path / "c"))
-    assert [len(x) for x in reader.read_sparse(1, 2)] == [2, 2, 2]  # the short last block
+    last = reader.read_sparse(1, 2)  # the short last block
+    assert [len(x) for x in (last.values, last.indices, last.lse, last.tail_lse)] == [2, 2, 2, 2]
     code, output = cli(["verify", tmp_path / "c", "--replay", "0"])
     assert code == 0, output
-    for array in (schema.TOPK_VALUES, schema.TOPK_INDICES, schema.LOGSUMEXP):
+    for array in schema.data_arrays(ident.storage):
         broken = copy(tmp_path / "c", tmp_path / f"broken-{array}")
-        sub = ["0"] if array != schema.LOGSUMEXP else []
+        sub = ["0"] if array not in schema.SPARSE_ROW_STATS else []
         shutil.copyfile(broken.joinpath(array, "c", "1", "1", *sub),
                         broken.joinpath(array, "c", "0", "1", *sub))  # fmt: skip
         with pytest.raises(CacheCorruptError, match=rf"{array} chunk \(view 0, block 1, rows 4-7"):
@@ -334,11 +336,16 @@ def test_non_finite_online_teacher_logits_stop_the_run(
 def test_the_step_guard_names_the_cached_chunk():
     logits = torch.zeros(4, 10)
     logits[2, 7] = float("inf")
-    batch = {"view": torch.tensor([0, 1, 2, 0]), "index": torch.tensor([3, 300, 700, 9])}
-    with pytest.raises(NonFiniteError, match=r"\(view 2, sample 700\), in the logits chunk "
+    view, index = torch.tensor([0, 1, 2, 0]), torch.tensor([3, 300, 700, 9])
+    with pytest.raises(NonFiniteError, match=r"\(view 2, sample 700\), in the chunk "
                        r"\(view 2, block 2\)"):  # fmt: skip
-        finite.check_step(torch.tensor(1.0), logits, batch, epoch=0, step=4, cached_rows=256)
-    finite.check_step(torch.tensor(1.0), torch.zeros(4, 10), batch, epoch=0, step=4)
+        finite.check_step(torch.tensor(1.0), logits, view, index, epoch=0, step=4,
+                          from_cache=True, cached_rows=256)  # fmt: skip
+    with pytest.raises(NonFiniteError, match=r"online teacher's logits for \(view 2, sample 700"):
+        finite.check_step(torch.tensor(1.0), logits, view, index, epoch=0, step=4,
+                          from_cache=False)  # fmt: skip
+    finite.check_step(torch.tensor(1.0), torch.zeros(4, 10), view, index, epoch=0, step=4,
+                      from_cache=True)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- resume (5)
