@@ -22,6 +22,9 @@ from click.testing import CliRunner
 
 from kdcache.cli import main
 
+# 243 command lines, each in-process but many open a cache or a run: ~1 minute on 2 cores.
+pytestmark = pytest.mark.slow
+
 BIG = str(10**12)
 HUGE = str(2**70)
 

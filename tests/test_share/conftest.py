@@ -37,6 +37,16 @@ class S3Server:
         }
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test here talks to a moto S3 server or a loopback HTTP server: integration tests,
+    slow as a group (about 3 minutes on 2 cores). The quick loop (`-m "not slow"`) skips them;
+    the full suite (CI) runs them."""
+    here = Path(__file__).parent
+    for item in items:
+        if Path(str(item.fspath)).parent == here:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
     moto_server = pytest.importorskip("moto.server")
