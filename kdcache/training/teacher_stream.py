@@ -49,7 +49,6 @@ class CachedTeacher:
             return {"logits": logits}, self.reader.read_input_hashes(view, block)
         sparse = self.reader.read_sparse(view, block)
         hashes = self.reader.read_input_hashes(view, block)
-        self.temperatures = sparse.temperatures
         rows = {
             "values": sparse.values,
             "indices": sparse.indices,
