@@ -13,8 +13,10 @@ Two cases, each run end to end through the library (``run_extract``, ``run_train
 Per case it records: extract images/s against the bare teacher forward on the same preprocessed
 images (same batch size, device, autocast and channels-last); whether the cache's chunk bytes are
 independent of the batch size (two extractions, batch sizes B and B/4; if not, the largest logit
-difference); whether cached and online training give the same per-step losses (float32 cache), and
-the first step and size of any difference; training images/s cached vs online vs CE only. On CUDA
+difference); the data path alone (the same loader, no forward); whether cached and online training
+give the same per-step losses (float32 cache), the first step and size of any difference, and
+whether a cached run repeated gives the same losses (the student's own kernels); training images/s
+cached vs online vs CE only. On CUDA
 the paths exercise float16 autocast (teacher), bfloat16 autocast (student), channels-last, pinned
 memory and non-blocking copies. Results go to ``DIR/gpu_check.json`` and ``DIR/gpu_check.md``.
 
@@ -71,6 +73,7 @@ class Case:
     workers: int
     teacher_preprocessing: str = "auto"
     student_preprocessing: str = "auto"
+    views: int = 1  # views extracted (and bare-forwarded): enough rows that start-up is noise
 
 
 def _jpeg_tree(root: Path, images: np.ndarray, classes: int, size: int, val: int) -> Path:
@@ -86,7 +89,8 @@ def _jpeg_tree(root: Path, images: np.ndarray, classes: int, size: int, val: int
 
 
 def _cifar_pixels(data_dir: Path, n: int) -> np.ndarray:
-    with (data_dir / "cifar-100-python" / "train").open("rb") as f:
+    # The test batch: the device run carries a test-only copy of CIFAR-100 (train is 155 MB).
+    with (data_dir / "cifar-100-python" / "test").open("rb") as f:
         data = pickle.load(f, encoding="latin1")["data"][:n]
     return np.asarray(data, np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
 
@@ -126,10 +130,10 @@ def build_cases(out: Path, data_dir: Path | None, tiny: bool) -> list[Case]:
     return [
         Case("cifar100_resnet56", "cifar100", str(data_dir), "test", "cifar", "resnet56",
              str(data_dir / "teachers" / "resnet56_cifar100_020118.pth"), "resnet20", 256, 10_000,
-             8),
+             8, views=8),
         Case("jpeg_resnet50", "imagefolder", str(jpeg), "train", "imagenet", "timm:resnet50",
              _seeded_weights("timm:resnet50", 1000, work / "resnet50.pth"), "timm:resnet18", 128,
-             2048, 12),
+             2048, 12, views=4),
     ]  # fmt: skip
 
 
@@ -138,18 +142,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bare_forward_images_per_second(case: Case, device: torch.device) -> float:
-    """The teacher forward alone on the same views, already preprocessed and on the device."""
+def bare_forward_images_per_second(
+    case: Case, device: torch.device
+) -> tuple[float, float, dict[str, float]]:
+    """The teacher forward alone on the same views, already preprocessed and on the device; and
+    the data path alone (the same loader, no forward)."""
     source = load_dataset(case.dataset, case.data_dir, case.split)
     spec = source.spec
     teacher = build_model(case.teacher, spec.num_classes, in_chans=spec.in_chans,
                           weights=case.weights)  # fmt: skip
     pre = resolve_preprocessing(teacher, spec, case.teacher_preprocessing)
     teacher = prepare_teacher(teacher, device)
-    views = SeededViews(source, create_recipe(case.recipe, spec), 0, view_items([0], len(source)))
+    items = view_items(range(case.views), len(source))
+    views = SeededViews(source, create_recipe(case.recipe, spec), 0, items)
     loader = torch.utils.data.DataLoader(views, batch_size=case.batch_size,
                                          num_workers=case.workers)  # fmt: skip
+    start = time.perf_counter()
     batches = [pre(b["image"].to(device)) for b in loader]
+    _sync(device)
+    data_path = len(items) / (time.perf_counter() - start)
     with teacher_inference(device):
         teacher_logits(teacher, batches[0])  # warm-up (cuDNN autotuning, lazy init)
         _sync(device)
@@ -157,7 +168,27 @@ def bare_forward_images_per_second(case: Case, device: torch.device) -> float:
         for x in batches:
             teacher_logits(teacher, x)
         _sync(device)
-    return len(source) / (time.perf_counter() - start)
+        bare = len(items) / (time.perf_counter() - start)
+        by_rows = _images_per_second_by_forward_rows(teacher, torch.cat(batches[:4]), device)
+    return bare, data_path, by_rows
+
+
+def _images_per_second_by_forward_rows(
+    teacher: torch.nn.Module, x: torch.Tensor, device: torch.device
+) -> dict[str, float]:
+    """The plain forward at several fixed row counts: the cost of CUDA_FORWARD_ROWS' choice."""
+    rates = {}
+    for rows in (64, 128, 256, 512):
+        pieces = [p for p in x.split(rows) if len(p) == rows] or [x]
+        teacher(pieces[0])  # warm-up for this shape
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(4):
+            for p in pieces:
+                teacher(p)
+        _sync(device)
+        rates[str(rows)] = 4 * sum(len(p) for p in pieces) / (time.perf_counter() - start)
+    return rates
 
 
 def _chunks(root: Path) -> dict[str, bytes]:
@@ -188,7 +219,7 @@ def run_case(case: Case, out: Path, device: str) -> dict[str, Any]:
         shutil.rmtree(out)
     extract = dict(teacher=case.teacher, weights=case.weights, dataset=case.dataset,
                    data_dir=case.data_dir, split=case.split, recipe=case.recipe, dtype="float32",
-                   chunk_rows=1024, workers=case.workers, device=device,
+                   chunk_rows=1024, workers=case.workers, device=device, views=case.views,
                    teacher_preprocessing=case.teacher_preprocessing)  # fmt: skip
     started = time.perf_counter()
     big = run_extract(
@@ -197,12 +228,16 @@ def run_case(case: Case, out: Path, device: str) -> dict[str, Any]:
     small_batch = max(case.batch_size // 4, 1)
     small = run_extract(ExtractConfig(out=str(out / "cache_s"), batch_size=small_batch, **extract))
     same_bytes = _chunks(out / "cache_b") == _chunks(out / "cache_s")
-    bare = bare_forward_images_per_second(case, dev)
+    bare, data_path, by_rows = bare_forward_images_per_second(case, dev)
     online_kw = dict(dataset=case.dataset, data_dir=case.data_dir, split=case.split,
-                     recipe=case.recipe, aug_seed=0, block_rows=1024)  # fmt: skip
+                     recipe=case.recipe, aug_seed=0, block_rows=1024,
+                     num_views=case.views)  # fmt: skip
     cached_losses, cached_ips = _train(
         case, out / "train_cached", device, loss="kd", cache=str(out / "cache_b"),
         data_dir=case.data_dir)  # fmt: skip
+    # The same cached run again: what the student's own kernels (cuDNN backward) vary by.
+    repeat_losses, _ = _train(case, out / "train_cached_again", device, loss="kd",
+                              cache=str(out / "cache_b"), data_dir=case.data_dir)  # fmt: skip
     online_losses, online_ips = _train(case, out / "train_online", device, loss="kd",
                                        teacher=case.teacher, teacher_weights=case.weights,
                                        teacher_preprocessing=case.teacher_preprocessing,
@@ -210,6 +245,7 @@ def run_case(case: Case, out: Path, device: str) -> dict[str, Any]:
     _, ce_ips = _train(case, out / "train_ce", device, loss="ce", **online_kw)
     diffs = [abs(a - b) for a, b in zip(cached_losses, online_losses, strict=True)]
     first = next((k for k, d in enumerate(diffs) if d), None)
+    repeat = [abs(a - b) for a, b in zip(cached_losses, repeat_losses, strict=True)]
     return {
         "case": case.name,
         "teacher": case.teacher,
@@ -217,6 +253,8 @@ def run_case(case: Case, out: Path, device: str) -> dict[str, Any]:
         "images": big.images,
         "extract_images_per_s": big.images_per_second,
         "bare_forward_images_per_s": bare,
+        "data_path_images_per_s": data_path,
+        "forward_images_per_s_by_rows": by_rows,
         "extract_vs_bare": big.images_per_second / bare,
         "bytes_independent_of_batch_size": same_bytes,
         "batch_sizes": [case.batch_size, max(case.batch_size // 4, 1)],
@@ -228,6 +266,9 @@ def run_case(case: Case, out: Path, device: str) -> dict[str, Any]:
         "train_steps": len(diffs),
         "first_differing_step": first,
         "max_step_loss_difference": max(diffs, default=0.0),
+        "step0_loss_difference": diffs[0] if diffs else 0.0,
+        "cached_repeat_identical": not any(repeat),
+        "cached_repeat_max_difference": max(repeat, default=0.0),
         "train_cached_images_per_s": cached_ips,
         "train_online_images_per_s": online_ips,
         "train_ce_images_per_s": ce_ips,
@@ -240,8 +281,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"Device: {report['device']}; torch {report['torch']}; {report['total_seconds']:.0f} s.",
         "",
         "| case | extract img/s | bare forward img/s | ratio | bytes independent of batch size "
-        "| cached == online | train img/s cached / online / CE |",
-        "| --- | ---: | ---: | ---: | --- | --- | --- |",
+        "| data path img/s | cached == online | cached run == itself "
+        "| train img/s cached / online / CE |",
+        "| --- | ---: | ---: | ---: | --- | ---: | --- | --- | --- |",
     ]
     for r in report["cases"]:
         same = (
@@ -253,17 +295,24 @@ def markdown(report: dict[str, Any]) -> str:
             "yes"
             if r["cached_equals_online"]
             else (
-                f"no (from step {r['first_differing_step']}, "
-                f"max {r['max_step_loss_difference']:.3g})"
+                f"no (from step {r['first_differing_step']}, step 0 "
+                f"{r['step0_loss_difference']:.3g}, max {r['max_step_loss_difference']:.3g})"
             )
         )
+        repeat = ("yes" if r["cached_repeat_identical"]
+                  else f"no (max {r['cached_repeat_max_difference']:.3g})")  # fmt: skip
         lines.append(
             f"| {r['case']} ({r['teacher']} -> {r['student']}, {r['images']} images) "
             f"| {r['extract_images_per_s']:.0f} | {r['bare_forward_images_per_s']:.0f} "
-            f"| {r['extract_vs_bare']:.2f} | {same} | {equal} "
+            f"| {r['extract_vs_bare']:.2f} | {same} | {r['data_path_images_per_s']:.0f} "
+            f"| {equal} | {repeat} "
             f"| {r['train_cached_images_per_s']:.0f} / {r['train_online_images_per_s']:.0f} / "
             f"{r['train_ce_images_per_s']:.0f} |"
         )  # fmt: skip
+    lines.append("")
+    for r in report["cases"]:
+        rates = ", ".join(f"{k} rows {v:.0f}" for k, v in r["forward_images_per_s_by_rows"].items())
+        lines.append(f"- {r['case']}: plain forward img/s at a fixed shape: {rates}")
     return "\n".join(lines) + "\n"
 
 

@@ -147,3 +147,29 @@ def test_a_run_started_before_the_preprocessing_settings_existed_resumes(tmp_pat
     torch.save(state, tmp_path / "run" / "last.pt")
     # The settings check passes (it raised "student_preprocessing None -> 'auto'" before).
     assert run_train(TrainConfig(epochs=1, resume=True, **settings)).epochs == 1
+
+
+def test_fixed_row_forward_gives_each_row_logits_of_its_image_alone() -> None:
+    """CUDA's rule (every forward exactly ``fixed_rows`` rows, the last piece padded), run on CPU:
+    each forward has one shape and a row's logits do not depend on the batch it came in."""
+    shapes: list[int] = []
+
+    class Recording(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(12, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            shapes.append(x.shape[0])
+            return self.linear(x.flatten(1))
+
+    torch.manual_seed(0)
+    model = Recording().eval()
+    x = torch.randn(21, 3, 2, 2)
+    with torch.inference_mode():
+        whole = teacher_logits(model, x, fixed_rows=8)
+        assert shapes == [8, 8, 8]  # 21 rows: two full pieces and one padded from 5
+        alone = torch.cat([teacher_logits(model, x[i : i + 1], fixed_rows=8) for i in range(21)])
+    assert whole.shape == (21, 5) and whole.dtype == torch.float32
+    assert set(shapes) == {8}
+    assert torch.equal(whole, alone)

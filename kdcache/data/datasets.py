@@ -57,7 +57,9 @@ def _load_cifar(
     tv_name, folder, train_files, test_files, meta = _CIFAR_FILES[spec.name]
     if data_dir is None:
         raise ConfigError(f"{spec.name} needs a data directory (--data-dir)")
-    expected = [data_dir / folder / f for f in (*train_files, *test_files, meta)]
+    split_files = train_files if split == "train" else test_files
+    # Only the split that is read (and the class names) must be there: a test-only copy serves.
+    expected = [data_dir / folder / f for f in (*split_files, meta)]
     missing = [p for p in expected if not p.is_file()]
     if missing and not download:
         hint = (
@@ -70,7 +72,7 @@ def _load_cifar(
             f"(torchvision's layout {data_dir}/{folder}/). Pass --download to fetch it, or {hint}"
         )
     try:
-        tv = getattr(torchvision.datasets, tv_name)(
+        tv = _split_only(getattr(torchvision.datasets, tv_name), split, download)(
             root=str(data_dir), train=split == "train", download=download
         )
     except RuntimeError as exc:  # torchvision's md5 check failed
@@ -82,6 +84,26 @@ def _load_cifar(
     pixels = np.ascontiguousarray(tv.data.transpose(0, 3, 1, 2))  # [N, 3, 32, 32]
     labels = np.asarray(tv.targets, dtype=np.int64)  # [N]
     return ArrayDataset(spec, split, pixels, labels, tuple(tv.classes))
+
+
+def _split_only(cls: type, split: str, download: bool) -> type:
+    """torchvision's CIFAR class, md5-checking only the files of ``split``.
+
+    torchvision checks every file of both splits before reading one; a folder holding only the
+    test batch (enough for ``eval``/``extract --split test``) would be refused as corrupt. With
+    ``download`` the full check stays, so an incomplete folder is fetched whole.
+    """
+    if download:
+        return cls
+    keep_train = split == "train"
+    return type(
+        cls.__name__,
+        (cls,),
+        {
+            "train_list": cls.train_list if keep_train else [],
+            "test_list": [] if keep_train else cls.test_list,
+        },
+    )
 
 
 DIGITS_SPLIT_DOMAIN = b"kdcache-digits-split-v1"

@@ -4,6 +4,12 @@ Both paths must compute the same logits for the same image, bit for bit, or an o
 reproduce a cached one. CPU kernels change their reduction order with the batch size (rows of
 batches of 1-2 differ from larger ones by up to 1.4e-5 on ResNet-56) and with the memory format, so
 the forward pads short batches to ``MIN_FORWARD_ROWS`` and always runs channels-last.
+
+CUDA goes further: cuDNN and cuBLAS choose kernels by shape, and under float16 autocast the
+ResNet-56's logits for the same image differed by up to 0.0156 between batch sizes 256 and 64 on an
+H200 (``benchmarks/gpu_check.py``). So on CUDA every forward has one shape: the batch is cut into
+pieces of exactly ``CUDA_FORWARD_ROWS`` rows, the last one padded. A row's logits then depend on its
+image alone, whatever batch size extract or online training uses.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from collections.abc import Iterator
 import torch
 
 MIN_FORWARD_ROWS = 16
+CUDA_FORWARD_ROWS = 256
 
 
 def prepare_teacher(teacher: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -36,27 +43,40 @@ def teacher_inference(device: torch.device) -> Iterator[None]:
             yield
 
 
-def teacher_logits(teacher: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def teacher_logits(
+    teacher: torch.nn.Module, x: torch.Tensor, *, fixed_rows: int | None = None
+) -> torch.Tensor:
     """Float32 logits [B, C] of normalised images ``x`` [B, ...], independent of B's size.
 
+    ``fixed_rows``: run every forward as exactly that many rows (default: ``CUDA_FORWARD_ROWS``
+    on CUDA, none on CPU, where short batches are padded to ``MIN_FORWARD_ROWS``).
     Call inside ``teacher_inference``."""
+    rows = fixed_rows if fixed_rows is not None else forward_rows(x.device)
+    if rows is None:
+        return _padded_forward(teacher, x, MIN_FORWARD_ROWS)
+    return torch.cat([_padded_forward(teacher, piece, rows) for piece in x.split(rows)])
+
+
+def forward_rows(device: torch.device) -> int | None:
+    """The fixed row count of every teacher forward on ``device`` (None: only a minimum)."""
+    return CUDA_FORWARD_ROWS if device.type == "cuda" else None
+
+
+def _padded_forward(teacher: torch.nn.Module, x: torch.Tensor, rows: int) -> torch.Tensor:
+    """Float32 logits of ``x``, run as at least ``rows`` rows (the last image repeated)."""
     n = x.shape[0]
-    if n < MIN_FORWARD_ROWS:
-        x = torch.cat([x, x[-1:].expand(MIN_FORWARD_ROWS - n, *x.shape[1:])])
+    if n < rows:
+        x = torch.cat([x, x[-1:].expand(rows - n, *x.shape[1:])])
     x = x.contiguous(memory_format=torch.channels_last)
     return teacher(x)[:n].float()
 
 
 def forward_description(device: torch.device) -> dict[str, str]:
     """How ``teacher_logits`` runs on ``device``, for a cache's ``producers`` record."""
+    record = {"memory_format": "channels_last", "min_forward_rows": str(MIN_FORWARD_ROWS),
+              "torch": torch.__version__}  # fmt: skip
     if device.type == "cuda":
-        where, precision = f"cuda ({torch.cuda.get_device_name(device)})", "float16 autocast"
-    else:
-        where, precision = device.type, "float32"
-    return {
-        "device": where,
-        "precision": precision,
-        "memory_format": "channels_last",
-        "min_forward_rows": str(MIN_FORWARD_ROWS),
-        "torch": torch.__version__,
-    }
+        record["forward_rows"] = str(forward_rows(device))  # every CUDA forward has this shape
+        return {"device": f"cuda ({torch.cuda.get_device_name(device)})",
+                "precision": "float16 autocast", **record}  # fmt: skip
+    return {"device": device.type, "precision": "float32", **record}
