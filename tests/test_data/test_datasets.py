@@ -176,3 +176,23 @@ def test_digits_normalisation_constants_are_its_train_statistics() -> None:
     pixels = load_dataset("digits", None, "train").pixels / 255.0
     assert DIGITS.mean[0] == pytest.approx(pixels.mean(), abs=5e-5)
     assert DIGITS.std[0] == pytest.approx(pixels.std(), abs=5e-5)
+
+
+def test_a_test_only_cifar100_folder_serves_the_test_split(tmp_path: Path) -> None:
+    """torchvision md5-checks both splits; only the split read (and meta) must be there, still
+    checked: a test-only copy loads test, names the missing train file, and a damaged test file
+    is refused."""
+    real = cifar100_dir() / "cifar-100-python"
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for name in ("test", "meta"):
+        (folder / name).symlink_to(real / name)
+    full = load_dataset("cifar100", cifar100_dir(), "test")
+    only = load_dataset("cifar100", tmp_path, "test")
+    assert only.fingerprint() == full.fingerprint()
+    with pytest.raises(DataNotFoundError, match="cifar-100-python/train"):
+        load_dataset("cifar100", tmp_path, "train")
+    (folder / "test").unlink()
+    (folder / "test").write_bytes((real / "test").read_bytes()[:-1] + b"\0")
+    with pytest.raises(DataNotFoundError, match="corrupt or incomplete"):
+        load_dataset("cifar100", tmp_path, "test")
