@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from kdcache import __version__
 from kdcache.augment import Recipe, create_recipe, views_to_store
 from kdcache.cache import bounds, schema
 from kdcache.cache.store import CacheWriter, open_for_writing
@@ -34,7 +33,7 @@ from kdcache.models.inference import (
     teacher_logits,
 )
 from kdcache.models.preprocess import Preprocessing, check_preprocessing_text, resolve_preprocessing
-from kdcache.runtime import init_distributed, rank_device, resolve_device
+from kdcache.runtime import init_distributed, library_versions, rank_device, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -122,24 +121,6 @@ class ExtractResult:
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries that can change a cache's bytes (recorded, not enforced)."""
-    import PIL
-    import timm
-    import torchvision
-    import zarr
-
-    return {
-        "kdcache": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "Pillow": PIL.__version__,
-        "timm": timm.__version__,
-        "numpy": np.__version__,
-        "zarr": zarr.__version__,
-    }
 
 
 def _pending_items(meta: schema.CacheMeta, blocks: list[tuple[int, int]]) -> np.ndarray:

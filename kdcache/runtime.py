@@ -1,4 +1,5 @@
-"""Devices and torch.distributed: the process-level runtime shared by extract and train."""
+"""Devices, torch.distributed and library versions: the process-level runtime shared by extract
+and train."""
 
 from __future__ import annotations
 
@@ -76,3 +77,24 @@ def rank_device(device: torch.device, ctx: DistContext) -> torch.device:
 def shutdown_distributed(ctx: DistContext) -> None:
     if ctx.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that can change a cache's bytes (recorded, not enforced)."""
+    import numpy as np
+    import PIL
+    import timm
+    import torchvision
+    import zarr
+
+    from kdcache import __version__
+
+    return {
+        "kdcache": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "Pillow": PIL.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+        "zarr": zarr.__version__,
+    }

@@ -18,7 +18,7 @@ from torch import nn
 from kdcache.errors import ConfigError
 from kdcache.losses.objective import Objective
 from kdcache.models.names import resolve_model_name
-from kdcache.runtime import DistContext
+from kdcache.runtime import DistContext, library_versions
 from kdcache.training import outputs, provenance
 from kdcache.training.config import Schedule, TrainConfig
 from kdcache.training.sources import RunData
@@ -177,8 +177,6 @@ def _teacher_record(config: TrainConfig, data: RunData) -> dict[str, Any] | None
 def write_run_json(
     out: Path, config: TrainConfig, schedule: Schedule, data: RunData, ctx: DistContext
 ) -> None:
-
-    from kdcache.extract import library_versions
 
     record = {
         "config": config.to_dict(),
