@@ -118,13 +118,11 @@ def dkd_loss(
     temperature: float = 4.0,
     logit_stand: bool = False,
 ) -> Tensor:
-    """``alpha * TCKD + beta * NCKD``, a 0-d tensor (no CE, no warm-up: see ``objective.py``)."""
-    check_non_negative("alpha", alpha)
-    check_non_negative("beta", beta)
-    terms = dkd_terms(
-        student_logits, teacher_logits, target, temperature=temperature, logit_stand=logit_stand
-    )
-    return alpha * terms["tckd"] + beta * terms["nckd"]
+    """``alpha * TCKD + beta * NCKD``, a 0-d tensor (no CE, no warm-up: see ``objective.py``).
+
+    The functional form of :class:`DKDLoss`, which holds the checks and the combination."""
+    loss = DKDLoss(alpha=alpha, beta=beta, temperature=temperature, logit_stand=logit_stand)
+    return loss(student_logits, teacher_logits, target)
 
 
 class DKDLoss(DistillationLoss):

@@ -145,21 +145,12 @@ def ldrld_loss(
     b: float = 1.5,
     gamma: float = 0.05,
 ) -> Tensor:
-    """``alpha * L_LDR + beta * L_RNTK``, a 0-d tensor (no CE: see ``objective.py``)."""
-    check_non_negative("alpha", alpha)
-    check_non_negative("beta", beta)
-    terms = ldrld_terms(
-        student_logits,
-        teacher_logits,
-        target,
-        k=k,
-        temperature=temperature,
-        rank_by=rank_by,
-        a=a,
-        b=b,
-        gamma=gamma,
-    )
-    return alpha * terms["ldr"] + beta * terms["rntk"]
+    """``alpha * L_LDR + beta * L_RNTK``, a 0-d tensor (no CE: see ``objective.py``).
+
+    The functional form of :class:`LDRLDLoss`, which holds the checks and the combination."""
+    loss = LDRLDLoss(alpha=alpha, beta=beta, k=k, temperature=temperature, rank_by=rank_by,
+                     a=a, b=b, gamma=gamma)  # fmt: skip
+    return loss(student_logits, teacher_logits, target)
 
 
 class LDRLDLoss(DistillationLoss):

@@ -246,18 +246,12 @@ def rld_loss(
     alpha_temperature: float | None = None,
     logit_stand: bool = False,
 ) -> Tensor:
-    """``alpha * SCD + beta * MCD``, a 0-d tensor (no CE, no warm-up: see ``objective.py``)."""
-    check_non_negative("alpha", alpha)
-    check_non_negative("beta", beta)
-    terms = rld_terms(
-        student_logits,
-        teacher_logits,
-        target,
-        temperature=temperature,
-        alpha_temperature=alpha_temperature,
-        logit_stand=logit_stand,
-    )
-    return alpha * terms["scd"] + beta * terms["mcd"]
+    """``alpha * SCD + beta * MCD``, a 0-d tensor (no CE, no warm-up: see ``objective.py``).
+
+    The functional form of :class:`RLDLoss`, which holds the checks and the combination."""
+    loss = RLDLoss(alpha=alpha, beta=beta, temperature=temperature,
+                   alpha_temperature=alpha_temperature, logit_stand=logit_stand)  # fmt: skip
+    return loss(student_logits, teacher_logits, target)
 
 
 class RLDLoss(DistillationLoss):

@@ -47,7 +47,7 @@ class TrainResult:
     final_top1: float | None  # of the last evaluated epoch
     final_top5: float | None
     cache_fingerprint: str | None
-    step_losses: list[float]  # every optimiser step's total loss, this process (for tests)
+    step_losses: list[float]  # every optimiser step's total loss, this process (= steps.jsonl)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,9 @@ class CachedTeacher:
         self.rows = reader.identity.storage.chunk_rows
         self.chunk_capacity = max(chunk_capacity, 1)
         self.prefetch_batches = prefetch_batches
-        self.decoded: list[tuple[int, int]] = []  # (view, block) in decode order, this epoch
+        # (view, block) in decode order, this epoch: how often the stream decodes each chunk (once
+        # per epoch is the design; tests and diagnostics read it).
+        self.decoded: list[tuple[int, int]] = []
         storage = reader.identity.storage
         self.temperatures: tuple[float, ...] = storage.temperatures or (1.0,)
 
