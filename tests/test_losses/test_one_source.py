@@ -1,5 +1,5 @@
 """Each loss has one definition: the functional ``xxx_loss`` is its module, and the functional
-forms, the terms and the module agree on every default (the registry's ``defaults`` read the module).
+forms, the terms and the module agree on every default (the registry reads the module's).
 """
 
 from __future__ import annotations
