@@ -301,3 +301,22 @@ def test_pack_leaves_out_a_leftover_temporary_file_that_verify_ignores(cache, tm
         names = archive.namelist()
     assert "logits/c/0/1/0" in names and not any(n.endswith(".partial") for n in names)
     assert cli(["verify", out, "--replay", "0"]).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "option, variable, value",
+    [("--remote-cache-dir", "KDCACHE_REMOTE_CACHE_DIR", "off"),
+     ("--storage-timeout", "KDCACHE_STORAGE_TIMEOUT", "3")],
+)  # fmt: skip
+def test_an_option_carried_by_the_environment_ends_with_its_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, option: str, variable: str, value: str
+) -> None:
+    """Run in-process (the API, a notebook, tests), a command's option must not leak into the
+    next command: the variable is restored, or removed when it was not set."""
+    monkeypatch.delenv(variable, raising=False)
+    result = cli(["info", option, value, tmp_path / "absent.zarr"])
+    assert result.exit_code == 1
+    assert variable not in os.environ
+    monkeypatch.setenv(variable, "earlier")
+    cli(["info", option, value, tmp_path / "absent.zarr"])
+    assert os.environ[variable] == "earlier"

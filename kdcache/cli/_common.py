@@ -46,11 +46,29 @@ def progress_bar(
         progress.close()
 
 
+def _set_for_this_command(ctx: click.Context, name: str, value: str) -> None:
+    """Set ``os.environ[name]`` until the command ends, then restore what was there.
+
+    The environment rather than an argument threaded through every call: it is also the user's
+    own setting (the same variable), and every process and thread that opens the store (torchrun
+    ranks, loader workers, zarr's I/O threads) sees one value. Restoring it keeps a command run
+    in-process (the Python API, tests) from leaking its option into the next one.
+    """
+    previous = os.environ.get(name)
+    os.environ[name] = value
+
+    def restore() -> None:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+    ctx.call_on_close(restore)
+
+
 def _set_remote_cache_dir(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
-    # An environment variable rather than an argument threaded through every call: DataLoader
-    # workers and torchrun ranks read remote caches too, and they inherit the environment.
     if value is not None:
-        os.environ[REMOTE_CACHE_ENV] = value
+        _set_for_this_command(ctx, REMOTE_CACHE_ENV, value)
 
 
 def remote_cache_dir_option(command: F) -> F:
@@ -66,13 +84,12 @@ def remote_cache_dir_option(command: F) -> F:
 
 
 def _set_storage_timeout(ctx: click.Context, param: click.Parameter, value: float | None) -> None:
-    # The environment again, for the same reason: workers and ranks open object stores too.
     if value is not None:
         try:
             parse_timeout(value, source="--storage-timeout")  # FloatRange lets NaN through
         except ConfigError as exc:
             raise click.BadParameter(str(exc)) from exc
-        os.environ[STORAGE_TIMEOUT_ENV] = repr(value)
+        _set_for_this_command(ctx, STORAGE_TIMEOUT_ENV, repr(value))
 
 
 def storage_timeout_option(command: F) -> F:
