@@ -403,3 +403,12 @@ def test_resume_with_other_online_teacher_weights_is_refused(cache3, tmp_path, m
     with pytest.raises(CacheMismatchError, match="teacher weights") as err:
         run_train(config(None, tmp_path / "run", resume=True, **online))
     assert old_sha in str(err.value) and weights_sha256(str(weights)) in str(err.value)
+
+
+def test_the_digest_benchmark_runs_at_a_tiny_size() -> None:
+    """benchmarks/bench_digest.py (figures in docs/benchmarks.md) still runs: every mode timed."""
+    from benchmarks import bench_digest
+
+    figures = bench_digest.main(["--samples", "3000", "--classes", "10", "--repeats", "1"])
+    modes = {"checked", "zarr only", "digests only", "digest records read", "opening the reader"}
+    assert modes < set(figures) and all(figures[m] > 0 for m in modes)
