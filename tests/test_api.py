@@ -18,13 +18,12 @@ import torch
 import kdcache
 from kdcache.cache.store import open_cache as open_reader
 from kdcache.losses.sparse import SparseTeacher
-from kdcache.models import create_model
 from kdcache.training import outputs
 from kdcache.training.config import TrainConfig
 from kdcache.training.loop import run_train
 from kdcache.training.plan import epoch_views, plan_epoch
 from tests.conftest import REPO
-from tests.test_train import cli, extract_digits
+from tests.test_train import cli, extract_digits, extract_tiny_folder
 
 N_DIGITS = 1438  # samples in the digits train split
 
@@ -365,36 +364,7 @@ def test_sparse_cache_same_error_nothing_written(tmp_path, digits_teacher_weight
 def test_foreign_data_same_error_nothing_written(tmp_path):
     from PIL import Image
 
-    root = tmp_path / "folder"
-    for split in ("train", "val"):
-        for cls in ("a", "b"):
-            (root / split / cls).mkdir(parents=True)
-            for k in range(3):
-                Image.new("RGB", (40, 40), (k * 40, 10, 99)).save(root / split / cls / f"{k}.png")
-    weights = tmp_path / "r8.pth"
-    torch.save(create_model("resnet8", 2).state_dict(), weights)
-    cache = tmp_path / "cache"
-    code, output = cli(
-        [
-            "extract",
-            "--teacher",
-            "resnet8",
-            "--weights",
-            weights,
-            "--dataset",
-            "imagefolder",
-            "--data-dir",
-            root,
-            "--recipe",
-            "imagenet",
-            "--workers",
-            "0",
-            "--out",
-            cache,
-            "--no-progress",
-        ]
-    )
-    assert code == 0, output
+    root, cache = extract_tiny_folder(tmp_path)
     Image.new("RGB", (41, 40), (1, 2, 3)).save(root / "train" / "a" / "0.png")  # other data
     before = every_file(cache)
     with pytest.raises(kdcache.CacheMismatchError) as info:

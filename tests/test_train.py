@@ -287,8 +287,12 @@ def test_replay_mismatch_is_an_error_that_says_what_differs(tmp_path, fp32_cache
     assert code != 0 and "differs from the one the teacher saw" in output
 
 
-def test_data_that_differs_from_the_caches_is_refused(tmp_path, digits_teacher_weights):
+def extract_tiny_folder(tmp_path: Path) -> tuple[Path, Path]:
+    """A 2-class, 12-image PNG ``imagefolder`` and a cache of it (resnet8, ``imagenet`` recipe):
+    (data root, cache)."""
     from PIL import Image
+
+    from kdcache.models import create_model
 
     root = tmp_path / "folder"
     for split in ("train", "val"):
@@ -297,31 +301,19 @@ def test_data_that_differs_from_the_caches_is_refused(tmp_path, digits_teacher_w
             for k in range(3):
                 Image.new("RGB", (40, 40), (k * 40, 10, 99)).save(root / split / cls / f"{k}.png")
     weights = tmp_path / "r8.pth"
-    from kdcache.models import create_model
-
     torch.save(create_model("resnet8", 2).state_dict(), weights)
     cache = tmp_path / "cache"
-    code, output = cli(
-        [
-            "extract",
-            "--teacher",
-            "resnet8",
-            "--weights",
-            weights,
-            "--dataset",
-            "imagefolder",
-            "--data-dir",
-            root,
-            "--recipe",
-            "imagenet",
-            "--workers",
-            "0",
-            "--out",
-            cache,
-            "--no-progress",
-        ]
-    )
+    code, output = cli(["extract", "--teacher", "resnet8", "--weights", weights, "--dataset",
+                        "imagefolder", "--data-dir", root, "--recipe", "imagenet", "--workers",
+                        "0", "--out", cache, "--no-progress"])  # fmt: skip
     assert code == 0, output
+    return root, cache
+
+
+def test_data_that_differs_from_the_caches_is_refused(tmp_path, digits_teacher_weights):
+    from PIL import Image
+
+    root, cache = extract_tiny_folder(tmp_path)
     Image.new("RGB", (41, 40), (1, 2, 3)).save(root / "train" / "a" / "0.png")
     code, output = cli(
         [
