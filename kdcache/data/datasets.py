@@ -16,6 +16,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from kdcache.data.imagefolder import load_imagefolder
 from kdcache.data.source import ArrayDataset, SourceDataset
 from kdcache.data.spec import DatasetSpec
 from kdcache.errors import ConfigError, DataNotFoundError, UnknownNameError
+
+if TYPE_CHECKING:  # torchvision's datasets load lazily (only the CIFAR loaders need them)
+    import torchvision.datasets
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +90,9 @@ def _load_cifar(
     return ArrayDataset(spec, split, pixels, labels, tuple(tv.classes))
 
 
-def _split_only(cls: type, split: str, download: bool) -> type:
+def _split_only(
+    cls: type[torchvision.datasets.CIFAR10], split: str, download: bool
+) -> type[torchvision.datasets.CIFAR10]:
     """torchvision's CIFAR class, md5-checking only the files of ``split``.
 
     torchvision checks every file of both splits before reading one; a folder holding only the
