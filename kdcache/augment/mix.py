@@ -106,15 +106,33 @@ def draw_mix(
     lam = float(rs.beta(alpha, alpha))
     if not cutmix:
         return MixDraw(partner, "mixup", np.float32(lam))
-    # timm.data.mixup.rand_bbox (margin 0) then cutmix_bbox_and_lam(correct_lam=True).
-    ratio = np.sqrt(1.0 - lam)
-    cut_h, cut_w = int(height * ratio), int(width * ratio)
+    cut_h, cut_w = cutmix_size(lam, height, width)
     cy = int(rs.randint(0, height))
     cx = int(rs.randint(0, width))
-    y0, y1 = int(np.clip(cy - cut_h // 2, 0, height)), int(np.clip(cy + cut_h // 2, 0, height))
-    x0, x1 = int(np.clip(cx - cut_w // 2, 0, width)), int(np.clip(cx + cut_w // 2, 0, width))
+    box, effective = cutmix_box(cut_h, cut_w, cy, cx, height, width)
+    return MixDraw(partner, "cutmix", effective, box)
+
+
+def cutmix_size(lam: float, height: int, width: int) -> tuple[int, int]:
+    """timm's ``rand_bbox`` cut size: ``int(H * sqrt(1 - lam))``, ``int(W * sqrt(1 - lam))``."""
+    ratio = float(np.sqrt(1.0 - lam))
+    return int(height * ratio), int(width * ratio)
+
+
+def cutmix_box(
+    cut_h: int, cut_w: int, cy: int, cx: int, height: int, width: int
+) -> tuple[tuple[int, int, int, int], np.float32]:
+    """timm's ``rand_bbox`` (margin 0) box around the centre (cy, cx), clipped to the image, and
+    ``cutmix_bbox_and_lam(correct_lam=True)``'s lambda: ``1 - box area / (H * W)``, as float32.
+
+    The box is ``[y0, y1) x [x0, x1)`` with ``y0 = clip(cy - cut_h // 2, 0, H)``,
+    ``y1 = clip(cy + (cut_h + 1) // 2, 0, H)`` (x likewise; timm 1.0's rule, a cut of exactly
+    ``cut_h`` rows before clipping): clipped at the border, possibly empty.
+    """
+    y0, y1 = min(max(cy - cut_h // 2, 0), height), min(max(cy + (cut_h + 1) // 2, 0), height)
+    x0, x1 = min(max(cx - cut_w // 2, 0), width), min(max(cx + (cut_w + 1) // 2, 0), width)
     effective = 1.0 - (y1 - y0) * (x1 - x0) / float(height * width)
-    return MixDraw(partner, "cutmix", np.float32(effective), (y0, y1, x0, x1))
+    return (y0, y1, x0, x1), np.float32(effective)
 
 
 def apply_mix(image: torch.Tensor, partner: torch.Tensor, draw: MixDraw) -> torch.Tensor:
