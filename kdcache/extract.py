@@ -199,8 +199,9 @@ class _BlockAssembler:
         labels = np.concatenate(self.labels)
         top1, top5 = topk_hits(logits, labels)
         mix = None
-        if self.mix:
-            mix = (np.concatenate([m[0] for m in self.mix]), np.concatenate([m[1] for m in self.mix]))
+        if self.mix:  # a mixed recipe: the block's partners and lambdas
+            partners, lambdas = zip(*self.mix, strict=True)
+            mix = (np.concatenate(partners), np.concatenate(lambdas))
         self.writer.write_block(
             view, block, logits, np.concatenate(self.hashes), top1, top5, labels=labels, mix=mix
         )

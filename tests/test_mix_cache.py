@@ -31,7 +31,8 @@ def extract_args(weights: Path, out: Path) -> list[str]:
     """The digits test split (359 samples), 1 mixed view, float32, 64 rows per chunk."""
     return ["extract", "--teacher", "resnet8", "--weights", str(weights), "--dataset", "digits",
             "--split", "test", "--recipe", RECIPE, "--views", "1", "--seed", "5",
-            "--dtype", "float32", "--chunk-rows", "64", "--no-progress", "--out", str(out)]  # fmt: skip
+            "--dtype", "float32", "--chunk-rows", "64", "--no-progress",
+            "--out", str(out)]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -167,8 +167,7 @@ class CacheWriter:
         self._arrays[schema.BLOCK_TOP5][view, block] = top5_correct
         if self._digests is not None:  # digests of exactly the values stored, before the mark
             record = b"".join(
-                block_digest(name, view, block, rows, chunks[name])
-                for name in _digested(self.meta)
+                block_digest(name, view, block, rows, chunks[name]) for name in _digested(self.meta)
             )
             self._digests[view, block] = np.frombuffer(record, np.uint8).reshape(-1, DIGEST_BYTES)
         # The mark comes last: a crash before this line leaves the block unmarked, so it is redone.
@@ -384,9 +383,7 @@ class CacheReader:
         # Array handles, opened once: each `group[name]` reads the array's zarr.json again, which
         # over an object store is one request per block read.
         self._arrays: dict[str, zarr.Array] = {}
-        self._digest_slot = {
-            name: i for i, name in enumerate(_digested(meta))
-        }
+        self._digest_slot = {name: i for i, name in enumerate(_digested(meta))}
         self._digest_records: dict[tuple[int, int], np.ndarray] = {}  # (view, block) -> [A, 32]
 
     def _array(self, name: str) -> zarr.Array:

@@ -50,8 +50,8 @@ class Batch:
     # uint8 [B, C, H, W] on the device: the augmented view itself, before any model's conversion
     # (what a live teacher converts its own way; the input hash covers these bytes)
     views_uint8: Tensor | None = None
-    # Mixed views only (None otherwise): int64 [B] the partners' labels y', float32 [B] lambda, the
-    # weight of ``labels`` in the mixed target lam * onehot(y) + (1 - lam) * onehot(y'); on the device
+    # Mixed views only (None otherwise), on the device: int64 [B] the partners' labels y', float32
+    # [B] lambda, the weight of ``labels`` in the target lam * onehot(y) + (1 - lam) * onehot(y')
     partner_labels: Tensor | None = None
     lam: Tensor | None = None
 
