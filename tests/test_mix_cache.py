@@ -129,3 +129,24 @@ def test_two_torchrun_ranks_write_the_mixed_bytes_of_one_process(
     assert done.returncode == 0, done.stderr[-3000:]
     assert cache_chunk_bytes(mixed_cache) == cache_chunk_bytes(multi)
     assert cache_attrs(mixed_cache) == cache_attrs(multi)
+
+
+def test_the_public_loader_serves_the_stored_partners_and_lambdas(mixed_cache) -> None:
+    import kdcache
+
+    cache = kdcache.open_cache(mixed_cache)
+    reader = open_cache(str(mixed_cache))
+    labels = reader.labels()
+    partners = np.concatenate([reader.read_mix(0, b)[0] for b in range(reader.meta.num_blocks)])
+    lambdas = np.concatenate([reader.read_mix(0, b)[1] for b in range(reader.meta.num_blocks)])
+    seen = 0
+    for batch in cache.loader(None, batch_size=50, seed=1, epoch=0, verify_replay="all"):
+        index = batch.index.numpy()
+        assert batch.lam is not None and batch.partner_labels is not None
+        assert np.array_equal(batch.lam.numpy(), lambdas[index])
+        assert np.array_equal(batch.partner_labels.numpy(), labels[partners[index]])
+        soft = batch.soft_targets(10)  # [B, 10]
+        assert soft.shape == (len(index), 10)
+        np.testing.assert_allclose(soft.sum(1).numpy(), 1.0, rtol=1e-6)
+        seen += len(index)
+    assert seen == len(labels)
