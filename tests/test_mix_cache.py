@@ -150,3 +150,29 @@ def test_the_public_loader_serves_the_stored_partners_and_lambdas(mixed_cache) -
         np.testing.assert_allclose(soft.sum(1).numpy(), 1.0, rtol=1e-6)
         seen += len(index)
     assert seen == len(labels)
+
+
+def test_caches_without_mixing_have_no_mix_arrays(tmp_path) -> None:
+    from kdcache.cache import schema
+    from kdcache.cache.digest import digested_arrays
+    from kdcache.cache.store import open_for_writing
+    from kdcache.errors import CacheError
+
+    source = load_dataset("digits", None, "test")
+    for recipe, arrays in (("cifar", 4), ("cifar+cutmix", 6)):
+        params = create_recipe(recipe, source.spec).params()
+        ident = schema.CacheIdentity(
+            teacher=schema.TeacherInfo("synthetic", None, 0),
+            dataset=schema.DatasetInfo(
+                "digits", "test", len(source), 10, source.fingerprint(), source.spec.to_dict()
+            ),  # fmt: skip
+            augmentation=schema.AugmentationInfo(recipe, params, 0, 1),
+            storage=schema.StorageInfo("dense", "float32", 512),
+        )
+        out = tmp_path / recipe
+        open_for_writing(str(out), schema.CacheMeta(identity=ident), source.labels, create=True)
+        assert (out / "mix_partner").exists() == (out / "mix_lambda").exists() == (arrays == 6)
+        assert len(digested_arrays(ident.storage, ident.augmentation.mixed)) == arrays
+        if arrays == 4:
+            with pytest.raises(CacheError, match="mixes nothing"):
+                open_cache(str(out)).read_mix(0, 0)
