@@ -13,9 +13,9 @@ and ``cifar+mixup-cutmix`` (every view mixed: ``mix_prob`` 1):
   view too, plus the blend) and the cached logits.
 
 Modes alternate within each repeat and the median is kept; torch uses one thread, so the figures
-are per core. A mixed view regenerates two base views and blends them, so the view-making cost
-roughly doubles; how much of the whole that is depends on what else runs (the teacher's forward
-in extraction, the logit reads in the loader).
+are per core. A mixed view regenerates two base views, draws the mix and blends them; how much of
+the whole that is depends on what else runs (the teacher's forward in extraction, the logit reads
+in the loader).
 """
 
 from __future__ import annotations
@@ -91,11 +91,12 @@ def main() -> None:
         f"--repeats {args.repeats}`: real CIFAR-100 {args.split} split, one view, the real "
         f"{args.teacher} teacher on the CPU, one torch thread, workers 0 (per core), median of "
         f"{args.repeats} alternating repeats.\n\n" + "\n".join(rows) + "\n\n"
-        "A mixed view regenerates the partner's view too and blends the two (cutmix: a box copy; "
-        "mixup: a float32 blend), so the view-making work about doubles. In extraction it hides "
-        "behind the teacher's forward; the loader, which only makes views and gathers cached "
-        "logits, pays it in full. With DataLoader workers (`--workers`) the views are made in "
-        "parallel with the step in both cases."
+        "A mixed view regenerates the partner's view too, draws the mix (a reseeded NumPy "
+        "generator) and blends the two (cutmix: a box copy; mixup: a float32 blend). In "
+        "extraction the teacher's forward dominates, so the ratio there is small next to this "
+        "shared machine's run-to-run noise; the loader, which only makes views and gathers "
+        "cached logits, pays the extra view-making in full. With DataLoader workers "
+        "(`--workers`) the views are made in parallel with the step in both cases."
     )
     print(text)
     if args.write_docs:
