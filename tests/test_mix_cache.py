@@ -107,7 +107,6 @@ def test_cached_and_online_training_on_mixed_views_give_the_same_step_losses(
     assert cached.step_losses == online.step_losses
 
 
-@pytest.mark.slow
 def test_mixed_cache_bytes_do_not_depend_on_batch_size_or_workers(
     tmp_path, mixed_cache, digits_teacher_weights
 ) -> None:
