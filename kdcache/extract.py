@@ -149,18 +149,25 @@ class _BlockAssembler:
         self.logits: list[np.ndarray] = []
         self.hashes: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
+        self.mix: list[tuple[np.ndarray, np.ndarray]] = []
         self.filled = 0
         if nxt is not None:
             rows = self.writer.meta.block_rows(nxt[1])
             self.size = rows.stop - rows.start
 
-    def add(self, logits: np.ndarray, hashes: np.ndarray, labels: np.ndarray) -> None:
+    def add(
+        self, logits: np.ndarray, hashes: np.ndarray, labels: np.ndarray,
+        mix: tuple[np.ndarray, np.ndarray] | None = None,  # mixed recipe: partners, lambdas [B]
+    ) -> None:  # fmt: skip
         while len(logits):
             assert self.current is not None, "more rows than pending blocks"
             take = min(self.size - self.filled, len(logits))
             self.logits.append(logits[:take])
             self.hashes.append(hashes[:take])
             self.labels.append(labels[:take])
+            if mix is not None:
+                self.mix.append((mix[0][:take], mix[1][:take]))
+                mix = (mix[0][take:], mix[1][take:])
             self.filled += take
             logits, hashes, labels = logits[take:], hashes[take:], labels[take:]
             if self.filled == self.size:
@@ -172,8 +179,12 @@ class _BlockAssembler:
         logits = np.concatenate(self.logits)  # [R, C]
         labels = np.concatenate(self.labels)
         top1, top5 = topk_hits(logits, labels)
+        mix = None
+        if self.mix:  # a mixed recipe: the block's partners and lambdas
+            partners, lambdas = zip(*self.mix, strict=True)
+            mix = (np.concatenate(partners), np.concatenate(lambdas))
         self.writer.write_block(
-            view, block, logits, np.concatenate(self.hashes), top1, top5, labels=labels
+            view, block, logits, np.concatenate(self.hashes), top1, top5, labels=labels, mix=mix
         )
         self.written += 1
         self._start_block()
@@ -340,7 +351,8 @@ def _stream_blocks(
         for batch in loader:
             images = batch["image"].to(device, non_blocking=True)  # uint8 [B, C, H, W]
             logits = teacher_logits(teacher, preprocessing(images)).cpu().numpy()
-            assembler.add(logits, batch["input_hash"].numpy(), batch["label"].numpy())
+            mix = (batch["partner"].numpy(), batch["lam"].numpy()) if "lam" in batch else None
+            assembler.add(logits, batch["input_hash"].numpy(), batch["label"].numpy(), mix)
             if progress is not None:
                 progress(len(logits))
     if assembler.current is not None:

@@ -97,6 +97,8 @@ def _check_chunks(reader: CacheReader, report: VerifyReport) -> None:
                         "kept values)"
                     )
             reader.read_input_hashes(view, block)
+            if ident.augmentation.mixed:
+                reader.read_mix(view, block)
             reader.read_block_counts(view, block)
         except KdcacheError as exc:
             bad.append(str(exc))
@@ -204,7 +206,8 @@ def _check_replay(
         if recorded is None:
             unreadable += 1  # a missing or damaged block: the complete / chunks checks name it
             continue
-        if views[k]["input_hash"] != int(recorded[row]):
+        item = views[k]
+        if item["input_hash"] != int(recorded[row]) or not _same_mix(reader, item, block, row):
             mismatches.append(f"(view {view}, index {index})")
     if unreadable == len(items):
         report.add("replay", False, "no sampled view lies in a readable block")
@@ -281,6 +284,17 @@ def _check_teacher(
         f"re-ran the teacher on {len(items)} views: max |cached - live| "
         f"= {worst:.3g} (tolerance {tol:.3g})",
     )
+
+
+def _same_mix(reader: CacheReader, item: dict, block: int, row: int) -> bool:
+    """A mixed view's regenerated partner and lambda equal the cache's (True when not mixed)."""
+    if "partner" not in item:
+        return True
+    stored = _readable(reader.read_mix, int(item["view"]), block)
+    if stored is None:
+        return True  # named by the chunks check
+    partners, lambdas = stored
+    return int(partners[row]) == item["partner"] and bool(lambdas[row] == item["lam"].item())
 
 
 def _readable(read: Callable[[int, int], T], view: int, block: int) -> T | None:

@@ -78,6 +78,8 @@ def _draws(recipe: Any, image: torch.Tensor, seed: int, view: int) -> tuple[str,
     from kdcache.augment.base import generator
 
     name = recipe.name
+    if "+" in name:
+        raise ValueError(f"{name}: mixed recipes go through _mixed_draws")
     if name == "none":
         return "-", recipe(image, sample_seed=seed, view=view)
     if name == "cifar":
@@ -98,6 +100,28 @@ def _draws(recipe: Any, image: torch.Tensor, seed: int, view: int) -> tuple[str,
     raise ValueError(name)
 
 
+def _mixed_draws(
+    recipe: Any, source: Any, cache_seed: int, view: int, index: int
+) -> tuple[str, torch.Tensor]:
+    """A mixed recipe's draws as text (§5.3.1), and the mixed view."""
+    from kdcache.augment.mix import apply_mix, mix_seed
+    from kdcache.seeding import sample_seed
+
+    def base(i: int) -> tuple[str, torch.Tensor]:
+        return _draws(recipe.base, source.image(i), sample_seed(cache_seed, view, i), view)
+
+    text, x_i = base(index)
+    draw = recipe.draw(cache_seed, view, index, len(source))
+    partner_text, x_j = base(draw.partner)
+    text += f"; mix_seed={mix_seed(cache_seed, view, index)}"
+    text += f"; partner={draw.partner} ({partner_text})"
+    text += f"; {draw.kind} lambda={float(draw.lam)!r}"
+    if draw.box is not None:
+        text += " box=" + _fmt(draw.box)
+    mixed = x_i if draw.partner == index else apply_mix(x_i, x_j, draw)
+    return text, mixed
+
+
 def _recipe_rows(source: Any, recipes: list[tuple[str, dict[str, Any]]]) -> list[str]:
     from kdcache.augment import create_recipe
     from kdcache.seeding import input_hash, sample_seed
@@ -116,7 +140,10 @@ def _recipe_rows(source: Any, recipes: list[tuple[str, dict[str, Any]]]) -> list
         )
         for seed, view, index in tuples:
             s = sample_seed(seed, view, index)
-            text, out = _draws(recipe, source.image(index), s, view)
+            if "+" in name:
+                text, out = _mixed_draws(recipe, source, seed, view, index)
+            else:
+                text, out = _draws(recipe, source.image(index), s, view)
             rows.append(
                 f"| {label} | {seed} | {view} | {index} | {s} | {text} | {input_hash(out)} |"
             )
@@ -193,6 +220,9 @@ _RECIPES: list[tuple[str, dict[str, Any]]] = [
     ("cifar", {"exhaustive": True}),
     ("imagenet", {}),
     ("randaugment", {}),
+    ("cifar+mixup", {}),
+    ("cifar+cutmix", {}),
+    ("imagenet+mixup-cutmix", {}),
 ]
 BLOCKS: dict[str, Callable[[], str]] = {
     "seeds": block_seeds,

@@ -195,8 +195,50 @@ def view_randaugment(img: torch.Tensor, data: Split, params: dict, seed: int) ->
     return (out[..., None] if out.ndim == 2 else out).transpose(2, 0, 1)
 
 
+# --- §5.3.1 mixed recipes -------------------------------------------------------------------------
+
+MIX_KEYS = ("mixup_alpha", "cutmix_alpha", "switch_prob", "mix_prob")
+
+
+def mix_draws(aug: dict, n: int, size: int, v: int, i: int) -> tuple[int, str, float, tuple]:
+    """(partner, kind, lambda as float32, box) of (v, i), from the page's rules."""
+    digest = hashlib.sha256(b"kdcache-mix-v1" + le64(aug["seed"]) + le64(v) + le64(i)).digest()
+    seed = int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    rs = np.random.RandomState(np.array([seed & 0xFFFFFFFF, seed >> 32], dtype=np.uint32))
+    suffix, p = aug["recipe"].split("+")[1], aug["params"]
+    j = int(rs.randint(0, n))
+    if not rs.random_sample() < p["mix_prob"]:
+        return i, "none", np.float32(1.0), ()
+    switch = suffix == "mixup-cutmix" and rs.random_sample() < p["switch_prob"]
+    cutmix = suffix == "cutmix" or switch
+    a = p["cutmix_alpha"] if cutmix else p["mixup_alpha"]
+    lam = float(rs.beta(a, a))
+    if not cutmix:
+        return j, "mixup", np.float32(lam), ()
+    cut = int(size * np.sqrt(1 - lam))
+    cy, cx = int(rs.randint(0, size)), int(rs.randint(0, size))
+    y0, y1 = np.clip([cy - cut // 2, cy + (cut + 1) // 2], 0, size)
+    x0, x1 = np.clip([cx - cut // 2, cx + (cut + 1) // 2], 0, size)
+    return j, "cutmix", np.float32(1 - (y1 - y0) * (x1 - x0) / float(size * size)), (y0, y1, x0, x1)
+
+
 def regenerate(data: Split, aug: dict, v: int, i: int) -> np.ndarray:
     """The uint8 view [C, S, S] of sample i in view v, from the page's rules."""
+    if "+" in aug["recipe"]:
+        base_params = {k: x for k, x in aug["params"].items() if k not in MIX_KEYS}
+        base_aug = {**aug, "recipe": aug["recipe"].split("+")[0], "params": base_params}
+        x_i = regenerate(data, base_aug, v, i)
+        j, kind, lam, box = mix_draws(aug, len(data.labels), data.pixels.shape[-1], v, i)
+        if kind == "none" or j == i:
+            return x_i
+        x_j = regenerate(data, base_aug, v, j)
+        if kind == "cutmix":
+            y0, y1, x0, x1 = box
+            out = x_i.copy()
+            out[:, y0:y1, x0:x1] = x_j[:, y0:y1, x0:x1]
+            return out
+        blend = x_i.astype(np.float32) * lam + x_j.astype(np.float32) * (np.float32(1) - lam)
+        return np.clip(np.rint(blend), 0, 255).astype(np.uint8)
     recipe, params, size = aug["recipe"], aug["params"], data.pixels.shape[-1]
     img = torch.from_numpy(data.pixels[i].copy())
     seed = sample_seed(aug["seed"], v, i)
@@ -224,6 +266,7 @@ RECIPES = [
     ("cifar-exhaustive", ["--recipe", "cifar", "--exhaustive", "--views", "6"]),
     ("imagenet", []),
     ("randaugment", []),
+    ("cifar+mixup-cutmix", []),
 ]
 
 
@@ -284,6 +327,11 @@ def check_cache(root: Path, data: Split, rows: np.ndarray) -> dict:
         expected = [input_hash(regenerate(data, aug, v, int(i))) for i in rows]
         mismatched = [int(i) for i, e in zip(rows, expected, strict=True) if hashes[v, i] != e]
         assert not mismatched, f"{aug['recipe']} view {v}: samples {mismatched[:10]} differ"
+        if "+" in aug["recipe"]:  # §5.3.1: the stored partner and lambda
+            n, size = len(data.labels), data.pixels.shape[-1]
+            draws = [mix_draws(aug, n, size, v, int(i)) for i in rows]
+            assert np.array_equal(np.asarray(group["mix_partner"][v])[rows], [d[0] for d in draws])
+            assert np.array_equal(np.asarray(group["mix_lambda"][v])[rows], [d[2] for d in draws])
     return attrs
 
 
@@ -335,11 +383,14 @@ def test_reader_reproduces_the_published_vectors() -> None:
             "cifar": {"padding": 4, "exhaustive": exhaustive},
             "imagenet": {"scale": [0.08, 1.0], "ratio": [3 / 4, 4 / 3]},
             "randaugment": {"config": "rand-m9-mstd0.5", "base": "cifar"},
-        }[name]
+        }[name.split("+")[0]]
+        if "+" in name:  # §5.3.1 defaults
+            params = {**params, "mixup_alpha": 0.8, "cutmix_alpha": 1.0, "switch_prob": 0.5,
+                      "mix_prob": 1.0}  # fmt: skip
         aug = {"recipe": name, "params": params, "seed": seed}
         assert input_hash(regenerate(data, aug, view, index)) == int(expected), row
         checked += 1
-    assert checked >= 20
+    assert checked >= 32
 
 
 @pytest.mark.parametrize(("label", "extra"), RECIPES, ids=[r[0] for r in RECIPES])

@@ -115,11 +115,20 @@ def views_to_store(recipe: Recipe, requested: int | None) -> int:
 
 
 def create_recipe(name: str, spec: DatasetSpec, **params: Any) -> Recipe:
-    """Build the recipe ``name`` for a dataset; unknown names or parameters are user errors."""
+    """Build the recipe ``name`` for a dataset; unknown names or parameters are user errors.
+
+    ``"<base>+mixup"``, ``"<base>+cutmix"`` and ``"<base>+mixup-cutmix"`` mix each view of the base
+    recipe with a partner's (:mod:`kdcache.augment.mix`).
+    """
+    if "+" in name:
+        from kdcache.augment.mix import create_mixed_recipe  # imports this module
+
+        return create_mixed_recipe(name, spec, dict(params))
     cls = _RECIPES.get(name)
     if cls is None:
         raise UnknownNameError(
-            f"unknown recipe {name!r}; choose one of {', '.join(list_recipes())}"
+            f"unknown recipe {name!r}; choose one of {', '.join(list_recipes())} "
+            "(each optionally followed by +mixup, +cutmix or +mixup-cutmix)"
         )
     if "exhaustive" in params and not cls.finite:
         if params.pop("exhaustive"):

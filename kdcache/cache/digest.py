@@ -27,9 +27,11 @@ DIGEST_BYTES = 32  # sha256
 _DOMAIN = b"kdcache-block-v1\0"
 
 
-def digested_arrays(storage: schema.StorageInfo) -> tuple[str, ...]:
-    """The arrays whose chunks a block's digest record covers, in record order."""
-    return (*schema.data_arrays(storage), schema.INPUT_HASH, schema.BLOCK_TOP1, schema.BLOCK_TOP5)
+def digested_arrays(storage: schema.StorageInfo, mixed: bool = False) -> tuple[str, ...]:
+    """The arrays whose chunks a block's digest record covers, in record order (a mixed recipe's
+    cache appends its partner and lambda arrays)."""
+    names = (*schema.data_arrays(storage), schema.INPUT_HASH, schema.BLOCK_TOP1, schema.BLOCK_TOP5)
+    return (*names, *schema.MIX_ARRAYS) if mixed else names
 
 
 def block_digest(name: str, view: int, block: int, rows: slice, values: np.ndarray) -> bytes:

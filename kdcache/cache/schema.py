@@ -48,6 +48,11 @@ BLOCK_TOP5 = "block_top5_correct"  # [V, n_blocks] int64, teacher top-5 hits per
 # [V, n_blocks, A, 32] uint8 (format 1.2): sha256 of each of the block's A chunks, bound to
 # (array, view, block); one chunk per block, written before the mark (docs/cache-format.md §3.1).
 BLOCK_DIGEST = "block_digest"
+# Caches of a mixed recipe ("<base>+mixup" ...) only (docs/cache-format.md §5.3.1): per (view,
+# sample) the partner index and the effective lambda (the weight of the sample's own label).
+MIX_PARTNER = "mix_partner"  # [V, N] int64, fill -1
+MIX_LAMBDA = "mix_lambda"  # [V, N] float32, fill NaN
+MIX_ARRAYS = (MIX_PARTNER, MIX_LAMBDA)
 DIGESTS_SINCE = (1, 2)  # the first format version that records block digests
 # Two figures agree if they differ by less than the attributes' rounding (4 decimals).
 _FIGURE_TOLERANCE = 6e-5
@@ -136,6 +141,11 @@ class AugmentationInfo:
     params: dict[str, Any]
     seed: int
     num_views: int
+
+    @property
+    def mixed(self) -> bool:
+        """Whether each view mixes its sample with a partner (the cache holds the mix arrays)."""
+        return "+" in self.recipe
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AugmentationInfo:

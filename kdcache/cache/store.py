@@ -86,8 +86,12 @@ def _open_array(group: zarr.Group, name: str, location: str) -> zarr.Array:
     return node
 
 
+def _digested(meta: CacheMeta) -> tuple[str, ...]:
+    return digested_arrays(meta.identity.storage, meta.identity.augmentation.mixed)
+
+
 def _per_view_arrays(meta: CacheMeta) -> tuple[str, ...]:
-    names = (*digested_arrays(meta.identity.storage), schema.BLOCK_DONE)
+    names = (*_digested(meta), schema.BLOCK_DONE)
     return (*names, schema.BLOCK_DIGEST) if meta.has_block_digests else names
 
 
@@ -123,6 +127,7 @@ class CacheWriter:
         top1_correct: int,
         top5_correct: int,
         labels: np.ndarray | None = None,  # [R] true labels: sparse mode stores their logit
+        mix: tuple[np.ndarray, np.ndarray] | None = None,  # mixed recipe: partners, lambdas [R]
     ) -> None:
         rows = self.meta.block_rows(block)
         storage = self.meta.identity.storage
@@ -149,6 +154,11 @@ class CacheWriter:
                 raise ValueError("a sparse block needs the rows' labels")
             chunks = self._sparse_chunks(logits, labels)
         chunks[schema.INPUT_HASH] = input_hashes.astype(np.int64)
+        if self.meta.identity.augmentation.mixed:
+            if mix is None:
+                raise ValueError("a mixed recipe's block needs its partners and lambdas")
+            chunks[schema.MIX_PARTNER] = np.asarray(mix[0], dtype=np.int64)
+            chunks[schema.MIX_LAMBDA] = np.asarray(mix[1], dtype=np.float32)
         for name, values in chunks.items():
             self._arrays[name][view, rows, ...] = values
         chunks[schema.BLOCK_TOP1] = np.asarray(top1_correct, dtype=np.int64)
@@ -157,8 +167,7 @@ class CacheWriter:
         self._arrays[schema.BLOCK_TOP5][view, block] = top5_correct
         if self._digests is not None:  # digests of exactly the values stored, before the mark
             record = b"".join(
-                block_digest(name, view, block, rows, chunks[name])
-                for name in digested_arrays(storage)
+                block_digest(name, view, block, rows, chunks[name]) for name in _digested(self.meta)
             )
             self._digests[view, block] = np.frombuffer(record, np.uint8).reshape(-1, DIGEST_BYTES)
         # The mark comes last: a crash before this line leaves the block unmarked, so it is redone.
@@ -257,6 +266,12 @@ def _create_layout(group: zarr.Group, meta: CacheMeta, labels: np.ndarray) -> No
     group.create_array(
         schema.INPUT_HASH, shape=(V, N), chunks=(1, R), dtype="int64", fill_value=0, **_codecs()
     )
+    if ident.augmentation.mixed:
+        for name, dtype, fill in ((schema.MIX_PARTNER, "int64", -1),
+                                  (schema.MIX_LAMBDA, "float32", float("nan"))):  # fmt: skip
+            group.create_array(
+                name, shape=(V, N), chunks=(1, R), dtype=dtype, fill_value=fill, **_codecs()
+            )
     lab = group.create_array(
         schema.LABELS,
         shape=(N,),
@@ -275,7 +290,7 @@ def _create_layout(group: zarr.Group, meta: CacheMeta, labels: np.ndarray) -> No
             name, shape=(V, nb), chunks=(1, 1), dtype="int64", fill_value=-1, **_codecs()
         )
     if meta.has_block_digests:
-        n_digests = len(digested_arrays(ident.storage))
+        n_digests = len(_digested(meta))
         group.create_array(
             schema.BLOCK_DIGEST,
             shape=(V, nb, n_digests, DIGEST_BYTES),
@@ -368,9 +383,7 @@ class CacheReader:
         # Array handles, opened once: each `group[name]` reads the array's zarr.json again, which
         # over an object store is one request per block read.
         self._arrays: dict[str, zarr.Array] = {}
-        self._digest_slot = {
-            name: i for i, name in enumerate(digested_arrays(meta.identity.storage))
-        }
+        self._digest_slot = {name: i for i, name in enumerate(_digested(meta))}
         self._digest_records: dict[tuple[int, int], np.ndarray] = {}  # (view, block) -> [A, 32]
 
     def _array(self, name: str) -> zarr.Array:
@@ -539,6 +552,17 @@ class CacheReader:
     def read_input_hashes(self, view: int, block: int) -> np.ndarray:
         """Input hashes of one block, [R] int64, checked against its digest."""
         return self._read_block(schema.INPUT_HASH, view, block)
+
+    def read_mix(self, view: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """A mixed recipe's partners (int64 [R]) and effective lambdas (float32 [R]) of one block,
+        checked against their digests."""
+        if not self.identity.augmentation.mixed:
+            raise CacheError(
+                f"recipe {self.identity.augmentation.recipe!r} mixes nothing: this cache holds no "
+                "partners or lambdas"
+            )
+        partners = self._read_block(schema.MIX_PARTNER, view, block)
+        return partners, self._read_block(schema.MIX_LAMBDA, view, block)
 
     def read_block_counts(self, view: int, block: int) -> tuple[int, int]:
         """The teacher's top-1 and top-5 hits recorded for one block, checked against its digest."""

@@ -47,7 +47,8 @@ from kdcache.cli._common import progress_bar, storage_timeout_option, user_error
     "--recipe",
     default="cifar",
     show_default=True,
-    help="Augmentation recipe (cifar, imagenet, randaugment, none).",
+    help="Augmentation recipe (cifar, imagenet, randaugment, none), optionally mixed: "
+    "+mixup, +cutmix or +mixup-cutmix (e.g. imagenet+mixup-cutmix).",
 )
 @click.option(
     "--exhaustive",

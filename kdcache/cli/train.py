@@ -123,7 +123,10 @@ _FIELDS = {
 @click.option("--dataset", default=None, help="Without --cache: the dataset to train on.")
 @click.option("--split", default=None, help="Without --cache: training split (default train).")
 @click.option(
-    "--recipe", default="cifar", show_default=True, help="Without --cache: augmentation recipe."
+    "--recipe",
+    default="cifar",
+    show_default=True,
+    help="Without --cache: augmentation recipe (as for extract, e.g. cifar+mixup).",
 )
 @click.option(
     "--aug-seed",

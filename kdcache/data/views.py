@@ -4,6 +4,10 @@ Item ``(v, i)`` is ``recipe(source.image(i), sample_seed=sample_seed(cache_seed,
 a pure function of ``(cache_seed, v, i)``: the same bytes whatever the batch size, worker count,
 order or process (DESIGN.md §2). Each item carries the :func:`kdcache.seeding.input_hash` of its
 uint8 image, which the cache stores and ``train`` / ``verify`` compare.
+
+With a mixed recipe (``cifar+mixup`` ...) item ``(v, i)`` is the base view of i mixed with the base
+view of its partner j (same v), as :mod:`kdcache.augment.mix` draws from ``(cache_seed, v, i)``;
+the hash covers the mixed image.
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ class SeededViews(torch.utils.data.Dataset):
 
     ``self[k]`` is ``{"image": uint8 [C, S, S], "label": int, "view": int, "index": int,
     "input_hash": int}`` for the pair ``items[k] = (view, index)``; the default collate turns the
-    ints into int64 tensors ``[B]``.
+    ints into int64 tensors ``[B]``. With a mixed recipe the item also has ``"partner": int``,
+    ``"partner_label": int`` and ``"lam"``: a float32 0-d tensor, the weight of ``label`` in the
+    mixed target (float32 ``[B]`` once collated).
     """
 
     def __init__(
@@ -70,17 +76,34 @@ class SeededViews(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return int(self.items.shape[0])
 
-    def __getitem__(self, k: int) -> dict[str, Any]:
-        view, index = (int(x) for x in self.items[k])
-        image = self.recipe(
+    def _view(self, view: int, index: int) -> torch.Tensor:
+        """The recipe's (for a mixed recipe: the base's, unmixed) view, uint8 [C, S, S]."""
+        return self.recipe(
             self.source.image(index),
             sample_seed=sample_seed(self.cache_seed, view, index),
             view=view,
-        )  # [C, S, S] uint8
+        )
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        from kdcache.augment.mix import MixedRecipe, apply_mix
+
+        view, index = (int(x) for x in self.items[k])
+        image = self._view(view, index)  # [C, S, S] uint8
+        extra: dict[str, Any] = {}
+        if isinstance(self.recipe, MixedRecipe):
+            draw = self.recipe.draw(self.cache_seed, view, index, len(self.source))
+            if draw.kind != "none" and draw.partner != index:  # j == i: the view is unchanged
+                image = apply_mix(image, self._view(view, draw.partner), draw)
+            extra = {
+                "partner": draw.partner,
+                "partner_label": int(self.source.labels[draw.partner]),
+                "lam": torch.tensor(float(draw.lam), dtype=torch.float32),
+            }
         return {
             "image": image,
             "label": int(self.source.labels[index]),
             "view": view,
             "index": index,
             "input_hash": input_hash(image),
+            **extra,
         }

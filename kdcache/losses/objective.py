@@ -36,6 +36,7 @@ from kdcache.errors import ConfigError, UnknownNameError
 from kdcache.losses._checks import check_non_negative
 from kdcache.losses._common import prepare_target
 from kdcache.losses.base import DistillationLoss
+from kdcache.losses.mixed import MIXABLE_LOSSES, MixedTarget, mixed_cross_entropy, refuse_mixed
 from kdcache.losses.registry import check_hparams, create_loss, list_losses, loss_info
 from kdcache.losses.sparse import (
     APPROXIMATIONS,
@@ -110,11 +111,19 @@ class Objective(nn.Module):
         teacher_logits: Tensor | SparseTeacher | None,
         target: Tensor,
         epoch: float,
+        mix: MixedTarget | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
+        """``mix``: mixed views' partner labels and lambdas (cross-entropy against the mixed
+        target, :mod:`kdcache.losses.mixed`); losses without a mixed-target definition refuse."""
         dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
         student = student_logits.to(dtype)  # [B, C]
         target = prepare_target(target, student)
-        ce = F.cross_entropy(student, target)
+        if mix is None:
+            ce = F.cross_entropy(student, target)
+        else:
+            if self.loss is not None and self.name not in MIXABLE_LOSSES:
+                raise refuse_mixed(self.name)
+            ce = mixed_cross_entropy(student, target, mix)
         total = self.ce_weight * ce
         parts = {"ce": ce.detach()}
         if self.loss is None:

@@ -110,7 +110,7 @@ def train_one_epoch(
             student_logits = model(batch.images)  # [B, C]
         # Losses in float32 whatever the autocast dtype (DESIGN.md §4).
         loss, parts = objective(
-            student_logits.float(), teacher_logits, batch.labels, epoch=epoch + 1
+            student_logits.float(), teacher_logits, batch.labels, epoch=epoch + 1, mix=batch.mix
         )
         finite.check_step(loss, teacher_logits, batch.view, batch.index, epoch=epoch, step=step,
                           from_cache=batch.teacher_logits is not None,

@@ -19,6 +19,7 @@ from kdcache.augment import Recipe, create_recipe
 from kdcache.cache.store import CacheReader, open_cache
 from kdcache.data import SourceDataset, load_dataset
 from kdcache.errors import CacheError, CacheMismatchError, ConfigError
+from kdcache.losses.mixed import check_mixed_loss
 from kdcache.losses.registry import create_loss, loss_info
 from kdcache.losses.sparse import refuse_sparse
 from kdcache.models.preprocess import Preprocessing, recorded_preprocessing
@@ -174,7 +175,9 @@ def _from_dataset(config: TrainConfig) -> RunData:
 
 
 def resolve_run_data(config: TrainConfig) -> RunData:
-    return _from_cache(config) if config.cache is not None else _from_dataset(config)
+    data = _from_cache(config) if config.cache is not None else _from_dataset(config)
+    check_mixed_loss(config.loss, data.recipe.name)  # DKD / RLD have no mixed-target definition
+    return data
 
 
 def check_student_classes(model: torch.nn.Module, data: RunData) -> None:

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from kdcache.data import SeededViews, SourceDataset
 from kdcache.errors import ConfigError, ReplayMismatchError
+from kdcache.losses.mixed import MixedTarget, soft_targets
 from kdcache.losses.sparse import SparseTeacher
 from kdcache.models.preprocess import Preprocessing
 from kdcache.training.plan import EpochPlan, plan_epoch
@@ -49,6 +50,21 @@ class Batch:
     # uint8 [B, C, H, W] on the device: the augmented view itself, before any model's conversion
     # (what a live teacher converts its own way; the input hash covers these bytes)
     views_uint8: Tensor | None = None
+    # Mixed views only (None otherwise), on the device: int64 [B] the partners' labels y', float32
+    # [B] lambda, the weight of ``labels`` in the target lam * onehot(y) + (1 - lam) * onehot(y')
+    partner_labels: Tensor | None = None
+    lam: Tensor | None = None
+
+    @property
+    def mix(self) -> MixedTarget | None:
+        """The mixed target's second half for the objective; None when the views are not mixed."""
+        if self.partner_labels is None or self.lam is None:
+            return None
+        return MixedTarget(self.partner_labels, self.lam)
+
+    def soft_targets(self, num_classes: int) -> Tensor:
+        """float32 [B, C] label targets (one-hot, or mixed by lambda), for your own loss."""
+        return soft_targets(self.labels, self.mix, num_classes)
 
 
 @dataclass(frozen=True)
@@ -167,7 +183,12 @@ class EpochBatches:
                         check_replay(batch["view"], batch["index"], batch["input_hash"], hashes,
                                      self.verify_replay, versions)  # fmt: skip
                     teacher_logits = cached.to(self.device, non_blocking=True)
-                yield Batch(x, labels, teacher_logits, batch["view"], batch["index"], images)
+                partner_labels = lam = None
+                if "lam" in batch:  # a mixed recipe
+                    partner_labels = batch["partner_label"].to(self.device, non_blocking=True)
+                    lam = batch["lam"].to(self.device, non_blocking=True)
+                yield Batch(x, labels, teacher_logits, batch["view"], batch["index"], images,
+                            partner_labels, lam)  # fmt: skip
         finally:
             if logits is not None:
                 logits.close()  # type: ignore[attr-defined]  # stops the prefetch thread
