@@ -11,10 +11,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -29,6 +29,7 @@ from kdcache.runtime import DistContext, init_distributed, rank_device, resolve_
 from kdcache.training import finite, outputs, provenance, run_state
 from kdcache.training.config import Schedule, TrainConfig, resolve_schedule
 from kdcache.training.evaluation import evaluate
+from kdcache.training.optim import Optimization, build_optimization
 from kdcache.training.progress import TrainReporter, as_reporter, describe_run
 from kdcache.training.sources import RunData, check_student_classes, resolve_run_data
 from kdcache.training.stream import Batch, EpochBatches, EpochSource, chunk_capacity, epoch_batches
@@ -37,6 +38,15 @@ from kdcache.training.teacher_stream import CachedTeacher
 log = logging.getLogger(__name__)
 # A reporter (bars, logs: kdcache.training.progress) or a plain progress(images) callable.
 ProgressFn = Callable[[int], None] | TrainReporter
+
+
+class StepHooks(Protocol):
+    """Called around each optimiser update (``kdcache.training.optim.Optimization``: the lr
+    schedule before, the student's EMA after); ``step`` of ``steps`` in 0-based ``epoch``."""
+
+    def before_step(self, epoch: int, step: int, steps: int) -> None: ...
+
+    def after_step(self, epoch: int, step: int, steps: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -85,8 +95,12 @@ def train_one_epoch(
     teacher_input: Preprocessing | None = None,
     amp: bool = True,
     progress: ProgressFn | None = None,
+    hooks: StepHooks | None = None,
 ) -> EpochStats:
     """One optimiser step per batch; ``epoch`` is 0-based (the objective's warm-up counts from 1).
+
+    ``hooks`` (which need ``len(batches)``) set the lr before each update and update the EMA
+    after it; without them the optimiser's lr is left as it is.
 
     Teacher logits come with the batch (a cache) or, when it has none, from ``teacher`` (online
     KD), fed the batch's uint8 views converted by ``teacher_input``; with neither the objective
@@ -97,6 +111,7 @@ def train_one_epoch(
     sums: dict[str, float] = {}
     seen = 0
     step_losses: list[float] = []
+    steps = len(batches) if isinstance(batches, Sized) else 0
     for step, batch in enumerate(batches):
         teacher_logits = batch.teacher_logits  # [B, C] or None
         if teacher_logits is None and teacher is not None:
@@ -117,7 +132,11 @@ def train_one_epoch(
                           cached_rows=getattr(batches, "block_rows", None))  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if hooks is not None:
+            hooks.before_step(epoch, step, steps)
         optimizer.step()
+        if hooks is not None:
+            hooks.after_step(epoch, step, steps)
         n = len(batch.labels)
         step_losses.append(float(loss.detach()))
         for key, value in {"loss": loss.detach(), **parts}.items():
@@ -147,12 +166,12 @@ class _Run:
     train_model: nn.Module  # what the steps run: ``model`` under DDP / torch.compile
     teacher: nn.Module | None  # online KD only
     objective: Objective
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
+    optim: Optimization  # optimiser, lr schedule, student EMA
     start_epoch: int = 0
     best: float = 0.0
     top1: float | None = None
     top5: float | None = None
+    ema_top: tuple[float, float] | None = None  # the student EMA's top-1, top-5
     evaluated: bool = False
     step_losses: list[float] = field(default_factory=list)
 
@@ -231,7 +250,7 @@ def _set_up(
     a bad setting leaves nothing behind and the corrected command runs in the same folder."""
     out = Path(config.out)
     data = resolve_run_data(config)
-    schedule = resolve_schedule(config, data.train.spec.name)
+    schedule = resolve_schedule(config, data.train.spec.name, data.num_samples)
     if schedule.batch_size % ctx.world_size:
         raise ConfigError(
             f"--batch-size {schedule.batch_size} must divide evenly over {ctx.world_size} ranks"
@@ -242,6 +261,7 @@ def _set_up(
         ce_weight=config.ce_weight,
         distill_weight=config.distill_weight,
         sparse_approx=config.sparse_approx,
+        label_smoothing=config.label_smoothing,
         **config.loss_params,
     ).to(device)
     model = _build_student(config, data, device)
@@ -251,19 +271,11 @@ def _set_up(
         outputs.prepare_run_dir(out, resume=config.resume, force=config.force)
         reporter.run_started(describe_run(config, schedule, objective))
     ctx.barrier()
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=schedule.lr,
-        momentum=config.momentum,
-        weight_decay=schedule.weight_decay,
-    )
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=list(schedule.milestones), gamma=schedule.lr_decay
-    )
+    optim = build_optimization(model, schedule)
     start_epoch, best = 0, 0.0
     if config.resume:
         provenance.check_resume(out, config, data)
-        start_epoch, best = run_state.restore(out, config, model, optimizer, scheduler, schedule)
+        start_epoch, best = run_state.restore(out, config, model, optim, schedule)
     train_model: nn.Module = model
     if ctx.enabled:
         train_model = nn.parallel.DistributedDataParallel(
@@ -285,8 +297,7 @@ def _set_up(
         train_model=train_model,
         teacher=teacher,
         objective=objective,
-        optimizer=optimizer,
-        scheduler=scheduler,
+        optim=optim,
         start_epoch=start_epoch,
         best=best,
     )
@@ -331,6 +342,10 @@ def _end_epoch(
                                       run.data.student_input)  # fmt: skip
         run.best = max(run.best, run.top1)
         run.evaluated = True
+        if run.optim.ema is not None:
+            run.ema_top = evaluate(run.optim.ema.module, run.data.eval, config.eval_batch_size,
+                                   config.workers, run.device, config.channels_last,
+                                   run.data.student_input)  # fmt: skip
     means = stats.means
     record = {
         "epoch": epoch + 1,
@@ -343,11 +358,14 @@ def _end_epoch(
         "images_per_second": stats.samples / seconds,
         **{f"train_{k}": v for k, v in means.items() if k not in ("loss", "ce")},
     }
+    if run.optim.ema is not None:
+        record["test_top1_ema"] = run.ema_top[0] if evaluated and run.ema_top else None
+        record["test_top5_ema"] = run.ema_top[1] if evaluated and run.ema_top else None
     outputs.append_metrics(out, record)
     steps = {"epoch": epoch + 1, "loss": stats.step_losses}
     outputs.append_metrics(out, steps, outputs.STEP_LOSSES)
-    state = run_state.checkpoint_state(config, run.data, run.model, run.optimizer, run.scheduler,
-                                       epoch + 1, run.best)  # fmt: skip
+    state = run_state.checkpoint_state(config, run.data, run.model, run.optim, epoch + 1,
+                                       run.best)  # fmt: skip
     outputs.save_checkpoint(out / "last.pt", state)
     if evaluated and run.top1 is not None and run.top1 >= run.best:
         outputs.save_checkpoint(out / "best.pt", state)
@@ -366,13 +384,12 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainR
             batches = _epoch_batches(run, epoch)
             started = time.perf_counter()
             reporter.epoch_started(epoch + 1, run.schedule.epochs, int(batches.plan.bounds[-1]))
-            stats = train_one_epoch(run.train_model, run.objective, run.optimizer, batches,
+            stats = train_one_epoch(run.train_model, run.objective, run.optim.optimizer, batches,
                                     epoch=epoch, teacher=run.teacher,
                                     teacher_input=run.data.teacher_input, amp=config.amp,
-                                    progress=reporter)  # fmt: skip
+                                    progress=reporter, hooks=run.optim)  # fmt: skip
             seconds = time.perf_counter() - started
-            lr = run.optimizer.param_groups[0]["lr"]
-            run.scheduler.step()
+            lr = run.optim.optimizer.param_groups[0]["lr"]  # of the epoch's last update
             run.step_losses += stats.step_losses
             stats = _reduce_stats(stats, ctx)
             if ctx.is_main:
