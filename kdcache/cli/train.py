@@ -83,6 +83,7 @@ _FIELDS = {
     "block_rows": "block_rows",
     "channels_last": "channels_last",
     "eval_every": "eval_every",
+    "tensorboard": "tensorboard",
 }
 
 
@@ -335,6 +336,12 @@ _FIELDS = {
     show_default=True,
     type=int,
     help="Evaluate every N epochs and after the last; 0: never (benchmarks).",
+)
+@click.option(
+    "--tensorboard",
+    is_flag=True,
+    help="Also log every step's loss and lr and every epoch's metrics to OUT/tensorboard "
+    "(needs pip install 'kdcache[tensorboard]').",
 )
 @click.option("--out", default=None, help="Run directory.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out.")

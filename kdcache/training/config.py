@@ -106,6 +106,7 @@ class TrainConfig:
     block_rows: int | None = None  # ordering blocks without a cache (a cache uses its chunk rows)
     eval_batch_size: int = 256
     eval_every: int = 1  # evaluate every N epochs and after the last; 0 = never (benchmarks)
+    tensorboard: bool = False  # also log to OUT/tensorboard (optional dependency)
     resume: bool = False
     force: bool = False
 

@@ -26,9 +26,9 @@ from kdcache.models.inference import prepare_teacher, teacher_inference
 from kdcache.models.inference import teacher_logits as teacher_forward
 from kdcache.models.preprocess import Preprocessing, resolve_preprocessing
 from kdcache.runtime import DistContext, init_distributed, rank_device, resolve_device
-from kdcache.training import finite, outputs, provenance, run_state
+from kdcache.training import finite, outputs, provenance, run_state, tracking
 from kdcache.training.config import Schedule, TrainConfig, resolve_schedule
-from kdcache.training.evaluation import evaluate
+from kdcache.training.evaluation import evaluate_metrics
 from kdcache.training.optim import Optimization, build_optimization
 from kdcache.training.progress import TrainReporter, as_reporter, describe_run
 from kdcache.training.sources import RunData, check_student_classes, resolve_run_data
@@ -65,6 +65,7 @@ class EpochStats:
     means: dict[str, float]  # sample-weighted means: "loss" (total), "ce", each loss term ...
     samples: int
     step_losses: list[float]  # every step's total loss, in order (this process)
+    step_lrs: list[float] = field(default_factory=list)  # every step's lr, in order
 
 
 def _amp_context(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -111,6 +112,7 @@ def train_one_epoch(
     sums: dict[str, float] = {}
     seen = 0
     step_losses: list[float] = []
+    step_lrs: list[float] = []
     steps = len(batches) if isinstance(batches, Sized) else 0
     for step, batch in enumerate(batches):
         teacher_logits = batch.teacher_logits  # [B, C] or None
@@ -139,13 +141,14 @@ def train_one_epoch(
             hooks.after_step(epoch, step, steps)
         n = len(batch.labels)
         step_losses.append(float(loss.detach()))
+        step_lrs.append(optimizer.param_groups[0]["lr"])
         for key, value in {"loss": loss.detach(), **parts}.items():
             sums[key] = sums.get(key, 0.0) + float(value) * n
         seen += n
         reporter.step(n, step_losses[-1], optimizer.param_groups[0]["lr"])
     finite.check_weights(model, epoch=epoch)
     means = {key: value / max(seen, 1) for key, value in sums.items()}
-    return EpochStats(means, seen, step_losses)
+    return EpochStats(means, seen, step_losses, step_lrs)
 
 
 # ---------------------------------------------------------------------------- set-up
@@ -171,7 +174,7 @@ class _Run:
     best: float = 0.0
     top1: float | None = None
     top5: float | None = None
-    ema_top: tuple[float, float] | None = None  # the student EMA's top-1, top-5
+    tensorboard: tracking.TensorBoardLog | None = None  # --tensorboard
     evaluated: bool = False
     step_losses: list[float] = field(default_factory=list)
 
@@ -267,6 +270,8 @@ def _set_up(
     model = _build_student(config, data, device)
     teacher = _build_teacher(config, data, device)
     run_state.check_objective(objective, data.train.spec.num_classes, config.uses_teacher)
+    if config.tensorboard and ctx.is_main:
+        tracking.require_tensorboard()
     if ctx.is_main:  # every setting is checked: only now touch the run folder
         outputs.prepare_run_dir(out, resume=config.resume, force=config.force)
         reporter.run_started(describe_run(config, schedule, objective))
@@ -285,6 +290,9 @@ def _set_up(
         train_model = torch.compile(train_model)  # type: ignore[assignment]
     if ctx.is_main and not config.resume:
         run_state.write_run_json(out, config, schedule, data, ctx)
+    tensorboard = None
+    if config.tensorboard and ctx.is_main:
+        tensorboard = tracking.TensorBoardLog(out, purge_step=optim.update_index(start_epoch, 0, 1))
     return _Run(
         config=config,
         ctx=ctx,
@@ -300,6 +308,7 @@ def _set_up(
         optim=optim,
         start_epoch=start_epoch,
         best=best,
+        tensorboard=tensorboard,
     )
 
 
@@ -329,41 +338,56 @@ def _evaluation_due(eval_every: int, epoch: int, epochs: int) -> bool:
     return eval_every > 0 and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs)
 
 
+def _evaluate(run: _Run) -> dict[str, float]:
+    """The student's (and its EMA's) test loss, top-1 and top-5: the record's ``test_*`` fields."""
+    config = run.config
+    models = {"": run.model}
+    if run.optim.ema is not None:
+        models["_ema"] = run.optim.ema.module
+    fields: dict[str, float] = {}
+    for suffix, model in models.items():
+        m = evaluate_metrics(model, run.data.eval, config.eval_batch_size, config.workers,
+                             run.device, config.channels_last, run.data.student_input)  # fmt: skip
+        fields |= {f"test_loss{suffix}": m.loss, f"test_top1{suffix}": m.top1,
+                   f"test_top5{suffix}": m.top5}  # fmt: skip
+    return fields
+
+
 def _end_epoch(
     run: _Run, epoch: int, stats: EpochStats, lr: float, seconds: float, reporter: TrainReporter
 ) -> None:
-    """Main process: evaluation (when due), metrics.jsonl, steps.jsonl, checkpoints, curves."""
+    """Main process: evaluation (when due), metrics.jsonl, steps.jsonl, summary.csv,
+    TensorBoard, checkpoints, curves."""
     config, out = run.config, run.out
     evaluated = _evaluation_due(config.eval_every, epoch, run.schedule.epochs)
+    tests: dict[str, float | None] = dict.fromkeys(["test_loss", "test_top1", "test_top5"])
+    if run.optim.ema is not None:
+        tests |= dict.fromkeys(["test_loss_ema", "test_top1_ema", "test_top5_ema"])
     if evaluated:
         reporter.evaluating(epoch + 1, len(run.data.eval))
-        run.top1, run.top5 = evaluate(run.model, run.data.eval, config.eval_batch_size,
-                                      config.workers, run.device, config.channels_last,
-                                      run.data.student_input)  # fmt: skip
-        run.best = max(run.best, run.top1)
+        measured = _evaluate(run)
+        tests |= measured
+        run.top1, run.top5 = measured["test_top1"], measured["test_top5"]
+        run.best = max(run.best, measured["test_top1"])
         run.evaluated = True
-        if run.optim.ema is not None:
-            run.ema_top = evaluate(run.optim.ema.module, run.data.eval, config.eval_batch_size,
-                                   config.workers, run.device, config.channels_last,
-                                   run.data.student_input)  # fmt: skip
     means = stats.means
     record = {
         "epoch": epoch + 1,
         "lr": lr,
         "train_loss": means["loss"],
         "train_ce": means["ce"],
-        "test_top1": run.top1 if evaluated else None,
-        "test_top5": run.top5 if evaluated else None,
+        **tests,
         "epoch_seconds": seconds,
         "images_per_second": stats.samples / seconds,
         **{f"train_{k}": v for k, v in means.items() if k not in ("loss", "ce")},
     }
-    if run.optim.ema is not None:
-        record["test_top1_ema"] = run.ema_top[0] if evaluated and run.ema_top else None
-        record["test_top5_ema"] = run.ema_top[1] if evaluated and run.ema_top else None
     outputs.append_metrics(out, record)
-    steps = {"epoch": epoch + 1, "loss": stats.step_losses}
+    steps = {"epoch": epoch + 1, "loss": stats.step_losses, "lr": stats.step_lrs}
     outputs.append_metrics(out, steps, outputs.STEP_LOSSES)
+    tracking.write_summary(out)
+    if run.tensorboard is not None:
+        run.tensorboard.log_epoch(record, stats.step_losses, stats.step_lrs,
+                                  first_update=run.optim.update_index(epoch, 0, 1))  # fmt: skip
     state = run_state.checkpoint_state(config, run.data, run.model, run.optim, epoch + 1,
                                        run.best)  # fmt: skip
     outputs.save_checkpoint(out / "last.pt", state)
@@ -395,6 +419,8 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainR
             if ctx.is_main:
                 _end_epoch(run, epoch, stats, lr, seconds, reporter)
             ctx.barrier()
+        if run.tensorboard is not None:
+            run.tensorboard.close()
         return TrainResult(run.out, run.schedule.epochs, run.best if run.evaluated else None,
                            run.top1, run.top5, run.data.cache_fingerprint,
                            run.step_losses)  # fmt: skip
@@ -412,4 +438,4 @@ def _reduce_stats(stats: EpochStats, ctx: DistContext) -> EpochStats:
     dist.all_reduce(t)
     total = float(t[-1])
     means = {k: float(v) / total for k, v in zip(keys, t[:-1], strict=True)}
-    return EpochStats(means, int(total), stats.step_losses)
+    return EpochStats(means, int(total), stats.step_losses, stats.step_lrs)

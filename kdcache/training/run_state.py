@@ -25,7 +25,8 @@ from kdcache.training.sources import RunData
 log = logging.getLogger(__name__)
 
 # Settings that may change between a run and its --resume (they do not change the result).
-_RESUME_FREE = {"resume", "force", "workers", "device", "out", "data_dir", "cache", "eval_every"}
+_RESUME_FREE = {"resume", "force", "workers", "device", "out", "data_dir", "cache", "eval_every",
+                "tensorboard"}  # fmt: skip
 # ... and those that may change to extend a run: the schedule is recomputed for the new length.
 _EXTENDABLE = {"epochs"}
 
