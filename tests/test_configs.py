@@ -70,6 +70,9 @@ def test_each_config_resolves_to_the_papers_solver_and_loss(path: Path) -> None:
         assert (objective.ce_weight, objective.distill_weight) == (0.1, 0.9)
     if loss in ("dkd", "rld"):  # the loss warm-up: 20 epochs of 240 (CIFAR), 1 of 100 (ImageNet)
         assert objective.warmup_epochs == (20 if path.parent.name == "cifar100" else 1)
+    else:
+        assert objective.warmup_epochs == 0
+    assert schedule.lr_warmup_epochs == (20 if loss == "ldrld" else 0)
     assert (config.student, config.cache) != (None, None)
 
 
@@ -87,10 +90,32 @@ def digits_cache(tmp_path_factory: pytest.TempPathFactory, digits_teacher_weight
 @pytest.mark.parametrize("path", STARTS)
 def test_each_config_starts_a_run(path: Path, digits_cache: Path, tmp_path: Path) -> None:
     """The config as a user loads it, on the digits cache, for one step of 64 samples."""
-    args = ["train", "--config", path, "--cache", digits_cache, "--epochs", "1", "--max-samples",
-            "64", "--batch-size", "64", "--eval-every", "0", "--workers", "0", "--device", "cpu",
-            "--student-preprocessing", "dataset", "--out", tmp_path / "run",
-            "--no-progress"]  # fmt: skip
+    args = [
+        "train",
+        "--config",
+        path,
+        "--cache",
+        digits_cache,
+        "--epochs",
+        "1",
+        "--max-samples",
+        "64",
+        "--batch-size",
+        "64",
+        "--eval-every",
+        "0",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--student-preprocessing",
+        "dataset",
+        "--out",
+        tmp_path / "run",
+        "--lr-warmup-epochs",
+        "0",
+        "--no-progress",
+    ]  # fmt: skip (LDRLD's 20-epoch lr warm-up exceeds 1 epoch)
     result = CliRunner().invoke(main, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     loss = path.stem.partition("_")[0]

@@ -99,6 +99,19 @@ def test_bad_optimisation_settings_are_one_clear_error(overrides: dict, message:
         config(**overrides)
 
 
+@pytest.mark.parametrize(("loss", "warmup"), [("kd", 0), ("ldrld", 0), ("dkd", 2), ("rld", 2)])
+def test_only_dkd_and_rld_get_the_protocols_distillation_warm_up(loss: str, warmup: float) -> None:
+    # cifar: 20 of 240 epochs, scaled to 24 -> 2; KD and LDRLD have none in their papers.
+    schedule = resolve_schedule(config(loss=loss, epochs=24, teacher="resnet8",
+                                       teacher_weights="w.pth"), "cifar100", 640)  # fmt: skip
+    assert schedule.warmup_epochs == warmup
+
+
+def test_an_lr_warm_up_as_long_as_the_run_is_refused() -> None:
+    with pytest.raises(ConfigError, match="--lr-warmup-epochs 5 is not shorter than the run"):
+        resolve_schedule(config(epochs=5, lr_warmup_epochs=5), "cifar100", 640)
+
+
 def test_label_smoothing_applies_to_the_ce_term_only() -> None:
     torch.manual_seed(0)
     s, t, y = torch.randn(8, 10), torch.randn(8, 10), torch.randint(0, 10, (8,))

@@ -261,7 +261,15 @@ def resolve_schedule(config: TrainConfig, dataset_name: str, num_samples: int = 
     milestones = tuple(sorted({max(1, round(f * epochs)) for f in proto.milestones} - {epochs}))
     warmup = config.warmup_epochs
     if warmup is None:
-        warmup = proto.warmup_fraction * epochs
+        # Only the methods that warm up (DKD, RLD) get the protocol's warm-up: KD and LDRLD have
+        # none in their papers (a loss without a warm-up of its own keeps 0).
+        warmup = proto.warmup_fraction * epochs if _warms_up(config.loss) else 0.0
+    if config.lr_warmup_epochs and config.lr_warmup_epochs >= epochs:
+        raise ConfigError(
+            f"--lr-warmup-epochs {config.lr_warmup_epochs:g} is not shorter than the run "
+            f"({epochs} epochs): the lr would never leave its warm-up; give a shorter warm-up "
+            "(or 0)"
+        )
     batch_size = config.batch_size or proto.batch_size
     return Schedule(
         protocol=proto.name,
@@ -282,6 +290,12 @@ def resolve_schedule(config: TrainConfig, dataset_name: str, num_samples: int = 
         model_ema_decay=config.model_ema_decay if config.model_ema else None,
         updates_per_epoch=max(1, -(-num_samples // batch_size)),
     )
+
+
+def _warms_up(loss: str) -> bool:
+    from kdcache.losses.registry import list_losses, loss_info
+
+    return loss in list_losses() and loss_info(loss).warmup_epochs > 0
 
 
 def load_yaml_settings(path: str) -> dict[str, Any]:
