@@ -84,6 +84,7 @@ _FIELDS = {
     "channels_last": "channels_last",
     "eval_every": "eval_every",
     "tensorboard": "tensorboard",
+    "checkpoint_every": "checkpoint_every",
 }
 
 
@@ -342,6 +343,14 @@ _FIELDS = {
     is_flag=True,
     help="Also log every step's loss and lr and every epoch's metrics to OUT/tensorboard "
     "(needs pip install 'kdcache[tensorboard]').",
+)
+@click.option(
+    "--checkpoint-every",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, None),
+    help="Also write last.pt every N optimiser steps inside an epoch (long epochs: a crash loses "
+    "minutes); --resume continues from the step. 0: at the end of each epoch only.",
 )
 @click.option("--out", default=None, help="Run directory.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out.")

@@ -107,6 +107,7 @@ class TrainConfig:
     eval_batch_size: int = 256
     eval_every: int = 1  # evaluate every N epochs and after the last; 0 = never (benchmarks)
     tensorboard: bool = False  # also log to OUT/tensorboard (optional dependency)
+    checkpoint_every: int = 0  # also write last.pt every N steps inside an epoch; 0 = epoch ends
     resume: bool = False
     force: bool = False
 
@@ -152,6 +153,11 @@ class TrainConfig:
         self._check_optimization()
         if self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(
+                f"--checkpoint-every must be >= 0 (0: at epoch ends only), got "
+                f"{self.checkpoint_every}"
+            )
         if self.eval_every < 0:
             raise ConfigError(f"--eval-every must be >= 0 (0: never), got {self.eval_every}")
         for name in ("seed", "aug_seed"):

@@ -29,6 +29,7 @@ from kdcache.runtime import DistContext, init_distributed, rank_device, resolve_
 from kdcache.training import finite, outputs, provenance, run_state, tracking
 from kdcache.training.config import Schedule, TrainConfig, resolve_schedule
 from kdcache.training.evaluation import evaluate_metrics
+from kdcache.training.midepoch import EpochTally, StepCheckpoints, skip_served
 from kdcache.training.optim import Optimization, build_optimization
 from kdcache.training.progress import TrainReporter, as_reporter, describe_run
 from kdcache.training.sources import RunData, check_student_classes, resolve_run_data
@@ -97,11 +98,14 @@ def train_one_epoch(
     amp: bool = True,
     progress: ProgressFn | None = None,
     hooks: StepHooks | None = None,
+    tally: EpochTally | None = None,
 ) -> EpochStats:
     """One optimiser step per batch; ``epoch`` is 0-based (the objective's warm-up counts from 1).
 
     ``hooks`` (which need ``len(batches)``) set the lr before each update and update the EMA
-    after it; without them the optimiser's lr is left as it is.
+    after it; without them the optimiser's lr is left as it is. ``tally``: the epoch's running
+    sums, which the steps extend; a resumed epoch's holds its served steps, and ``batches`` are
+    the remaining ones (:mod:`kdcache.training.midepoch`).
 
     Teacher logits come with the batch (a cache) or, when it has none, from ``teacher`` (online
     KD), fed the batch's uint8 views converted by ``teacher_input``; with neither the objective
@@ -109,12 +113,10 @@ def train_one_epoch(
     """
     model.train()
     reporter = as_reporter(progress)
-    sums: dict[str, float] = {}
-    seen = 0
-    step_losses: list[float] = []
-    step_lrs: list[float] = []
-    steps = len(batches) if isinstance(batches, Sized) else 0
-    for step, batch in enumerate(batches):
+    tally = tally if tally is not None else EpochTally()
+    start = tally.served
+    steps = start + len(batches) if isinstance(batches, Sized) else 0
+    for step, batch in enumerate(batches, start=start):
         teacher_logits = batch.teacher_logits  # [B, C] or None
         if teacher_logits is None and teacher is not None:
             if batch.views_uint8 is None or teacher_input is None:
@@ -137,18 +139,13 @@ def train_one_epoch(
         if hooks is not None:
             hooks.before_step(epoch, step, steps)
         optimizer.step()
+        n, lr = len(batch.labels), optimizer.param_groups[0]["lr"]
+        tally.add(n, float(loss.detach()), {k: float(v) for k, v in parts.items()}, lr)
         if hooks is not None:
-            hooks.after_step(epoch, step, steps)
-        n = len(batch.labels)
-        step_losses.append(float(loss.detach()))
-        step_lrs.append(optimizer.param_groups[0]["lr"])
-        for key, value in {"loss": loss.detach(), **parts}.items():
-            sums[key] = sums.get(key, 0.0) + float(value) * n
-        seen += n
-        reporter.step(n, step_losses[-1], optimizer.param_groups[0]["lr"])
+            hooks.after_step(epoch, step, steps)  # after the tally: a checkpoint here holds it
+        reporter.step(n, tally.step_losses[-1], lr)
     finite.check_weights(model, epoch=epoch)
-    means = {key: value / max(seen, 1) for key, value in sums.items()}
-    return EpochStats(means, seen, step_losses, step_lrs)
+    return EpochStats(tally.means(), tally.seen, list(tally.step_losses), list(tally.step_lrs))
 
 
 # ---------------------------------------------------------------------------- set-up
@@ -175,6 +172,8 @@ class _Run:
     top1: float | None = None
     top5: float | None = None
     tensorboard: tracking.TensorBoardLog | None = None  # --tensorboard
+    resumed: EpochTally | None = None  # the served steps of a checkpoint inside an epoch
+    hooks: StepCheckpoints = field(init=False)  # lr schedule, EMA, --checkpoint-every
     evaluated: bool = False
     step_losses: list[float] = field(default_factory=list)
 
@@ -277,10 +276,10 @@ def _set_up(
         reporter.run_started(describe_run(config, schedule, objective))
     ctx.barrier()
     optim = build_optimization(model, schedule)
-    start_epoch, best = 0, 0.0
+    start_epoch, best, resumed = 0, 0.0, None
     if config.resume:
         provenance.check_resume(out, config, data)
-        start_epoch, best = run_state.restore(out, config, model, optim, schedule)
+        start_epoch, best, resumed = run_state.restore(out, config, model, optim, schedule)
     train_model: nn.Module = model
     if ctx.enabled:
         train_model = nn.parallel.DistributedDataParallel(
@@ -292,8 +291,9 @@ def _set_up(
         run_state.write_run_json(out, config, schedule, data, ctx)
     tensorboard = None
     if config.tensorboard and ctx.is_main:
-        tensorboard = tracking.TensorBoardLog(out, purge_step=optim.update_index(start_epoch, 0, 1))
-    return _Run(
+        served = resumed.served if resumed else 0
+        tensorboard = tracking.TensorBoardLog(out, optim.update_index(start_epoch, served, 0))
+    run = _Run(
         config=config,
         ctx=ctx,
         device=device,
@@ -309,7 +309,18 @@ def _set_up(
         start_epoch=start_epoch,
         best=best,
         tensorboard=tensorboard,
+        resumed=resumed,
     )
+    save = (lambda e, k, t: _save_mid_epoch(run, e, k, t)) if ctx.is_main else None
+    run.hooks = StepCheckpoints(optim, config.checkpoint_every, save)
+    return run
+
+
+def _save_mid_epoch(run: _Run, epoch: int, served: int, tally: EpochTally) -> None:
+    """last.pt after ``served`` steps of 0-based ``epoch`` (``epoch`` epochs complete)."""
+    state = run_state.checkpoint_state(run.config, run.data, run.model, run.optim, epoch,
+                                       run.best)  # fmt: skip
+    outputs.save_checkpoint(run.out / "last.pt", state | {"step": served, "tally": tally.to_dict()})
 
 
 # ---------------------------------------------------------------------------- per epoch
@@ -405,13 +416,16 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainR
     with _distributed(config) as (ctx, device):
         run = _set_up(config, ctx, device, reporter)
         for epoch in range(run.start_epoch, run.schedule.epochs):
-            batches = _epoch_batches(run, epoch)
+            tally = run.hooks.begin(run.resumed if epoch == run.start_epoch and run.resumed
+                                    else EpochTally())  # fmt: skip
+            batches = skip_served(_epoch_batches(run, epoch), tally.served)
             started = time.perf_counter()
             reporter.epoch_started(epoch + 1, run.schedule.epochs, int(batches.plan.bounds[-1]))
             stats = train_one_epoch(run.train_model, run.objective, run.optim.optimizer, batches,
                                     epoch=epoch, teacher=run.teacher,
                                     teacher_input=run.data.teacher_input, amp=config.amp,
-                                    progress=reporter, hooks=run.optim)  # fmt: skip
+                                    progress=reporter, hooks=run.hooks,
+                                    tally=tally)  # fmt: skip
             seconds = time.perf_counter() - started
             lr = run.optim.optimizer.param_groups[0]["lr"]  # of the epoch's last update
             run.step_losses += stats.step_losses

@@ -19,6 +19,7 @@ from kdcache.models.names import resolve_model_name
 from kdcache.runtime import DistContext
 from kdcache.training import outputs, provenance
 from kdcache.training.config import Schedule, TrainConfig
+from kdcache.training.midepoch import EpochTally
 from kdcache.training.optim import Optimization
 from kdcache.training.sources import RunData
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # Settings that may change between a run and its --resume (they do not change the result).
 _RESUME_FREE = {"resume", "force", "workers", "device", "out", "data_dir", "cache", "eval_every",
-                "tensorboard"}  # fmt: skip
+                "tensorboard", "checkpoint_every"}  # fmt: skip
 # ... and those that may change to extend a run: the schedule is recomputed for the new length.
 _EXTENDABLE = {"epochs"}
 
@@ -84,9 +85,11 @@ def restore(
     model: nn.Module,
     optim: Optimization,
     schedule: Schedule,
-) -> tuple[int, float]:
-    """Load ``out/last.pt`` into the model, the optimiser and the student EMA; returns (epoch,
-    best top-1). The lr schedule is a function of the update count (kdcache.training.optim).
+) -> tuple[int, float, EpochTally | None]:
+    """Load ``out/last.pt`` into the model, the optimiser and the student EMA; returns (epochs
+    complete, best top-1, the tally of the next epoch's served steps when the checkpoint was
+    written inside it). The lr schedule is a function of the update count
+    (kdcache.training.optim).
 
     A larger ``--epochs`` than the run's extends it: the schedule (milestones, cosine length,
     warm-up) is the one computed for the new length, so the next update gets that schedule's lr,
@@ -124,8 +127,10 @@ def restore(
     if old.get("epochs") != new["epochs"]:
         _record_extension(out, schedule, from_epochs=old.get("epochs"), at_epoch=epoch)
     outputs.truncate_metrics(out, epoch)
-    log.info("resumed %s at epoch %d of %d", out, epoch, schedule.epochs)
-    return epoch, float(state["best_top1"])
+    tally = EpochTally.from_dict(state["tally"]) if state.get("step") else None
+    log.info("resumed %s at epoch %d of %d%s", out, epoch, schedule.epochs,
+             f", step {tally.served}" if tally else "")  # fmt: skip
+    return epoch, float(state["best_top1"]), tally
 
 
 def _record_extension(
