@@ -82,8 +82,9 @@ def test_the_quick_tour_has_the_commands_this_test_runs() -> None:
 
 @pytest.mark.slow
 def test_each_quick_tour_command_prints_its_schedule_and_exits_0(
-    stand_ins: dict, tmp_path: Path
+    stand_ins: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.chdir(tmp_path)  # a config's own relative out: lands here, not in the repository
     for args in quick_tour_commands():
         local = localise(args[1:], stand_ins, tmp_path)
         if args[1] == "train":
