@@ -126,7 +126,7 @@ def test_label_smoothing_applies_to_the_ce_term_only() -> None:
 
 def test_the_student_ema_is_evaluated_beside_it_and_saved(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    run_train(config(out, model_ema=True, model_ema_decay=0.5))
+    run_train(config(out, model_ema=True, model_ema_decay=0.5, max_samples=128))
     [record] = outputs.read_metrics(out)
     assert record["test_top1_ema"] is not None and record["test_top5_ema"] is not None
     state = outputs.load_checkpoint(out / "last.pt")

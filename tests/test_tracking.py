@@ -29,12 +29,13 @@ def read_summary(out: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_summary_csv_has_timms_columns_and_the_distillation_terms(
     tmp_path: Path, digits_teacher_weights: Path
 ) -> None:
     out = tmp_path / "run"
     online = dict(teacher="resnet8", teacher_weights=str(digits_teacher_weights), loss="kd")
-    run_train(digits_config(out, epochs=2, eval_every=2, max_samples=128, **online))
+    run_train(digits_config(out, epochs=2, eval_every=2, max_samples=64, **online))
     rows = read_summary(out)
     header = next(csv.reader(open(out / "summary.csv")))
     assert header[:6] == ["epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr"]
@@ -49,8 +50,8 @@ def test_summary_csv_has_timms_columns_and_the_distillation_terms(
 
 def test_a_resumed_run_lists_each_epoch_once(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    run_train(digits_config(out, eval_every=0))
-    run_train(digits_config(out, epochs=2, eval_every=0, resume=True))
+    run_train(digits_config(out, eval_every=0, max_samples=64))
+    run_train(digits_config(out, epochs=2, eval_every=0, max_samples=64, resume=True))
     assert [r["epoch"] for r in read_summary(out)] == ["1", "2"]
 
 
@@ -93,7 +94,7 @@ def test_curves_of_a_240_epoch_run_stay_readable() -> None:
 
 
 def test_curves_png_is_written_for_a_one_epoch_run(tmp_path: Path) -> None:
-    run_train(digits_config(tmp_path / "run", eval_every=0))
+    run_train(digits_config(tmp_path / "run", eval_every=0, max_samples=64))
     assert (tmp_path / "run" / "curves.png").stat().st_size > 10_000
 
 
