@@ -213,7 +213,9 @@ _FIELDS = {
     "students 0.01]; --sched step: x0.1 at 62.5/75/87.5% of the run (cifar) or 30/60/90% "
     "(imagenet). Required with --opt adamw.",
 )
-@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option(
+    "--momentum", type=float, default=0.9, show_default=True, help="SGD momentum (not AdamW's)."
+)
 @click.option(
     "--weight-decay",
     type=float,
