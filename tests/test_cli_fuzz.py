@@ -120,6 +120,12 @@ def _path_cases() -> list[str]:
         TRAIN + " --views 5",
         TRAIN + " --views a,b",
         TRAIN + " --resume",
+        TRAIN + " --opt adamw",  # AdamW without its lr and weight decay
+        TRAIN + " --label-smoothing nan",
+        TRAIN + " --model-ema-decay 1",
+        TRAIN + " --lr-warmup-epochs 5",  # longer than the 1-epoch run
+        TRAIN + " --min-lr 0.01",  # a cosine setting on the step schedule
+        TRAIN + " --tensorboard --opt nope",
         "train --student resnet8 --out {new}",
         "train --cache {cache} --dataset digits --student resnet8 --out {new}",
         "train --cache {cache} --out {new}",
@@ -163,6 +169,10 @@ _YAML = {
     "verify_replay": {"verify_replay": "sometimes"},
     "batch_zero": {"batch_size": 0},
     "window_huge": {"window_blocks": 0},
+    "opt_unknown": {"opt": "lion"},
+    "sched_number": {"sched": 3},
+    "checkpoint_every_negative": {"checkpoint_every": -1},
+    "model_ema_word": {"model_ema": "yes"},
 }
 
 CASES = _int_option_cases() + _location_cases() + _path_cases() + _yaml_cases()

@@ -194,6 +194,24 @@ def test_the_mixed_cross_entropy_is_the_soft_target_cross_entropy() -> None:
     torch.testing.assert_close(mixed_cross_entropy(s, y, ones), F.cross_entropy(s, y))
 
 
+def test_label_smoothing_smooths_each_label_then_mixes_as_timm() -> None:
+    """timm's mixup with smoothing: target = lam * smooth(y) + (1 - lam) * smooth(y'), where
+    smooth(y) = (1 - e) onehot(y) + e / C; at lam = 1 it is F.cross_entropy's label_smoothing."""
+    torch.manual_seed(0)
+    s = torch.randn(6, 5, dtype=torch.float64)
+    y, y2 = torch.tensor([0, 1, 2, 3, 4, 0]), torch.tensor([1, 1, 0, 4, 2, 3])
+    lam = torch.tensor([0.0, 1.0, 0.3, 0.5, 0.9, 0.25], dtype=torch.float64)
+    e = 0.1
+    smooth = lambda labels: (1 - e) * F.one_hot(labels, 5).double() + e / 5  # noqa: E731
+    target = lam[:, None] * smooth(y) + (1 - lam[:, None]) * smooth(y2)
+    expected = (-target * F.log_softmax(s, 1)).sum(1).mean()
+    got = mixed_cross_entropy(s, y, MixedTarget(y2, lam), label_smoothing=e)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+    ones = MixedTarget(y2, torch.ones(6, dtype=torch.float64))
+    torch.testing.assert_close(mixed_cross_entropy(s, y, ones, label_smoothing=e),
+                               F.cross_entropy(s, y, label_smoothing=e))  # fmt: skip
+
+
 def test_kd_and_ldrld_train_on_mixed_targets_and_dkd_rld_refuse() -> None:
     torch.manual_seed(0)
     s, t = torch.randn(4, 10), torch.randn(4, 10)

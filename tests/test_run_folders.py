@@ -130,3 +130,47 @@ def test_checkpoints_and_run_files_follow_the_umask(tmp_path: Path) -> None:
     for name in ("last.pt", "best.pt", "run.json", "metrics.jsonl", "curves.png"):
         mode = stat.S_IMODE((tmp_path / "run" / name).stat().st_mode)
         assert mode == 0o644, f"{name} has mode {oct(mode)}"
+
+
+@pytest.mark.slow
+def test_a_run_stopped_inside_an_epoch_resumes_from_the_step_to_the_same_bits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--checkpoint-every 1: killed after step 2 of epoch 2 (4 steps each), resumed, it ends with
+    the weights, EMA, optimiser state and step losses of a run never stopped (and never
+    checkpointed inside its epochs)."""
+    settings: dict[str, Any] = dict(epochs=2, max_samples=256, model_ema=True, model_ema_decay=0.5,
+                                    eval_every=0)  # fmt: skip
+    run_train(digits_config(tmp_path / "whole", **settings))
+
+    real_save = outputs.save_checkpoint
+
+    def stop_at_epoch_2_step_2(path: Path, state: dict[str, Any]) -> None:
+        real_save(path, state)
+        if state["epoch"] == 1 and state.get("step") == 2:
+            raise KeyboardInterrupt("killed inside epoch 2")
+
+    cut = tmp_path / "cut"
+    monkeypatch.setattr(outputs, "save_checkpoint", stop_at_epoch_2_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(digits_config(cut, checkpoint_every=1, **settings))
+    monkeypatch.undo()
+    assert outputs.load_checkpoint(cut / "last.pt")["step"] == 2
+    assert [r["epoch"] for r in outputs.read_metrics(cut)] == [1]
+    run_train(digits_config(cut, checkpoint_every=1, resume=True, **settings))
+
+    a = outputs.load_checkpoint(tmp_path / "whole" / "last.pt")
+    b = outputs.load_checkpoint(cut / "last.pt")
+    assert "step" not in b and b["epoch"] == 2
+    for key in ("model", "model_ema"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(),
+                      strict=True):  # fmt: skip
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    steps = outputs.read_metrics(cut, outputs.STEP_LOSSES)
+    assert steps == outputs.read_metrics(tmp_path / "whole", outputs.STEP_LOSSES)
+    assert len(steps[1]["loss"]) == 4  # the served steps were not trained twice
+    keep = ("epoch", "lr", "train_loss", "train_ce")
+    assert [{k: r[k] for k in keep} for r in outputs.read_metrics(cut)] == [
+        {k: r[k] for k in keep} for r in outputs.read_metrics(tmp_path / "whole")
+    ]

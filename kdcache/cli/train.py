@@ -60,6 +60,13 @@ _FIELDS = {
     "momentum": "momentum",
     "weight_decay": "weight_decay",
     "warmup_epochs": "warmup_epochs",
+    "opt": "opt",
+    "sched": "sched",
+    "lr_warmup_epochs": "lr_warmup_epochs",
+    "min_lr": "min_lr",
+    "label_smoothing": "label_smoothing",
+    "model_ema": "model_ema",
+    "model_ema_decay": "model_ema_decay",
     "ce_weight": "ce_weight",
     "distill_weight": "distill_weight",
     "seed": "seed",
@@ -76,6 +83,8 @@ _FIELDS = {
     "block_rows": "block_rows",
     "channels_last": "channels_last",
     "eval_every": "eval_every",
+    "tensorboard": "tensorboard",
+    "checkpoint_every": "checkpoint_every",
 }
 
 
@@ -203,15 +212,66 @@ _FIELDS = {
     "--lr",
     type=float,
     default=None,
-    help=f"Initial SGD learning rate [default: {_preset('lr')}; cifar MobileNet/ShuffleNet "
-    "students 0.01], x0.1 at 62.5/75/87.5% of the run (cifar) or 30/60/90% (imagenet).",
+    help=f"Initial learning rate [default (SGD): {_preset('lr')}; cifar MobileNet/ShuffleNet "
+    "students 0.01]; --sched step: x0.1 at 62.5/75/87.5% of the run (cifar) or 30/60/90% "
+    "(imagenet). Required with --opt adamw.",
 )
-@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option(
+    "--momentum", type=float, default=0.9, show_default=True, help="SGD momentum (not AdamW's)."
+)
 @click.option(
     "--weight-decay",
     type=float,
     default=None,
-    help=f"SGD weight decay [default: {_preset('weight_decay')}].",
+    help=f"Weight decay [default (SGD): {_preset('weight_decay')}]; required with --opt adamw "
+    "(decoupled, not on biases and norm layers).",
+)
+@click.option(
+    "--opt",
+    type=click.Choice(["sgd", "adamw"]),
+    default="sgd",
+    show_default=True,
+    help="Optimiser (timm's create_optimizer_v2): sgd, the papers' (classical momentum, weight "
+    "decay on all parameters), or adamw.",
+)
+@click.option(
+    "--sched",
+    type=click.Choice(["step", "cosine"]),
+    default="step",
+    show_default=True,
+    help="lr schedule (timm's MultiStepLRScheduler / CosineLRScheduler, set every update): "
+    "step, the papers' (x0.1 at the protocol's milestones), or cosine to --min-lr.",
+)
+@click.option(
+    "--lr-warmup-epochs",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Linear lr warm-up from 1e-5, in epochs (per update). Not --warmup-epochs, which warms "
+    "up the distillation term.",
+)
+@click.option(
+    "--min-lr", type=float, default=0.0, show_default=True, help="--sched cosine: the final lr."
+)
+@click.option(
+    "--label-smoothing",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Label smoothing of the cross-entropy term.",
+)
+@click.option(
+    "--model-ema",
+    is_flag=True,
+    help="Keep an EMA of the student's weights (timm's ModelEmaV3), evaluated beside it and "
+    "saved as model_ema in the checkpoints. Not --teacher-ema (a live teacher's EMA weights).",
+)
+@click.option(
+    "--model-ema-decay",
+    type=float,
+    default=0.9998,
+    show_default=True,
+    help="Decay of --model-ema per update.",
 )
 @click.option(
     "--warmup-epochs",
@@ -282,6 +342,20 @@ _FIELDS = {
     show_default=True,
     type=int,
     help="Evaluate every N epochs and after the last; 0: never (benchmarks).",
+)
+@click.option(
+    "--tensorboard",
+    is_flag=True,
+    help="Also log every step's loss and lr and every epoch's metrics to OUT/tensorboard "
+    "(needs pip install 'kdcache[tensorboard]').",
+)
+@click.option(
+    "--checkpoint-every",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, None),
+    help="Also write last.pt every N optimiser steps inside an epoch (long epochs: a crash loses "
+    "minutes); --resume continues from the step. 0: at the end of each epoch only.",
 )
 @click.option("--out", default=None, help="Run directory.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out.")

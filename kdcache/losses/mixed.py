@@ -55,14 +55,23 @@ def check_mixed_loss(loss: str, recipe: str) -> None:
         raise refuse_mixed(loss, recipe)
 
 
-def mixed_cross_entropy(student_logits: Tensor, labels: Tensor, mix: MixedTarget) -> Tensor:
+def mixed_cross_entropy(
+    student_logits: Tensor, labels: Tensor, mix: MixedTarget, label_smoothing: float = 0.0
+) -> Tensor:
     """``mean_b(lam_b * CE(s_b, y_b) + (1 - lam_b) * CE(s_b, y'_b))``: the cross-entropy against
-    the soft target ``lam * onehot(y) + (1 - lam) * onehot(y')``. ``student_logits`` [B, C]."""
+    the soft target ``lam * onehot(y) + (1 - lam) * onehot(y')``. ``student_logits`` [B, C].
+
+    With ``label_smoothing`` e, each label's target is smoothed first, as ``F.cross_entropy``
+    does it (``(1 - e) * onehot + e / C``), then mixed (timm's order); since the smoothing is linear
+    this is ``(1 - e) * mixed CE + e * mean_c(-log p_c)``."""
     logp = F.log_softmax(student_logits, dim=1)  # [B, C]
     lam = mix.lam.to(logp.dtype)
     own = logp.gather(1, labels.long()[:, None])[:, 0]
     other = logp.gather(1, mix.partner_labels.long()[:, None])[:, 0]
-    return -(lam * own + (1 - lam) * other).mean()
+    per_row = -(lam * own + (1 - lam) * other)  # [B]
+    if label_smoothing:
+        per_row = (1 - label_smoothing) * per_row - label_smoothing * logp.mean(dim=1)
+    return per_row.mean()
 
 
 def soft_targets(labels: Tensor, mix: MixedTarget | None, num_classes: int) -> Tensor:

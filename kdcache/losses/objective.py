@@ -80,6 +80,7 @@ class Objective(nn.Module):
         distill_weight: float,
         warmup_epochs: float,
         sparse_approx: bool = False,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         self.name = name
@@ -91,6 +92,11 @@ class Objective(nn.Module):
         self.ce_weight = check_non_negative("ce_weight", ce_weight)
         self.distill_weight = check_non_negative("distill_weight", distill_weight)
         self.warmup_epochs = check_non_negative("warmup_epochs", warmup_epochs)
+        if not 0 <= label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        # Of the CE term only (timm's --smoothing): the distillation term keeps the teacher's
+        # distribution as its target.
+        self.label_smoothing = float(label_smoothing)
 
     @property
     def requires_teacher(self) -> bool:
@@ -119,11 +125,11 @@ class Objective(nn.Module):
         student = student_logits.to(dtype)  # [B, C]
         target = prepare_target(target, student)
         if mix is None:
-            ce = F.cross_entropy(student, target)
+            ce = F.cross_entropy(student, target, label_smoothing=self.label_smoothing)
         else:
             if self.loss is not None and self.name not in MIXABLE_LOSSES:
                 raise refuse_mixed(self.name)
-            ce = mixed_cross_entropy(student, target, mix)
+            ce = mixed_cross_entropy(student, target, mix, self.label_smoothing)
         total = self.ce_weight * ce
         parts = {"ce": ce.detach()}
         if self.loss is None:
@@ -160,7 +166,8 @@ class Objective(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"name={self.name!r}, ce_weight={self.ce_weight}, "
-            f"distill_weight={self.distill_weight}, warmup_epochs={self.warmup_epochs}"
+            f"distill_weight={self.distill_weight}, warmup_epochs={self.warmup_epochs}, "
+            f"label_smoothing={self.label_smoothing}"
         )
 
 
@@ -171,6 +178,7 @@ def build_objective(
     ce_weight: float | None = None,
     distill_weight: float | None = None,
     sparse_approx: bool = False,
+    label_smoothing: float = 0.0,
     **hparams: Any,
 ) -> Objective:
     """The objective of ``loss_name`` (``"ce"`` or a registered loss) with the method's defaults.
@@ -185,6 +193,7 @@ def build_objective(
         sparse_approx: allow DKD, RLD and LDRLD to train from sparse (top-K) teacher rows through
             the uniform-tail completion (:func:`kdcache.losses.sparse.uniform_tail_teacher`);
             without it they refuse sparse rows. KD is exact from sparse rows either way.
+        label_smoothing: label smoothing of the cross-entropy term (``F.cross_entropy``'s).
         **hparams: the loss's own hyper-parameters (``temperature``, ``alpha``, ``k`` ...).
 
     Raises:
@@ -203,6 +212,7 @@ def build_objective(
             ce_weight=1.0 if ce_weight is None else ce_weight,
             distill_weight=0.0,
             warmup_epochs=0.0 if warmup_epochs is None else warmup_epochs,
+            label_smoothing=label_smoothing,
         )
     if loss_name not in list_objectives():
         raise unknown_objective(loss_name)
@@ -215,4 +225,5 @@ def build_objective(
         distill_weight=info.distill_weight if distill_weight is None else distill_weight,
         warmup_epochs=info.warmup_epochs if warmup_epochs is None else warmup_epochs,
         sparse_approx=sparse_approx,
+        label_smoothing=label_smoothing,
     )

@@ -13,6 +13,8 @@ from kdcache.errors import ConfigError, DataNotFoundError
 from kdcache.training.config_types import check_types, parse_views
 
 ReplayMode = Literal["all", "sample", "off"]
+OptimizerName = Literal["sgd", "adamw"]
+SchedName = Literal["step", "cosine"]
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,15 @@ class TrainConfig:
     lr: float | None = None
     momentum: float = 0.9
     weight_decay: float | None = None
-    warmup_epochs: float | None = None
+    warmup_epochs: float | None = None  # the distillation term's warm-up (DKD/RLD)
+    # Optimiser, lr schedule, student EMA (kdcache.training.optim, timm's factories):
+    opt: OptimizerName = "sgd"
+    sched: SchedName = "step"
+    lr_warmup_epochs: float = 0.0  # linear lr warm-up from LR_WARMUP_INIT, per optimiser update
+    min_lr: float = 0.0  # cosine only: the lr it decays to
+    label_smoothing: float = 0.0  # of the cross-entropy term
+    model_ema: bool = False  # keep an EMA of the student's weights, evaluated beside it
+    model_ema_decay: float = 0.9998
     ce_weight: float | None = None
     distill_weight: float | None = None
     loss_params: dict[str, Any] = field(default_factory=dict)
@@ -96,6 +106,8 @@ class TrainConfig:
     block_rows: int | None = None  # ordering blocks without a cache (a cache uses its chunk rows)
     eval_batch_size: int = 256
     eval_every: int = 1  # evaluate every N epochs and after the last; 0 = never (benchmarks)
+    tensorboard: bool = False  # also log to OUT/tensorboard (optional dependency)
+    checkpoint_every: int = 0  # also write last.pt every N steps inside an epoch; 0 = epoch ends
     resume: bool = False
     force: bool = False
 
@@ -127,6 +139,8 @@ class TrainConfig:
             "momentum",
             "weight_decay",
             "warmup_epochs",
+            "lr_warmup_epochs",
+            "min_lr",
             "ce_weight",
             "distill_weight",
         ):
@@ -136,8 +150,14 @@ class TrainConfig:
                 raise ConfigError(
                     f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}"
                 )
+        self._check_optimization()
         if self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(
+                f"--checkpoint-every must be >= 0 (0: at epoch ends only), got "
+                f"{self.checkpoint_every}"
+            )
         if self.eval_every < 0:
             raise ConfigError(f"--eval-every must be >= 0 (0: never), got {self.eval_every}")
         for name in ("seed", "aug_seed"):
@@ -162,6 +182,26 @@ class TrainConfig:
         check_preprocessing_text(self.student_preprocessing)
         if self.resume and self.force:
             raise ConfigError("--resume and --force are exclusive")
+
+    def _check_optimization(self) -> None:
+        if self.opt not in ("sgd", "adamw"):
+            raise ConfigError(f"--opt must be sgd or adamw, got {self.opt!r}")
+        if self.sched not in ("step", "cosine"):
+            raise ConfigError(f"--sched must be step or cosine, got {self.sched!r}")
+        if self.opt == "adamw" and (self.lr is None or self.weight_decay is None):
+            # The presets' lr and weight decay are SGD's (0.05 / 5e-4): AdamW at lr 0.05 diverges.
+            raise ConfigError(
+                "--opt adamw needs --lr and --weight-decay (the presets' values are SGD's), "
+                "e.g. --lr 0.001 --weight-decay 0.05"
+            )
+        if self.min_lr and self.sched != "cosine":
+            raise ConfigError("--min-lr is the floor of --sched cosine; the step schedule has none")
+        for name in ("label_smoothing", "model_ema_decay"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 <= value < 1):
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be a number in [0, 1), got {value}"
+                )
 
     @property
     def uses_teacher(self) -> bool:
@@ -194,13 +234,30 @@ class Schedule:
     batch_size: int
     lr: float
     weight_decay: float
-    milestones: tuple[int, ...]
+    milestones: tuple[int, ...]  # step schedule: lr *= lr_decay from these epochs (1-based: > m)
     lr_decay: float
-    warmup_epochs: float
+    warmup_epochs: float  # of the distillation term
+    opt: str = "sgd"
+    momentum: float = 0.9  # SGD only
+    sched: str = "step"
+    lr_warmup_epochs: float = 0.0
+    lr_warmup_init: float = 0.0
+    min_lr: float = 0.0
+    label_smoothing: float = 0.0
+    model_ema_decay: float | None = None  # None: no student EMA
+    # The lr is set before every optimiser update from ``update = epoch * updates_per_epoch +
+    # step`` (timm's ``step_update``): warm-up and cosine move per step, milestones fall at the
+    # first update of their epoch.
+    updates_per_epoch: int = 1
 
 
-def resolve_schedule(config: TrainConfig, dataset_name: str) -> Schedule:
-    """Protocol defaults, scaled to ``--epochs``, overridden by explicit flags."""
+# Where the lr warm-up starts (timm train.py's --warmup-lr default).
+LR_WARMUP_INIT = 1e-5
+
+
+def resolve_schedule(config: TrainConfig, dataset_name: str, num_samples: int = 0) -> Schedule:
+    """Protocol defaults, scaled to ``--epochs``, overridden by explicit flags; ``num_samples``
+    (training samples per epoch) gives ``updates_per_epoch``."""
     proto = PROTOCOLS[config.protocol or ("imagenet" if dataset_name == "imagefolder" else "cifar")]
     epochs = config.epochs or proto.epochs
     lr = config.lr
@@ -210,17 +267,41 @@ def resolve_schedule(config: TrainConfig, dataset_name: str) -> Schedule:
     milestones = tuple(sorted({max(1, round(f * epochs)) for f in proto.milestones} - {epochs}))
     warmup = config.warmup_epochs
     if warmup is None:
-        warmup = proto.warmup_fraction * epochs
+        # Only the methods that warm up (DKD, RLD) get the protocol's warm-up: KD and LDRLD have
+        # none in their papers (a loss without a warm-up of its own keeps 0).
+        warmup = proto.warmup_fraction * epochs if _warms_up(config.loss) else 0.0
+    if config.lr_warmup_epochs and config.lr_warmup_epochs >= epochs:
+        raise ConfigError(
+            f"--lr-warmup-epochs {config.lr_warmup_epochs:g} is not shorter than the run "
+            f"({epochs} epochs): the lr would never leave its warm-up; give a shorter warm-up "
+            "(or 0)"
+        )
+    batch_size = config.batch_size or proto.batch_size
     return Schedule(
         protocol=proto.name,
         epochs=epochs,
-        batch_size=config.batch_size or proto.batch_size,
+        batch_size=batch_size,
         lr=lr,
         weight_decay=proto.weight_decay if config.weight_decay is None else config.weight_decay,
-        milestones=milestones,
+        milestones=milestones if config.sched == "step" else (),
         lr_decay=proto.lr_decay,
         warmup_epochs=warmup,
+        opt=config.opt,
+        momentum=config.momentum,
+        sched=config.sched,
+        lr_warmup_epochs=config.lr_warmup_epochs,
+        lr_warmup_init=LR_WARMUP_INIT if config.lr_warmup_epochs else 0.0,
+        min_lr=config.min_lr,
+        label_smoothing=config.label_smoothing,
+        model_ema_decay=config.model_ema_decay if config.model_ema else None,
+        updates_per_epoch=max(1, -(-num_samples // batch_size)),
     )
+
+
+def _warms_up(loss: str) -> bool:
+    from kdcache.losses.registry import list_losses, loss_info
+
+    return loss in list_losses() and loss_info(loss).warmup_epochs > 0
 
 
 def load_yaml_settings(path: str) -> dict[str, Any]:

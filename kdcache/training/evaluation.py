@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -24,8 +26,15 @@ from kdcache.training import outputs
 # What `kdcache eval` needs from a checkpoint (a raw state dict has none of them).
 
 
+@dataclass(frozen=True)
+class EvalMetrics:
+    top1: float  # %
+    top5: float  # %
+    loss: float  # mean cross-entropy (timm's eval_loss)
+
+
 @torch.no_grad()
-def evaluate(
+def evaluate_metrics(
     model: nn.Module,
     source: SourceDataset,
     batch_size: int,
@@ -33,9 +42,9 @@ def evaluate(
     device: torch.device,
     channels_last: bool = True,
     preprocessing: Preprocessing | None = None,
-) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy (%) on ``source`` with the evaluation transform, each image
-    converted by ``preprocessing`` (default: the dataset's normalisation)."""
+) -> EvalMetrics:
+    """Top-1, top-5 (%) and mean cross-entropy on ``source`` with the evaluation transform, each
+    image converted by ``preprocessing`` (default: the dataset's normalisation)."""
     model.eval()
     preprocess = preprocessing or Preprocessing.from_dataset(source.spec)
     recipe = create_recipe("none", source.spec)
@@ -47,16 +56,33 @@ def evaluate(
         pin_memory=device.type == "cuda",
     )
     top1 = top5 = 0
+    loss_sum = 0.0
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     for batch in loader:
         x = preprocess(batch["image"].to(device, non_blocking=True))
-        logits = model(x.contiguous(memory_format=memory_format)).float()
+        logits = model(x.contiguous(memory_format=memory_format)).float()  # [B, C]
         target = batch["label"].to(device)
         k = min(5, logits.shape[1])
         pred = logits.topk(k, dim=1).indices  # [B, k]
         top1 += int((pred[:, 0] == target).sum())
         top5 += int((pred == target[:, None]).any(dim=1).sum())
-    return 100.0 * top1 / len(source), 100.0 * top5 / len(source)
+        loss_sum += float(F.cross_entropy(logits, target.long(), reduction="sum"))
+    n = len(source)
+    return EvalMetrics(100.0 * top1 / n, 100.0 * top5 / n, loss_sum / n)
+
+
+def evaluate(
+    model: nn.Module,
+    source: SourceDataset,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    channels_last: bool = True,
+    preprocessing: Preprocessing | None = None,
+) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy (%): :func:`evaluate_metrics` without the loss."""
+    m = evaluate_metrics(model, source, batch_size, workers, device, channels_last, preprocessing)
+    return m.top1, m.top5
 
 
 def _run_json(weights: Path) -> dict[str, Any]:

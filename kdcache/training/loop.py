@@ -11,10 +11,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -26,9 +26,11 @@ from kdcache.models.inference import prepare_teacher, teacher_inference
 from kdcache.models.inference import teacher_logits as teacher_forward
 from kdcache.models.preprocess import Preprocessing, resolve_preprocessing
 from kdcache.runtime import DistContext, init_distributed, rank_device, resolve_device
-from kdcache.training import finite, outputs, provenance, run_state
+from kdcache.training import finite, outputs, provenance, run_state, tracking
 from kdcache.training.config import Schedule, TrainConfig, resolve_schedule
-from kdcache.training.evaluation import evaluate
+from kdcache.training.evaluation import evaluate_metrics
+from kdcache.training.midepoch import EpochTally, StepCheckpoints, skip_served
+from kdcache.training.optim import Optimization, build_optimization
 from kdcache.training.progress import TrainReporter, as_reporter, describe_run
 from kdcache.training.sources import RunData, check_student_classes, resolve_run_data
 from kdcache.training.stream import Batch, EpochBatches, EpochSource, chunk_capacity, epoch_batches
@@ -37,6 +39,15 @@ from kdcache.training.teacher_stream import CachedTeacher
 log = logging.getLogger(__name__)
 # A reporter (bars, logs: kdcache.training.progress) or a plain progress(images) callable.
 ProgressFn = Callable[[int], None] | TrainReporter
+
+
+class StepHooks(Protocol):
+    """Called around each optimiser update (``kdcache.training.optim.Optimization``: the lr
+    schedule before, the student's EMA after); ``step`` of ``steps`` in 0-based ``epoch``."""
+
+    def before_step(self, epoch: int, step: int, steps: int) -> None: ...
+
+    def after_step(self, epoch: int, step: int, steps: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,7 @@ class EpochStats:
     means: dict[str, float]  # sample-weighted means: "loss" (total), "ce", each loss term ...
     samples: int
     step_losses: list[float]  # every step's total loss, in order (this process)
+    step_lrs: list[float] = field(default_factory=list)  # every step's lr, in order
 
 
 def _amp_context(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -85,8 +97,15 @@ def train_one_epoch(
     teacher_input: Preprocessing | None = None,
     amp: bool = True,
     progress: ProgressFn | None = None,
+    hooks: StepHooks | None = None,
+    tally: EpochTally | None = None,
 ) -> EpochStats:
     """One optimiser step per batch; ``epoch`` is 0-based (the objective's warm-up counts from 1).
+
+    ``hooks`` (which need ``len(batches)``) set the lr before each update and update the EMA
+    after it; without them the optimiser's lr is left as it is. ``tally``: the epoch's running
+    sums, which the steps extend; a resumed epoch's holds its served steps, and ``batches`` are
+    the remaining ones (:mod:`kdcache.training.midepoch`).
 
     Teacher logits come with the batch (a cache) or, when it has none, from ``teacher`` (online
     KD), fed the batch's uint8 views converted by ``teacher_input``; with neither the objective
@@ -94,10 +113,10 @@ def train_one_epoch(
     """
     model.train()
     reporter = as_reporter(progress)
-    sums: dict[str, float] = {}
-    seen = 0
-    step_losses: list[float] = []
-    for step, batch in enumerate(batches):
+    tally = tally if tally is not None else EpochTally()
+    start = tally.served
+    steps = start + len(batches) if isinstance(batches, Sized) else 0
+    for step, batch in enumerate(batches, start=start):
         teacher_logits = batch.teacher_logits  # [B, C] or None
         if teacher_logits is None and teacher is not None:
             if batch.views_uint8 is None or teacher_input is None:
@@ -117,16 +136,16 @@ def train_one_epoch(
                           cached_rows=getattr(batches, "block_rows", None))  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if hooks is not None:
+            hooks.before_step(epoch, step, steps)
         optimizer.step()
-        n = len(batch.labels)
-        step_losses.append(float(loss.detach()))
-        for key, value in {"loss": loss.detach(), **parts}.items():
-            sums[key] = sums.get(key, 0.0) + float(value) * n
-        seen += n
-        reporter.step(n, step_losses[-1], optimizer.param_groups[0]["lr"])
+        n, lr = len(batch.labels), optimizer.param_groups[0]["lr"]
+        tally.add(n, float(loss.detach()), {k: float(v) for k, v in parts.items()}, lr)
+        if hooks is not None:
+            hooks.after_step(epoch, step, steps)  # after the tally: a checkpoint here holds it
+        reporter.step(n, tally.step_losses[-1], lr)
     finite.check_weights(model, epoch=epoch)
-    means = {key: value / max(seen, 1) for key, value in sums.items()}
-    return EpochStats(means, seen, step_losses)
+    return EpochStats(tally.means(), tally.seen, list(tally.step_losses), list(tally.step_lrs))
 
 
 # ---------------------------------------------------------------------------- set-up
@@ -147,12 +166,14 @@ class _Run:
     train_model: nn.Module  # what the steps run: ``model`` under DDP / torch.compile
     teacher: nn.Module | None  # online KD only
     objective: Objective
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
+    optim: Optimization  # optimiser, lr schedule, student EMA
     start_epoch: int = 0
     best: float = 0.0
     top1: float | None = None
     top5: float | None = None
+    tensorboard: tracking.TensorBoardLog | None = None  # --tensorboard
+    resumed: EpochTally | None = None  # the served steps of a checkpoint inside an epoch
+    hooks: StepCheckpoints = field(init=False)  # lr schedule, EMA, --checkpoint-every
     evaluated: bool = False
     step_losses: list[float] = field(default_factory=list)
 
@@ -231,7 +252,7 @@ def _set_up(
     a bad setting leaves nothing behind and the corrected command runs in the same folder."""
     out = Path(config.out)
     data = resolve_run_data(config)
-    schedule = resolve_schedule(config, data.train.spec.name)
+    schedule = resolve_schedule(config, data.train.spec.name, data.num_samples)
     if schedule.batch_size % ctx.world_size:
         raise ConfigError(
             f"--batch-size {schedule.batch_size} must divide evenly over {ctx.world_size} ranks"
@@ -242,28 +263,23 @@ def _set_up(
         ce_weight=config.ce_weight,
         distill_weight=config.distill_weight,
         sparse_approx=config.sparse_approx,
+        label_smoothing=config.label_smoothing,
         **config.loss_params,
     ).to(device)
     model = _build_student(config, data, device)
     teacher = _build_teacher(config, data, device)
     run_state.check_objective(objective, data.train.spec.num_classes, config.uses_teacher)
+    if config.tensorboard and ctx.is_main:
+        tracking.require_tensorboard()
     if ctx.is_main:  # every setting is checked: only now touch the run folder
         outputs.prepare_run_dir(out, resume=config.resume, force=config.force)
         reporter.run_started(describe_run(config, schedule, objective))
     ctx.barrier()
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=schedule.lr,
-        momentum=config.momentum,
-        weight_decay=schedule.weight_decay,
-    )
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=list(schedule.milestones), gamma=schedule.lr_decay
-    )
-    start_epoch, best = 0, 0.0
+    optim = build_optimization(model, schedule)
+    start_epoch, best, resumed = 0, 0.0, None
     if config.resume:
         provenance.check_resume(out, config, data)
-        start_epoch, best = run_state.restore(out, config, model, optimizer, scheduler, schedule)
+        start_epoch, best, resumed = run_state.restore(out, config, model, optim, schedule)
     train_model: nn.Module = model
     if ctx.enabled:
         train_model = nn.parallel.DistributedDataParallel(
@@ -273,7 +289,11 @@ def _set_up(
         train_model = torch.compile(train_model)  # type: ignore[assignment]
     if ctx.is_main and not config.resume:
         run_state.write_run_json(out, config, schedule, data, ctx)
-    return _Run(
+    tensorboard = None
+    if config.tensorboard and ctx.is_main:
+        served = resumed.served if resumed else 0
+        tensorboard = tracking.TensorBoardLog(out, optim.update_index(start_epoch, served, 0))
+    run = _Run(
         config=config,
         ctx=ctx,
         device=device,
@@ -285,11 +305,22 @@ def _set_up(
         train_model=train_model,
         teacher=teacher,
         objective=objective,
-        optimizer=optimizer,
-        scheduler=scheduler,
+        optim=optim,
         start_epoch=start_epoch,
         best=best,
+        tensorboard=tensorboard,
+        resumed=resumed,
     )
+    save = (lambda e, k, t: _save_mid_epoch(run, e, k, t)) if ctx.is_main else None
+    run.hooks = StepCheckpoints(optim, config.checkpoint_every, save)
+    return run
+
+
+def _save_mid_epoch(run: _Run, epoch: int, served: int, tally: EpochTally) -> None:
+    """last.pt after ``served`` steps of 0-based ``epoch`` (``epoch`` epochs complete)."""
+    state = run_state.checkpoint_state(run.config, run.data, run.model, run.optim, epoch,
+                                       run.best)  # fmt: skip
+    outputs.save_checkpoint(run.out / "last.pt", state | {"step": served, "tally": tally.to_dict()})
 
 
 # ---------------------------------------------------------------------------- per epoch
@@ -318,18 +349,37 @@ def _evaluation_due(eval_every: int, epoch: int, epochs: int) -> bool:
     return eval_every > 0 and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs)
 
 
+def _evaluate(run: _Run) -> dict[str, float]:
+    """The student's (and its EMA's) test loss, top-1 and top-5: the record's ``test_*`` fields."""
+    config = run.config
+    models = {"": run.model}
+    if run.optim.ema is not None:
+        models["_ema"] = run.optim.ema.module
+    fields: dict[str, float] = {}
+    for suffix, model in models.items():
+        m = evaluate_metrics(model, run.data.eval, config.eval_batch_size, config.workers,
+                             run.device, config.channels_last, run.data.student_input)  # fmt: skip
+        fields |= {f"test_loss{suffix}": m.loss, f"test_top1{suffix}": m.top1,
+                   f"test_top5{suffix}": m.top5}  # fmt: skip
+    return fields
+
+
 def _end_epoch(
     run: _Run, epoch: int, stats: EpochStats, lr: float, seconds: float, reporter: TrainReporter
 ) -> None:
-    """Main process: evaluation (when due), metrics.jsonl, steps.jsonl, checkpoints, curves."""
+    """Main process: evaluation (when due), metrics.jsonl, steps.jsonl, summary.csv,
+    TensorBoard, checkpoints, curves."""
     config, out = run.config, run.out
     evaluated = _evaluation_due(config.eval_every, epoch, run.schedule.epochs)
+    tests: dict[str, float | None] = dict.fromkeys(["test_loss", "test_top1", "test_top5"])
+    if run.optim.ema is not None:
+        tests |= dict.fromkeys(["test_loss_ema", "test_top1_ema", "test_top5_ema"])
     if evaluated:
         reporter.evaluating(epoch + 1, len(run.data.eval))
-        run.top1, run.top5 = evaluate(run.model, run.data.eval, config.eval_batch_size,
-                                      config.workers, run.device, config.channels_last,
-                                      run.data.student_input)  # fmt: skip
-        run.best = max(run.best, run.top1)
+        measured = _evaluate(run)
+        tests |= measured
+        run.top1, run.top5 = measured["test_top1"], measured["test_top5"]
+        run.best = max(run.best, measured["test_top1"])
         run.evaluated = True
     means = stats.means
     record = {
@@ -337,17 +387,20 @@ def _end_epoch(
         "lr": lr,
         "train_loss": means["loss"],
         "train_ce": means["ce"],
-        "test_top1": run.top1 if evaluated else None,
-        "test_top5": run.top5 if evaluated else None,
+        **tests,
         "epoch_seconds": seconds,
         "images_per_second": stats.samples / seconds,
         **{f"train_{k}": v for k, v in means.items() if k not in ("loss", "ce")},
     }
     outputs.append_metrics(out, record)
-    steps = {"epoch": epoch + 1, "loss": stats.step_losses}
+    steps = {"epoch": epoch + 1, "loss": stats.step_losses, "lr": stats.step_lrs}
     outputs.append_metrics(out, steps, outputs.STEP_LOSSES)
-    state = run_state.checkpoint_state(config, run.data, run.model, run.optimizer, run.scheduler,
-                                       epoch + 1, run.best)  # fmt: skip
+    tracking.write_summary(out)
+    if run.tensorboard is not None:
+        run.tensorboard.log_epoch(record, stats.step_losses, stats.step_lrs,
+                                  first_update=run.optim.update_index(epoch, 0, 1))  # fmt: skip
+    state = run_state.checkpoint_state(config, run.data, run.model, run.optim, epoch + 1,
+                                       run.best)  # fmt: skip
     outputs.save_checkpoint(out / "last.pt", state)
     if evaluated and run.top1 is not None and run.top1 >= run.best:
         outputs.save_checkpoint(out / "best.pt", state)
@@ -363,21 +416,25 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainR
     with _distributed(config) as (ctx, device):
         run = _set_up(config, ctx, device, reporter)
         for epoch in range(run.start_epoch, run.schedule.epochs):
-            batches = _epoch_batches(run, epoch)
+            tally = run.hooks.begin(run.resumed if epoch == run.start_epoch and run.resumed
+                                    else EpochTally())  # fmt: skip
+            batches = skip_served(_epoch_batches(run, epoch), tally.served)
             started = time.perf_counter()
             reporter.epoch_started(epoch + 1, run.schedule.epochs, int(batches.plan.bounds[-1]))
-            stats = train_one_epoch(run.train_model, run.objective, run.optimizer, batches,
+            stats = train_one_epoch(run.train_model, run.objective, run.optim.optimizer, batches,
                                     epoch=epoch, teacher=run.teacher,
                                     teacher_input=run.data.teacher_input, amp=config.amp,
-                                    progress=reporter)  # fmt: skip
+                                    progress=reporter, hooks=run.hooks,
+                                    tally=tally)  # fmt: skip
             seconds = time.perf_counter() - started
-            lr = run.optimizer.param_groups[0]["lr"]
-            run.scheduler.step()
+            lr = run.optim.optimizer.param_groups[0]["lr"]  # of the epoch's last update
             run.step_losses += stats.step_losses
             stats = _reduce_stats(stats, ctx)
             if ctx.is_main:
                 _end_epoch(run, epoch, stats, lr, seconds, reporter)
             ctx.barrier()
+        if run.tensorboard is not None:
+            run.tensorboard.close()
         return TrainResult(run.out, run.schedule.epochs, run.best if run.evaluated else None,
                            run.top1, run.top5, run.data.cache_fingerprint,
                            run.step_losses)  # fmt: skip
@@ -395,4 +452,4 @@ def _reduce_stats(stats: EpochStats, ctx: DistContext) -> EpochStats:
     dist.all_reduce(t)
     total = float(t[-1])
     means = {k: float(v) / total for k, v in zip(keys, t[:-1], strict=True)}
-    return EpochStats(means, int(total), stats.step_losses)
+    return EpochStats(means, int(total), stats.step_losses, stats.step_lrs)

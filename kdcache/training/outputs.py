@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 
 METRICS = "metrics.jsonl"  # one record per epoch
 STEP_LOSSES = "steps.jsonl"  # one record per epoch: every optimiser step's loss (main process)
-RUN_FILES = ("run.json", METRICS, STEP_LOSSES, "last.pt", "best.pt", "curves.png")
+RUN_FILES = ("run.json", METRICS, STEP_LOSSES, "summary.csv", "last.pt", "best.pt", "curves.png")
+RUN_DIRS = ("tensorboard",)  # removed with the run files when a run starts again
 
 
 def _temp_glob(name: str) -> str:
@@ -134,6 +136,9 @@ def prepare_run_dir(out: Path, *, resume: bool, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name in existing:
         (out / name).unlink()
+    for name in RUN_DIRS:  # the old run's TensorBoard events would mix with the new run's
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
 
 
 def append_metrics(out: Path, record: dict[str, Any], name: str = METRICS) -> None:
@@ -159,28 +164,7 @@ def truncate_metrics(out: Path, last_epoch: int) -> None:
 
 
 def plot_curves(out: Path) -> None:
-    """curves.png: training loss and test top-1 per epoch."""
-    import matplotlib
+    """curves.png: step and epoch losses, test accuracy, lr (kdcache.training.tracking)."""
+    from kdcache.training import tracking
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = read_metrics(out)
-    if not records:
-        return
-    epochs = [r["epoch"] for r in records]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [r["train_loss"] for r in records], label="total")
-    ax_loss.plot(epochs, [r["train_ce"] for r in records], label="cross-entropy")
-    ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss")
-    ax_loss.legend()
-    tested = [r for r in records if r.get("test_top1") is not None]  # --eval-every skips some
-    ax_acc.plot([r["epoch"] for r in tested], [r["test_top1"] for r in tested], label="top-1")
-    ax_acc.plot([r["epoch"] for r in tested], [r["test_top5"] for r in tested], label="top-5")
-    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="accuracy")
-    ax_acc.legend()
-    fig.tight_layout()
-    try:
-        atomic_write(out / "curves.png", lambda f: fig.savefig(f, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    tracking.plot_curves(out)

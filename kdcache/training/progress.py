@@ -75,19 +75,34 @@ def as_reporter(progress: TrainReporter | Callable[[int], None] | None) -> Train
 def describe_run(config: TrainConfig, schedule: Schedule, objective: Objective) -> str:
     """One line with everything the run will do, e.g. ``resnet8, loss kd (ce 0.1, distill 0.9):
     240 epochs, batch 64, SGD lr 0.05 momentum 0.9 weight decay 0.0005, lr x0.1 after epochs 150,
-    180, 210 (cifar protocol)``."""
+    180, 210 (cifar protocol)``; AdamW, cosine, lr warm-up, label smoothing and the student EMA
+    appear when chosen."""
     terms = [f"ce {objective.ce_weight:g}"]
+    if schedule.label_smoothing:
+        terms.append(f"label smoothing {schedule.label_smoothing:g}")
     if objective.requires_teacher:
         terms.append(f"distill {objective.distill_weight:g}")
         if objective.warmup_epochs:
             terms.append(f"warm-up {objective.warmup_epochs:g} epochs")
     terms += [f"{k}={v}" for k, v in sorted(config.loss_params.items())]
-    milestones = ", ".join(str(m) for m in schedule.milestones) or "none"
+    if schedule.opt == "sgd":
+        opt = f"SGD lr {schedule.lr:g} momentum {schedule.momentum:g}"
+    else:
+        opt = f"AdamW lr {schedule.lr:g}"
+    if schedule.sched == "cosine":
+        sched = f"cosine lr to {schedule.min_lr:g} per step"
+    else:
+        milestones = ", ".join(str(m) for m in schedule.milestones) or "none"
+        sched = f"lr x{schedule.lr_decay:g} after epochs {milestones}"
+    if schedule.lr_warmup_epochs:
+        warm = schedule.lr_warmup_epochs
+        sched += f", lr warm-up {warm:g} epochs from {schedule.lr_warmup_init:g}"
+    if schedule.model_ema_decay is not None:
+        sched += f", student EMA decay {schedule.model_ema_decay:g}"
     return (
         f"{config.student}, loss {config.loss} ({', '.join(terms)}): {schedule.epochs} epoch"
-        f"{'s' if schedule.epochs != 1 else ''}, batch {schedule.batch_size}, SGD lr "
-        f"{schedule.lr:g} momentum {config.momentum:g} weight decay {schedule.weight_decay:g}, "
-        f"lr x{schedule.lr_decay:g} after epochs {milestones} ({schedule.protocol} protocol)"
+        f"{'s' if schedule.epochs != 1 else ''}, batch {schedule.batch_size}, {opt} weight decay "
+        f"{schedule.weight_decay:g}, {sched} ({schedule.protocol} protocol)"
     )
 
 
@@ -101,6 +116,8 @@ def format_epoch(record: dict[str, Any], epochs: int | None = None) -> str:
         test = "not evaluated"
     else:
         test = f"test top-1 {record['test_top1']:.2f}% top-5 {record['test_top5']:.2f}%"
+        if record.get("test_top1_ema") is not None:
+            test += f" (EMA {record['test_top1_ema']:.2f}% / {record['test_top5_ema']:.2f}%)"
     return (
         f"epoch {record['epoch']}{of}: loss {record['train_loss']:.4f} ({', '.join(parts)}), "
         f"{test}, lr {record['lr']:g}, {record['epoch_seconds']:.1f} s "

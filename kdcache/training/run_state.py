@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import json
 import logging
-from collections import Counter
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,12 +19,15 @@ from kdcache.models.names import resolve_model_name
 from kdcache.runtime import DistContext, library_versions
 from kdcache.training import outputs, provenance
 from kdcache.training.config import Schedule, TrainConfig
+from kdcache.training.midepoch import EpochTally
+from kdcache.training.optim import Optimization
 from kdcache.training.sources import RunData
 
 log = logging.getLogger(__name__)
 
 # Settings that may change between a run and its --resume (they do not change the result).
-_RESUME_FREE = {"resume", "force", "workers", "device", "out", "data_dir", "cache", "eval_every"}
+_RESUME_FREE = {"resume", "force", "workers", "device", "out", "data_dir", "cache", "eval_every",
+                "tensorboard", "checkpoint_every"}  # fmt: skip
 # ... and those that may change to extend a run: the schedule is recomputed for the new length.
 _EXTENDABLE = {"epochs"}
 
@@ -54,16 +55,16 @@ def checkpoint_state(
     config: TrainConfig,
     data: RunData,
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
+    optim: Optimization,
     epoch: int,
     best: float,
 ) -> dict[str, Any]:
+    """What ``last.pt`` / ``best.pt`` hold: the student (``model``), the optimiser, scheduler and
+    student EMA (``model_ema``, the key ``--ema`` / ``--teacher-ema`` read) and the run's record."""
     spec = data.train.spec
     return {
         "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
+        **optim.state_dict(),
         "epoch": epoch,
         "best_top1": best,
         "student": resolve_model_name(config.student).spec,
@@ -82,15 +83,17 @@ def restore(
     out: Path,
     config: TrainConfig,
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
+    optim: Optimization,
     schedule: Schedule,
-) -> tuple[int, float]:
-    """Load ``out/last.pt`` into the model, optimizer and scheduler; returns (epoch, best top-1).
+) -> tuple[int, float, EpochTally | None]:
+    """Load ``out/last.pt`` into the model, the optimiser and the student EMA; returns (epochs
+    complete, best top-1, the tally of the next epoch's served steps when the checkpoint was
+    written inside it). The lr schedule is a function of the update count
+    (kdcache.training.optim).
 
-    A larger ``--epochs`` than the run's extends it: the schedule (milestones, warm-up) is the one
-    computed for the new length, the learning rate is set to what that schedule gives at the
-    checkpoint's epoch, and run.json records the change.
+    A larger ``--epochs`` than the run's extends it: the schedule (milestones, cosine length,
+    warm-up) is the one computed for the new length, so the next update gets that schedule's lr,
+    and run.json records the change.
 
     Raises:
         ConfigError: other settings differ from the run's, or ``--epochs`` is below the epochs
@@ -120,26 +123,14 @@ def restore(
             "epochs; give --epochs of at least that"
         )
     model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    optim.load_state_dict(state)
     if old.get("epochs") != new["epochs"]:
-        _apply_extended_schedule(optimizer, scheduler, schedule, epoch)
         _record_extension(out, schedule, from_epochs=old.get("epochs"), at_epoch=epoch)
     outputs.truncate_metrics(out, epoch)
-    log.info("resumed %s at epoch %d of %d", out, epoch, schedule.epochs)
-    return epoch, float(state["best_top1"])
-
-
-def _apply_extended_schedule(
-    optimizer: torch.optim.Optimizer, scheduler: Any, schedule: Schedule, epoch: int
-) -> None:
-    # The checkpoint's scheduler carries the old milestones: replace them, and set the lr to the
-    # new schedule's value after ``epoch`` steps (base lr times one decay per milestone passed).
-    scheduler.milestones = Counter(schedule.milestones)
-    decays = bisect.bisect_right(sorted(schedule.milestones), epoch)
-    for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
-        group["lr"] = base * schedule.lr_decay**decays
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    tally = EpochTally.from_dict(state["tally"]) if state.get("step") else None
+    log.info("resumed %s at epoch %d of %d%s", out, epoch, schedule.epochs,
+             f", step {tally.served}" if tally else "")  # fmt: skip
+    return epoch, float(state["best_top1"]), tally
 
 
 def _record_extension(
