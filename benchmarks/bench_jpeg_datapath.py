@@ -19,34 +19,21 @@ images/s (>= 0.9 is the target of issue #11).
 from __future__ import annotations
 
 import argparse
-import pickle
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks._docs import write_section  # noqa: E402
+from benchmarks._jpeg import cifar_pixels, jpeg_tree  # noqa: E402
 from kdcache.augment import create_recipe  # noqa: E402
 from kdcache.data import SeededViews, load_dataset, view_items  # noqa: E402
-
-
-def build_tree(root: Path, data_dir: Path, n: int, size: tuple[int, int]) -> None:
-    from PIL import Image
-
-    with (data_dir / "cifar-100-python" / "train").open("rb") as f:
-        pixels = pickle.load(f, encoding="latin1")["data"][:n]
-    pixels = np.asarray(pixels, np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    for i, image in enumerate(pixels):
-        path = root / "train" / f"n{i % 1000:08d}" / f"{i:08d}.JPEG"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).resize(size, Image.BICUBIC).save(path, quality=90)
 
 
 def pass_seconds(dataset: torch.utils.data.Dataset, workers: int) -> float:
@@ -73,7 +60,7 @@ def main() -> None:
     w, h = (int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        build_tree(root, args.data_dir, args.images, (w, h))
+        jpeg_tree(root, cifar_pixels(args.data_dir, args.images, "train"), 1000, (w, h))
         source = load_dataset("imagefolder", root, "train")
         ours = SeededViews(
             source, create_recipe("imagenet", source.spec), 0, view_items([0], len(source))

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import platform
 import shutil
 import sys
@@ -45,6 +44,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks._jpeg import cifar_pixels, jpeg_tree  # noqa: E402
 from kdcache.augment import create_recipe  # noqa: E402
 from kdcache.cache.store import open_cache  # noqa: E402
 from kdcache.data import SeededViews, load_dataset, view_items  # noqa: E402
@@ -76,25 +76,6 @@ class Case:
     views: int = 1  # views extracted (and bare-forwarded): enough rows that start-up is noise
 
 
-def _jpeg_tree(root: Path, images: np.ndarray, classes: int, size: int, val: int) -> Path:
-    """``root/{train,val}/c{k:04d}/*.jpg`` from uint8 [N, H, W, 3] images, upscaled to size."""
-    from PIL import Image
-
-    for i, pixels in enumerate(images):
-        split = "val" if i < val else "train"
-        path = root / split / f"c{i % classes:04d}" / f"{i:06d}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels).resize((size, size), Image.BICUBIC).save(path, quality=90)
-    return root
-
-
-def _cifar_pixels(data_dir: Path, n: int) -> np.ndarray:
-    # The test batch: the device run carries a test-only copy of CIFAR-100 (train is 155 MB).
-    with (data_dir / "cifar-100-python" / "test").open("rb") as f:
-        data = pickle.load(f, encoding="latin1")["data"][:n]
-    return np.asarray(data, np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-
-
 def _digits_pixels(n: int) -> np.ndarray:
     source = load_dataset("digits", None, "train")
     grey = np.asarray([source.image(i)[0].numpy() for i in range(n)])  # [n, 8, 8]
@@ -112,8 +93,9 @@ def build_cases(out: Path, data_dir: Path | None, tiny: bool) -> list[Case]:
     work.mkdir(parents=True, exist_ok=True)
     if tiny:
         weights = _seeded_weights("resnet8", 10, work / "resnet8.pth", in_chans=1)
-        pixels = _cifar_pixels(data_dir, 48) if data_dir else _digits_pixels(48)
-        jpeg = _jpeg_tree(work / "jpeg", pixels, classes=4, size=40, val=16)
+        # The test batch: the device run carries a test-only copy of CIFAR-100 (train is 155 MB).
+        pixels = cifar_pixels(data_dir, 48) if data_dir else _digits_pixels(48)
+        jpeg = jpeg_tree(work / "jpeg", pixels, classes=4, size=(40, 40), val=16)
         return [
             Case("digits_resnet8", "digits", None, "test", "cifar", "resnet8", weights,
                  "resnet8", 64, 256, 0),
@@ -124,8 +106,8 @@ def build_cases(out: Path, data_dir: Path | None, tiny: bool) -> list[Case]:
         ]  # fmt: skip
     if data_dir is None:
         raise SystemExit("the full-size check needs --data-dir (../shared/data)")
-    jpeg = _jpeg_tree(
-        work / "jpeg", _cifar_pixels(data_dir, 3072), classes=1000, size=256, val=1024
+    jpeg = jpeg_tree(
+        work / "jpeg", cifar_pixels(data_dir, 3072), classes=1000, size=(256, 256), val=1024
     )
     return [
         Case("cifar100_resnet56", "cifar100", str(data_dir), "test", "cifar", "resnet56",

@@ -2,9 +2,10 @@
 
 Work is split into blocks (one chunk of rows of one view, ``docs/cache-format.md``). Pending
 blocks are dealt round-robin to ranks; each rank streams its blocks' seeded views through the
-teacher and writes each block as soon as it is full, so memory holds one block plus the loader's
-prefetch whatever the dataset size. A block's bytes depend only on (seed, view, rows), never on the
-batch size, worker count or rank count.
+teacher and writes each block as soon as it is full (in a background thread that overlaps the next
+forward, :mod:`kdcache.extract_writer`), so memory holds one block, a few batches waiting for the
+writer and the loader's prefetch, whatever the dataset size. A block's bytes depend only on (seed,
+view, rows), never on the batch size, worker count or rank count.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from kdcache.cache import bounds, schema
 from kdcache.cache.store import CacheWriter, open_for_writing
 from kdcache.data import SeededViews, SourceDataset, load_dataset
 from kdcache.errors import ConfigError
+from kdcache.extract_writer import BackgroundBlockWriter, BlockAssembler
 from kdcache.models import build_model, count_parameters, resolve_model_name, weights_sha256
 from kdcache.models.inference import (
     forward_description,
@@ -133,75 +135,11 @@ def _pending_items(meta: schema.CacheMeta, blocks: list[tuple[int, int]]) -> np.
     return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
 
 
-class _BlockAssembler:
-    """Collects batch outputs in order and writes each block the moment its last row arrives."""
-
-    def __init__(self, writer: CacheWriter, blocks: list[tuple[int, int]]) -> None:
-        self.writer = writer
-        self.blocks = iter(blocks)
-        self.labels_t: torch.Tensor | None = None
-        self.written = 0
-        self._start_block()
-
-    def _start_block(self) -> None:
-        nxt = next(self.blocks, None)
-        self.current = nxt
-        self.logits: list[np.ndarray] = []
-        self.hashes: list[np.ndarray] = []
-        self.labels: list[np.ndarray] = []
-        self.mix: list[tuple[np.ndarray, np.ndarray]] = []
-        self.filled = 0
-        if nxt is not None:
-            rows = self.writer.meta.block_rows(nxt[1])
-            self.size = rows.stop - rows.start
-
-    def add(
-        self, logits: np.ndarray, hashes: np.ndarray, labels: np.ndarray,
-        mix: tuple[np.ndarray, np.ndarray] | None = None,  # mixed recipe: partners, lambdas [B]
-    ) -> None:  # fmt: skip
-        while len(logits):
-            assert self.current is not None, "more rows than pending blocks"
-            take = min(self.size - self.filled, len(logits))
-            self.logits.append(logits[:take])
-            self.hashes.append(hashes[:take])
-            self.labels.append(labels[:take])
-            if mix is not None:
-                self.mix.append((mix[0][:take], mix[1][:take]))
-                mix = (mix[0][take:], mix[1][take:])
-            self.filled += take
-            logits, hashes, labels = logits[take:], hashes[take:], labels[take:]
-            if self.filled == self.size:
-                self._flush()
-
-    def _flush(self) -> None:
-        assert self.current is not None
-        view, block = self.current
-        logits = np.concatenate(self.logits)  # [R, C]
-        labels = np.concatenate(self.labels)
-        top1, top5 = topk_hits(logits, labels)
-        mix = None
-        if self.mix:  # a mixed recipe: the block's partners and lambdas
-            partners, lambdas = zip(*self.mix, strict=True)
-            mix = (np.concatenate(partners), np.concatenate(lambdas))
-        self.writer.write_block(
-            view, block, logits, np.concatenate(self.hashes), top1, top5, labels=labels, mix=mix
-        )
-        self.written += 1
-        self._start_block()
-
-
 def sparse_temperatures(extra: tuple[float, ...] = ()) -> tuple[float, ...]:
     """Temperatures a sparse cache records: T = 1, each registered loss's default T, ``extra``."""
     from kdcache.losses.registry import default_temperatures
 
     return tuple(sorted({1.0, *default_temperatures(), *(float(t) for t in extra)}))
-
-
-def topk_hits(logits: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
-    """Number of rows whose label is the top-1 / within the top-5 logits."""
-    k = min(5, logits.shape[1])
-    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]  # [R, k]
-    return int((top[:, 0] == labels).sum()), int((top == labels[:, None]).any(axis=1).sum())
 
 
 def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> ExtractResult:
@@ -346,13 +284,15 @@ def _stream_blocks(
         prefetch_factor=4 if config.workers > 0 else None,
     )
     teacher = prepare_teacher(teacher, device)
-    assembler = _BlockAssembler(writer, blocks)
-    with teacher_inference(device):
+    assembler = BlockAssembler(writer, blocks)
+    # The forward runs here while a background thread assembles, digests, compresses and writes
+    # the previous batches' blocks (kdcache.extract_writer): the two no longer take turns.
+    with teacher_inference(device), BackgroundBlockWriter(assembler) as block_writer:
         for batch in loader:
             images = batch["image"].to(device, non_blocking=True)  # uint8 [B, C, H, W]
-            logits = teacher_logits(teacher, preprocessing(images)).cpu().numpy()
+            logits = teacher_logits(teacher, preprocessing(images))  # float32 [B, classes]
             mix = (batch["partner"].numpy(), batch["lam"].numpy()) if "lam" in batch else None
-            assembler.add(logits, batch["input_hash"].numpy(), batch["label"].numpy(), mix)
+            block_writer.put(logits, batch["input_hash"].numpy(), batch["label"].numpy(), mix)
             if progress is not None:
                 progress(len(logits))
     if assembler.current is not None:

@@ -82,7 +82,7 @@ def input_hash(image: torch.Tensor) -> int:
     if image.dtype != torch.uint8:
         raise TypeError(f"input_hash expects a uint8 image, got {image.dtype}")
     header = ("u8:" + ",".join(str(d) for d in image.shape) + ";").encode()
-    data = image.detach().cpu().contiguous().numpy().tobytes()
-    return int.from_bytes(
-        hashlib.blake2b(header + data, digest_size=8).digest(), "little", signed=True
-    )
+    digest = hashlib.blake2b(header, digest_size=8)
+    # The array's buffer itself: no bytes copy of the image, and no second one to join the header.
+    digest.update(image.detach().cpu().contiguous().numpy().data)
+    return int.from_bytes(digest.digest(), "little", signed=True)

@@ -67,7 +67,10 @@ class ImageFolderDataset(SourceDataset):
                 f"cannot decode image {path} (sample {index}): {exc}. Replace or remove the file; "
                 "already written cache blocks are kept and a re-run resumes"
             ) from exc
-        return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()  # [3, H, W]
+        # [3, H, W] with channels-last strides: a view of the decoded [H, W, 3] array, not a
+        # transposed copy. Resizing takes torch's uint8 AVX path on this layout about 2.5x faster
+        # than on a contiguous [3, H, W] one, to the same bytes (the `imagenet` recipe's crop).
+        return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
 
     def _identity(self) -> tuple[str, Iterator[bytes | memoryview]]:
         # Paths and sizes, not pixels: hashing a decoded ImageNet would take an hour.
