@@ -2,10 +2,11 @@
 
     python benchmarks/gpu_check.py --out DIR [--data-dir ../shared/data] [--device auto] [--tiny]
 
-Two cases, each run end to end through the library (``run_extract``, ``run_train``):
+Three cases, each run end to end through the library (``run_extract``, ``run_train``):
 
-* ``cifar100_resnet56``: the real ResNet-56 teacher over the CIFAR-100 test split (10,000 images),
-  student resnet20;
+* ``cifar100_resnet56``: the real ResNet-56 teacher over 8 views of the CIFAR-100 test split
+  (10,000 images), student resnet20;
+* ``cifar100_mixed``: the same over 2 views of ``cifar+mixup-cutmix`` (mixed views);
 * ``jpeg_resnet50``: a timm ResNet-50 teacher (seeded random weights, nothing downloaded) at 224 on
   a JPEG tree written here from real CIFAR-100 images upscaled to 256 (1000 class folders), student
   timm resnet18.
@@ -99,6 +100,8 @@ def build_cases(out: Path, data_dir: Path | None, tiny: bool) -> list[Case]:
         return [
             Case("digits_resnet8", "digits", None, "test", "cifar", "resnet8", weights,
                  "resnet8", 64, 256, 0),
+            Case("digits_mixed", "digits", None, "test", "cifar+mixup-cutmix", "resnet8",
+                 weights, "resnet8", 64, 256, 0),
             # Both models fed 32 x 32 resizes of the 224 x 224 views: the JPEG path at CPU cost.
             Case("jpeg_test_resnet", "imagefolder", str(jpeg), "train", "imagenet", "test_resnet",
                  _seeded_weights("test_resnet", 4, work / "test_resnet.pth"), "resnet8", 8, 32,
@@ -113,8 +116,12 @@ def build_cases(out: Path, data_dir: Path | None, tiny: bool) -> list[Case]:
         Case("cifar100_resnet56", "cifar100", str(data_dir), "test", "cifar", "resnet56",
              str(data_dir / "teachers" / "resnet56_cifar100_020118.pth"), "resnet20", 256, 10_000,
              8, views=8),
+        # Mixed views: the partner's view, the draws and the blend on the loader's side.
+        Case("cifar100_mixed", "cifar100", str(data_dir), "test", "cifar+mixup-cutmix",
+             "resnet56", str(data_dir / "teachers" / "resnet56_cifar100_020118.pth"), "resnet20",
+             256, 10_000, 8, views=2),
         Case("jpeg_resnet50", "imagefolder", str(jpeg), "train", "imagenet", "timm:resnet50",
-             _seeded_weights("timm:resnet50", 1000, work / "resnet50.pth"), "timm:resnet18", 128,
+             _seeded_weights("timm:resnet50", 1000, work / "resnet50.pth"), "timm:resnet18", 256,
              2048, 12, views=4),
     ]  # fmt: skip
 
