@@ -10,7 +10,7 @@ views). Teachers are timm models with seeded random weights (nothing is download
 1. Throughput, timm ``resnet18`` at 224: three loops over the same ``--images`` views, alternating,
    median of ``--repeats`` each:
 
-   * bare forward: the teacher forward alone (``teacher_logits``, the code extract runs) on the
+   * bare forward: the teacher forward alone (``teacher_forward``, the code extract runs) on the
      views already decoded, augmented and held in memory;
    * loader + forward: the same ``DataLoader`` over the seeded views as extract (``--workers``
      processes), then the forward; no cache (what a hand-written inference loop costs);
@@ -49,7 +49,7 @@ from kdcache.augment import create_recipe  # noqa: E402
 from kdcache.data import SeededViews, load_dataset, view_items  # noqa: E402
 from kdcache.extract import ExtractConfig, run_extract  # noqa: E402
 from kdcache.models import build_model, create_model  # noqa: E402
-from kdcache.models.inference import prepare_teacher, teacher_inference, teacher_logits  # noqa: E402
+from kdcache.models.inference import prepare_teacher, teacher_forward, teacher_inference  # noqa: E402
 from kdcache.models.preprocess import resolve_preprocessing  # noqa: E402
 
 CLASSES = 1000
@@ -106,7 +106,7 @@ def throughput(root: Path, weights: str, classes: int, args: Any) -> dict[str, f
         start = time.perf_counter()
         with teacher_inference(torch.device("cpu")):
             for k in range(0, n, b):
-                teacher_logits(model, pre(images[k : k + b]))
+                teacher_forward(model, pre(images[k : k + b]))
         return time.perf_counter() - start
 
     def loader_forward() -> float:
@@ -116,7 +116,7 @@ def throughput(root: Path, weights: str, classes: int, args: Any) -> dict[str, f
         start = time.perf_counter()
         with teacher_inference(torch.device("cpu")):
             for batch in loader:
-                teacher_logits(model, pre(batch["image"]))
+                teacher_forward(model, pre(batch["image"]))
         return time.perf_counter() - start
 
     def extract() -> float:

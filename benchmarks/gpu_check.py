@@ -51,7 +51,7 @@ from kdcache.cache.store import open_cache  # noqa: E402
 from kdcache.data import SeededViews, load_dataset, view_items  # noqa: E402
 from kdcache.extract import ExtractConfig, run_extract  # noqa: E402
 from kdcache.models import build_model, create_model  # noqa: E402
-from kdcache.models.inference import prepare_teacher, teacher_inference, teacher_logits  # noqa: E402
+from kdcache.models.inference import prepare_teacher, teacher_forward, teacher_inference  # noqa: E402
 from kdcache.models.preprocess import resolve_preprocessing  # noqa: E402
 from kdcache.runtime import resolve_device  # noqa: E402
 from kdcache.training import outputs  # noqa: E402
@@ -151,11 +151,11 @@ def bare_forward_images_per_second(
     _sync(device)
     data_path = len(items) / (time.perf_counter() - start)
     with teacher_inference(device):
-        teacher_logits(teacher, batches[0])  # warm-up (cuDNN autotuning, lazy init)
+        teacher_forward(teacher, batches[0])  # warm-up (cuDNN autotuning, lazy init)
         _sync(device)
         start = time.perf_counter()
         for x in batches:
-            teacher_logits(teacher, x)
+            teacher_forward(teacher, x)
         _sync(device)
         bare = len(items) / (time.perf_counter() - start)
         by_rows = _images_per_second_by_forward_rows(teacher, torch.cat(batches[:4]), device)

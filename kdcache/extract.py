@@ -31,8 +31,8 @@ from kdcache.models import build_model, count_parameters, resolve_model_name, we
 from kdcache.models.inference import (
     forward_description,
     prepare_teacher,
+    teacher_forward,
     teacher_inference,
-    teacher_logits,
 )
 from kdcache.models.preprocess import Preprocessing, check_preprocessing_text, resolve_preprocessing
 from kdcache.runtime import init_distributed, library_versions, rank_device, resolve_device
@@ -290,7 +290,7 @@ def _stream_blocks(
     with teacher_inference(device), BackgroundBlockWriter(assembler) as block_writer:
         for batch in loader:
             images = batch["image"].to(device, non_blocking=True)  # uint8 [B, C, H, W]
-            logits = teacher_logits(teacher, preprocessing(images))  # float32 [B, classes]
+            logits = teacher_forward(teacher, preprocessing(images))  # float32 [B, classes]
             mix = (batch["partner"].numpy(), batch["lam"].numpy()) if "lam" in batch else None
             block_writer.put(logits, batch["input_hash"].numpy(), batch["label"].numpy(), mix)
             if progress is not None:

@@ -14,7 +14,7 @@ from kdcache.cache.store import open_cache
 from kdcache.cli import main
 from kdcache.data import SeededViews, load_dataset, view_items
 from kdcache.models import build_model, create_model
-from kdcache.models.inference import prepare_teacher, teacher_inference, teacher_logits
+from kdcache.models.inference import prepare_teacher, teacher_forward, teacher_inference
 from kdcache.models.preprocess import Preprocessing
 from kdcache.training.config import TrainConfig
 from kdcache.training.loop import run_train
@@ -71,8 +71,8 @@ def test_a_vit_teachers_cached_logits_are_of_its_own_statistics_and_size(vit_cac
     digits = load_dataset("digits", None, "train").spec
     dataset_stats = Preprocessing(digits.mean, digits.std, (160, 160), "bicubic")
     with teacher_inference(torch.device("cpu")):
-        live_own = teacher_logits(teacher, own(images)).numpy()
-        live_dataset = teacher_logits(teacher, dataset_stats(images)).numpy()
+        live_own = teacher_forward(teacher, own(images)).numpy()
+        live_dataset = teacher_forward(teacher, dataset_stats(images)).numpy()
     cached = reader.read_dense(0, 0)[:32].astype(np.float32)  # [32, 10]
     np.testing.assert_allclose(cached, live_own, rtol=0, atol=1e-5)
     assert np.abs(cached - live_dataset).max() > 1e-2  # the old (dataset-normalised) logits
@@ -167,9 +167,9 @@ def test_fixed_row_forward_gives_each_row_logits_of_its_image_alone() -> None:
     model = Recording().eval()
     x = torch.randn(21, 3, 2, 2)
     with torch.inference_mode():
-        whole = teacher_logits(model, x, fixed_rows=8)
+        whole = teacher_forward(model, x, fixed_rows=8)
         assert shapes == [8, 8, 8]  # 21 rows: two full pieces and one padded from 5
-        alone = torch.cat([teacher_logits(model, x[i : i + 1], fixed_rows=8) for i in range(21)])
+        alone = torch.cat([teacher_forward(model, x[i : i + 1], fixed_rows=8) for i in range(21)])
     assert whole.shape == (21, 5) and whole.dtype == torch.float32
     assert set(shapes) == {8}
     assert torch.equal(whole, alone)

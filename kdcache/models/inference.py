@@ -43,7 +43,7 @@ def teacher_inference(device: torch.device) -> Iterator[None]:
             yield
 
 
-def teacher_logits(
+def teacher_forward(
     teacher: torch.nn.Module, x: torch.Tensor, *, fixed_rows: int | None = None
 ) -> torch.Tensor:
     """Float32 logits [B, C] of normalised images ``x`` [B, ...], independent of B's size.
@@ -72,7 +72,7 @@ def _padded_forward(teacher: torch.nn.Module, x: torch.Tensor, rows: int) -> tor
 
 
 def forward_description(device: torch.device) -> dict[str, str]:
-    """How ``teacher_logits`` runs on ``device``, for a cache's ``producers`` record."""
+    """How ``teacher_forward`` runs on ``device``, for a cache's ``producers`` record."""
     record = {"memory_format": "channels_last", "min_forward_rows": str(MIN_FORWARD_ROWS),
               "torch": torch.__version__}  # fmt: skip
     if device.type == "cuda":

@@ -22,8 +22,7 @@ from torch import nn
 from kdcache.errors import ConfigError
 from kdcache.losses.objective import Objective, build_objective, list_objectives, unknown_objective
 from kdcache.models import build_model
-from kdcache.models.inference import prepare_teacher, teacher_inference
-from kdcache.models.inference import teacher_logits as teacher_forward
+from kdcache.models.inference import prepare_teacher, teacher_forward, teacher_inference
 from kdcache.models.preprocess import Preprocessing, resolve_preprocessing
 from kdcache.runtime import DistContext, init_distributed, rank_device, resolve_device
 from kdcache.training import finite, outputs, provenance, run_state, tracking
