@@ -31,6 +31,7 @@ from kdcache.training.config import Schedule, TrainConfig, resolve_schedule
 from kdcache.training.evaluation import evaluate
 from kdcache.training.progress import TrainReporter, as_reporter, describe_run
 from kdcache.training.sources import RunData, check_student_classes, resolve_run_data
+from kdcache.training.sparse_teacher import OnlineTopK, prepare_sparse_teacher, sparsify_online
 from kdcache.training.stream import Batch, EpochBatches, EpochSource, chunk_capacity, epoch_batches
 from kdcache.training.teacher_stream import CachedTeacher
 
@@ -85,12 +86,13 @@ def train_one_epoch(
     teacher_input: Preprocessing | None = None,
     amp: bool = True,
     progress: ProgressFn | None = None,
+    teacher_topk: OnlineTopK | None = None,
 ) -> EpochStats:
     """One optimiser step per batch; ``epoch`` is 0-based (the objective's warm-up counts from 1).
 
     Teacher logits come with the batch (a cache) or, when it has none, from ``teacher`` (online
-    KD), fed the batch's uint8 views converted by ``teacher_input``; with neither the objective
-    must be cross-entropy.
+    KD), fed the batch's uint8 views converted by ``teacher_input`` and, with ``teacher_topk``,
+    sparsified as a top-K cache stores them; with neither the objective must be cross-entropy.
     """
     model.train()
     reporter = as_reporter(progress)
@@ -105,7 +107,8 @@ def train_one_epoch(
                     "online KD needs the batches' uint8 views and the teacher's preprocessing "
                     "(teacher_input=kdcache.models.preprocess.resolve_preprocessing(...))"
                 )
-            teacher_logits = _online_logits(teacher, batch.views_uint8, teacher_input)
+            logits = _online_logits(teacher, batch.views_uint8, teacher_input)
+            teacher_logits = sparsify_online(logits, batch.labels, teacher_topk)
         with _amp_context(batch.images.device, amp):
             student_logits = model(batch.images)  # [B, C]
         # Losses in float32 whatever the autocast dtype (DESIGN.md §4).
@@ -146,6 +149,7 @@ class _Run:
     model: nn.Module  # the student itself: evaluated and checkpointed
     train_model: nn.Module  # what the steps run: ``model`` under DDP / torch.compile
     teacher: nn.Module | None  # online KD only
+    teacher_topk: OnlineTopK | None  # online KD from the teacher's top-K rows (--teacher-topk)
     objective: Objective
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -244,6 +248,7 @@ def _set_up(
         sparse_approx=config.sparse_approx,
         **config.loss_params,
     ).to(device)
+    teacher_topk = prepare_sparse_teacher(config, data, objective)
     model = _build_student(config, data, device)
     teacher = _build_teacher(config, data, device)
     run_state.check_objective(objective, data.train.spec.num_classes, config.uses_teacher)
@@ -284,6 +289,7 @@ def _set_up(
         model=model,
         train_model=train_model,
         teacher=teacher,
+        teacher_topk=teacher_topk,
         objective=objective,
         optimizer=optimizer,
         scheduler=scheduler,
@@ -369,7 +375,7 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainR
             stats = train_one_epoch(run.train_model, run.objective, run.optimizer, batches,
                                     epoch=epoch, teacher=run.teacher,
                                     teacher_input=run.data.teacher_input, amp=config.amp,
-                                    progress=reporter)  # fmt: skip
+                                    progress=reporter, teacher_topk=run.teacher_topk)  # fmt: skip
             seconds = time.perf_counter() - started
             lr = run.optimizer.param_groups[0]["lr"]
             run.scheduler.step()
