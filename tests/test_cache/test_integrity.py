@@ -6,6 +6,7 @@ that `verify`, `info` and `train` name the damage instead of using it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -403,3 +404,44 @@ def test_resume_with_other_online_teacher_weights_is_refused(cache3, tmp_path, m
     with pytest.raises(CacheMismatchError, match="teacher weights") as err:
         run_train(config(None, tmp_path / "run", resume=True, **online))
     assert old_sha in str(err.value) and weights_sha256(str(weights)) in str(err.value)
+
+
+def test_verify_flags_sparse_rows_whose_normaliser_disagrees_with_their_kept_values(
+    tmp_path, monkeypatch
+):
+    """Digests bind what was written; the kept-mass check catches a writer that stored a wrong
+    log-sum-exp (kept probabilities summing to more than 1)."""
+    from kdcache.cache import sparse as sparse_rows
+    from kdcache.cache import store
+
+    ident = schema.CacheIdentity(
+        teacher=schema.TeacherInfo("resnet8", None, 1),
+        dataset=schema.DatasetInfo("digits", "train", 8, 6, "f" * 64),
+        augmentation=schema.AugmentationInfo("cifar", {}, 0, 1),
+        storage=schema.StorageInfo("sparse", "float32", 4, topk=3, temperatures=(1.0, 4.0)),
+    )
+    meta = schema.CacheMeta(identity=ident)
+
+    def write(out: Path) -> None:
+        writer = open_for_writing(str(out), meta, np.arange(8) % 6, create=True)
+        rng = np.random.default_rng(0)
+        for block in range(meta.num_blocks):
+            logits = rng.normal(size=(4, 6)).astype(np.float32)
+            writer.write_block(0, block, logits, np.arange(4) + 4 * block + 1, 1, 2,
+                               labels=np.arange(4) % 6)  # fmt: skip
+        writer.finalize()
+
+    write(tmp_path / "good")
+    code, output = cli(["verify", tmp_path / "good", "--replay", "0"])
+    assert code == 0 and "kept top-3 mass is at most 1 + 1e-05 at T = 1, 4" in output, output
+
+    def low_normaliser(*args, **kwargs):
+        rows = sparse_rows.sparse_rows_from_logits(*args, **kwargs)
+        lse = rows.lse.copy()
+        lse[1, 1] -= 1.0  # row 1 at T = 4: its kept mass (about 1/2) times e, above 1
+        return dataclasses.replace(rows, lse=lse)
+
+    monkeypatch.setattr(store, "sparse_rows_from_logits", low_normaliser)
+    write(tmp_path / "bad")
+    code, output = cli(["verify", tmp_path / "bad", "--replay", "0"])
+    assert code == 1 and "2 bad" in output and "1 rows whose kept top-3 mass exceeds 1" in output
