@@ -22,6 +22,7 @@ from kdcache.cache.digest import block_digest
 from kdcache.cache.store import open_cache, open_for_writing
 from kdcache.cli import main
 from kdcache.errors import CacheCorruptError, CacheMismatchError, ConfigError, NonFiniteError
+from kdcache.summary import format_summary, summarize
 from kdcache.training import finite, outputs
 from kdcache.training.config import TrainConfig
 from kdcache.training.loop import run_train
@@ -445,3 +446,21 @@ def test_verify_flags_sparse_rows_whose_normaliser_disagrees_with_their_kept_val
     write(tmp_path / "bad")
     code, output = cli(["verify", tmp_path / "bad", "--replay", "0"])
     assert code == 1 and "2 bad" in output and "1 rows whose kept top-3 mass exceeds 1" in output
+
+
+def test_info_gives_the_size_per_row_written_for_a_partial_cache(tmp_path):
+    ident = schema.CacheIdentity(
+        teacher=schema.TeacherInfo("resnet8", None, 1),
+        dataset=schema.DatasetInfo("digits", "train", 4000, 6, "f" * 64),
+        augmentation=schema.AugmentationInfo("cifar", {}, 0, 1),
+        storage=schema.StorageInfo("sparse", "float32", 1000, topk=3, temperatures=(1.0, 4.0)),
+    )
+    writer = open_for_writing(str(tmp_path / "c"), schema.CacheMeta(identity=ident),
+                              np.arange(4000) % 6, create=True)  # fmt: skip
+    logits = np.random.default_rng(0).normal(size=(1000, 6)).astype(np.float32)
+    writer.write_block(0, 0, logits, np.arange(1000) + 1, 1, 2, labels=np.arange(1000) % 6)
+    summary = summarize(open_cache(str(tmp_path / "c")))
+    assert summary["rows_written"] == 1000  # one block of four
+    text = format_summary(summary)
+    per_row = summary["stored_bytes"] / 1000
+    assert f"({per_row:.1f} bytes per sample per view written)" in text, text
