@@ -217,7 +217,9 @@ def main() -> None:
     text = report(saved["results"], saved.get("settings", settings))
     print(text)
     if args.write_docs:
-        write_section(REPO / "docs" / "benchmarks.md", SECTION, text)
+        budget = saved.get("settings", settings)
+        title = f"{SECTION}, {budget['samples']:,} samples x {budget['epochs']} epochs"
+        write_section(REPO / "docs" / "benchmarks.md", title, text)
 
 
 if __name__ == "__main__":
