@@ -20,13 +20,15 @@ def summarize(reader: CacheReader) -> dict[str, Any]:
     d["complete"] = bool(meta.complete and done.all())
     d["integrity"] = reader.integrity_note()
     d["warnings"] = _warnings(reader, done)
+    rows = np.array(
+        [meta.block_rows(b).stop - meta.block_rows(b).start for b in range(meta.num_blocks)]
+    )
+    seen = (done * rows[None, :]).sum(axis=1)  # [V] rows written per view
+    # The size per row is of the rows written: a partial cache is not N rows of tiny ones.
+    d["rows_written"] = int(seen.sum())
     if meta.teacher_top1 is None and done.any():
         # Incomplete cache: report accuracy over the blocks written so far.
         top1, _ = reader.block_correct_counts()
-        rows = np.array(
-            [meta.block_rows(b).stop - meta.block_rows(b).start for b in range(meta.num_blocks)]
-        )
-        seen = (done * rows[None, :]).sum(axis=1)
         hits = np.where(done, top1, 0).sum(axis=1)
         d["teacher_top1_partial"] = [
             round(float(h * 100.0 / s), 4) if s else None for h, s in zip(hits, seen, strict=True)
@@ -90,10 +92,11 @@ def format_summary(s: dict[str, Any]) -> str:
         f"integrity    {s['integrity']}",
     ]
     if s.get("stored_bytes") is not None:
-        per_view = s["stored_bytes"] / aug["num_views"]
+        rows = s.get("rows_written", aug["num_views"] * ds["num_samples"])
+        per_row = f"{s['stored_bytes'] / rows:.1f}" if rows else "-"
         lines.append(
             f"size         {s['stored_bytes'] / 2**20:.2f} MiB "
-            f"({per_view / ds['num_samples']:.1f} bytes per sample per view)"
+            f"({per_row} bytes per sample per view{' written' if not s['complete'] else ''})"
         )
     if s.get("teacher_top1"):
         t1, t5 = s["teacher_top1"], s.get("teacher_top5") or []

@@ -106,6 +106,12 @@ def _check_chunks(reader: CacheReader, report: VerifyReport) -> None:
         f"{int(done.sum())} blocks decode with valid checksums and finite values; "
         f"{reader.integrity_note()}"
     )
+    if ident.storage.exact_sparse:  # what the kept-mass check above proved, in the OK line
+        temps = ", ".join(f"{t:g}" for t in ident.storage.temperatures or ())
+        detail += (
+            f"; every row's kept top-{ident.storage.topk} mass is at most 1 + "
+            f"{KEPT_MASS_TOLERANCE:g} at T = {temps} (normalisers consistent with the kept values)"
+        )
     report.add("chunks", not bad, detail if not bad else f"{len(bad)} bad: " + "; ".join(bad[:3]))
 
 

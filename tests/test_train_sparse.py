@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
 import pytest
 
 from kdcache.errors import ConfigError
+from kdcache.losses.kd import KDLoss
 from kdcache.training.loop import run_train
-from tests.test_train import base_config, cli, extract_digits
+from tests.test_train import base_config, cli, extract_digits, online_config
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +63,88 @@ def test_a_temperature_the_cache_did_not_store_is_refused_before_training(tmp_pa
     with pytest.raises(ConfigError, match=r"T = 1, 4; loss 'kd' runs at temperature 3\b"):
         run_train(config)
     assert not (tmp_path / "t" / "run.json").exists()
+
+
+def online_topk_config(out, weights, **overrides):
+    """Online KD with the live digits teacher on the views of the ``sparse_caches`` fixture."""
+    settings = dict(loss="kd", block_rows=256, max_samples=256)
+    settings.update(overrides)
+    loss = settings.pop("loss")
+    return dataclasses.replace(online_config(out, weights, **settings), loss=loss)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [dict(loss="kd"), dict(loss="dkd", sparse_approx=True)],
+    ids=["kd", "dkd-approx"],
+)
+def test_online_topk_trains_bit_for_bit_like_the_sparse_cache(
+    tmp_path, sparse_caches, digits_teacher_weights, settings
+):
+    cache = str(sparse_caches / "top3")
+    cached = run_train(base_config(tmp_path / "c", cache=cache, max_samples=256, **settings))
+    online = run_train(
+        online_topk_config(tmp_path / "o", digits_teacher_weights, teacher_topk=3, **settings)
+    )
+    assert len(cached.step_losses) == 4
+    # The cache writer's sparsification of the same logits: the same rows, the same bits (and
+    # the top-3 cache's losses differ from the dense cache's: test_kd_from_a_top3_cache_...).
+    assert online.step_losses == cached.step_losses
+
+
+def test_online_topk_keeping_every_class_is_online_kd(tmp_path, digits_teacher_weights):
+    dense = run_train(online_topk_config(tmp_path / "d", digits_teacher_weights, max_samples=128))
+    full = run_train(online_topk_config(tmp_path / "s", digits_teacher_weights, max_samples=128,
+                                        teacher_topk=10))  # fmt: skip
+    np.testing.assert_allclose(full.step_losses, dense.step_losses, rtol=1e-4)
+
+
+def test_teacher_topk_outside_online_kd_is_refused_at_once(tmp_path, sparse_caches):
+    with pytest.raises(ConfigError, match="a cache is sparse or not as it was extracted"):
+        base_config(tmp_path / "c", cache=str(sparse_caches / "dense"), loss="kd", teacher_topk=3)
+    with pytest.raises(ConfigError, match="needs a live --teacher"):
+        base_config(tmp_path / "d", dataset="digits", loss="ce", teacher_topk=3)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (dict(teacher_topk=11), "--teacher-topk 11 exceeds the 10 classes"),
+        (dict(teacher_topk=0), "--teacher-topk must be >= 1"),
+        (dict(teacher_topk=3, loss="ce"), "loss 'ce' uses no teacher"),
+        (dict(teacher_topk=3, loss="dkd"), "needs every class.*--sparse-approx"),
+        (
+            dict(teacher_topk=3, loss="dkd", sparse_approx=True, loss_params={"logit_stand": True}),
+            "logit_stand=true needs every",
+        ),
+    ],  # fmt: skip
+    ids=["k-above-classes", "k-zero", "ce", "approx-not-asked", "logit-stand"],
+)
+def test_bad_online_topk_settings_are_refused_before_the_run(
+    tmp_path, digits_teacher_weights, settings, message
+):
+    with pytest.raises(ConfigError, match=message):
+        run_train(online_topk_config(tmp_path / "r", digits_teacher_weights, **settings))
+    assert not (tmp_path / "r").exists()
+
+
+def test_teacher_topk_cli_errors_are_one_line(tmp_path, digits_teacher_weights):
+    code, output = cli(["train", "--dataset", "digits", "--teacher", "resnet8", "--teacher-weights",
+                        digits_teacher_weights, "--teacher-topk", "11", "--loss", "kd",
+                        "--student", "resnet8", "--out", tmp_path / "r"])  # fmt: skip
+    assert code == 1 and "exceeds the 10 classes" in output and "Traceback" not in output
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_sparse_cache_run_builds_its_loss_once(tmp_path, sparse_caches, monkeypatch):
+    built: list[float] = []
+    init = KDLoss.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(1.0)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(KDLoss, "__init__", counting_init)
+    run_train(base_config(tmp_path / "s", cache=str(sparse_caches / "top3"), loss="kd",
+                          max_samples=64))  # fmt: skip
+    assert len(built) == 1

@@ -44,6 +44,7 @@ _FIELDS = {
     "teacher": "teacher",
     "teacher_weights": "teacher_weights",
     "teacher_ema": "teacher_ema",
+    "teacher_topk": "teacher_topk",
     "teacher_preprocessing": "teacher_preprocessing",
     "student_preprocessing": "student_preprocessing",
     "dataset": "dataset",
@@ -110,6 +111,14 @@ _FIELDS = {
 )
 @click.option(
     "--teacher-ema", is_flag=True, help="Online: load the teacher checkpoint's EMA weights."
+)
+@click.option(
+    "--teacher-topk",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="K",
+    help="Online: keep only the live teacher's top K logits per row, exactly as a top-K cache "
+    "(`kdcache extract --topk K`) stores them: the online twin of training from that cache.",
 )
 @click.option(
     "--teacher-preprocessing",

@@ -102,6 +102,9 @@ class TrainConfig:
     # From a sparse (top-K) cache: let DKD, RLD and LDRLD train through their named approximation
     # (KD is exact from sparse rows and needs no permission).
     sparse_approx: bool = False
+    # Online KD: sparsify the live teacher's logits to their top K per row exactly as a top-K cache
+    # stores them (kdcache.training.sparse_teacher); None: every logit.
+    teacher_topk: int | None = None
     window_blocks: int = 4  # cache blocks shuffled together
     block_rows: int | None = None  # ordering blocks without a cache (a cache uses its chunk rows)
     eval_batch_size: int = 256
@@ -118,6 +121,13 @@ class TrainConfig:
             raise ConfigError("--cache and --teacher are exclusive: the cache replaces the teacher")
         if self.teacher is not None and not self.teacher_weights:
             raise ConfigError("--teacher needs --teacher-weights (kdcache never downloads weights)")
+        if self.teacher_topk is not None and self.teacher is None:
+            raise ConfigError(
+                "--teacher-topk sparsifies a live --teacher's logits; a cache is sparse or not "
+                "as it was extracted (`kdcache extract --topk K`): drop --teacher-topk"
+                if self.cache is not None
+                else "--teacher-topk needs a live --teacher (with --teacher-weights)"
+            )
         if self.protocol is not None and self.protocol not in PROTOCOLS:
             raise ConfigError(
                 f"--protocol must be one of {sorted(PROTOCOLS)}, got {self.protocol!r}"
@@ -130,6 +140,7 @@ class TrainConfig:
             "window_blocks",
             "eval_batch_size",
             "block_rows",
+            "teacher_topk",
         ):
             value = getattr(self, name)
             if value is not None and value < 1:

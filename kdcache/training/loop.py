@@ -32,6 +32,7 @@ from kdcache.training.midepoch import EpochTally, StepCheckpoints, skip_served
 from kdcache.training.optim import Optimization, build_optimization
 from kdcache.training.progress import TrainReporter, as_reporter, describe_run
 from kdcache.training.sources import RunData, check_student_classes, resolve_run_data
+from kdcache.training.sparse_teacher import OnlineTopK, prepare_sparse_teacher, sparsify_online
 from kdcache.training.stream import Batch, EpochBatches, EpochSource, chunk_capacity, epoch_batches
 from kdcache.training.teacher_stream import CachedTeacher
 
@@ -98,6 +99,7 @@ def train_one_epoch(
     progress: ProgressFn | None = None,
     hooks: StepHooks | None = None,
     tally: EpochTally | None = None,
+    teacher_topk: OnlineTopK | None = None,
 ) -> EpochStats:
     """One optimiser step per batch; ``epoch`` is 0-based (the objective's warm-up counts from 1).
 
@@ -107,8 +109,8 @@ def train_one_epoch(
     the remaining ones (:mod:`kdcache.training.midepoch`).
 
     Teacher logits come with the batch (a cache) or, when it has none, from ``teacher`` (online
-    KD), fed the batch's uint8 views converted by ``teacher_input``; with neither the objective
-    must be cross-entropy.
+    KD), fed the batch's uint8 views converted by ``teacher_input`` and, with ``teacher_topk``,
+    sparsified as a top-K cache stores them; with neither the objective must be cross-entropy.
     """
     model.train()
     reporter = as_reporter(progress)
@@ -123,7 +125,8 @@ def train_one_epoch(
                     "online KD needs the batches' uint8 views and the teacher's preprocessing "
                     "(teacher_input=kdcache.models.preprocess.resolve_preprocessing(...))"
                 )
-            teacher_logits = _online_logits(teacher, batch.views_uint8, teacher_input)
+            logits = _online_logits(teacher, batch.views_uint8, teacher_input)
+            teacher_logits = sparsify_online(logits, batch.labels, teacher_topk)
         with _amp_context(batch.images.device, amp):
             student_logits = model(batch.images)  # [B, C]
         # Losses in float32 whatever the autocast dtype (DESIGN.md §4).
@@ -164,6 +167,7 @@ class _Run:
     model: nn.Module  # the student itself: evaluated and checkpointed
     train_model: nn.Module  # what the steps run: ``model`` under DDP / torch.compile
     teacher: nn.Module | None  # online KD only
+    teacher_topk: OnlineTopK | None  # online KD from the teacher's top-K rows (--teacher-topk)
     objective: Objective
     optim: Optimization  # optimiser, lr schedule, student EMA
     start_epoch: int = 0
@@ -265,6 +269,7 @@ def _set_up(
         label_smoothing=config.label_smoothing,
         **config.loss_params,
     ).to(device)
+    teacher_topk = prepare_sparse_teacher(config, data, objective)
     model = _build_student(config, data, device)
     teacher = _build_teacher(config, data, device)
     run_state.check_objective(objective, data.train.spec.num_classes, config.uses_teacher)
@@ -303,6 +308,7 @@ def _set_up(
         model=model,
         train_model=train_model,
         teacher=teacher,
+        teacher_topk=teacher_topk,
         objective=objective,
         optim=optim,
         start_epoch=start_epoch,
@@ -423,8 +429,8 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainR
             stats = train_one_epoch(run.train_model, run.objective, run.optim.optimizer, batches,
                                     epoch=epoch, teacher=run.teacher,
                                     teacher_input=run.data.teacher_input, amp=config.amp,
-                                    progress=reporter, hooks=run.hooks,
-                                    tally=tally)  # fmt: skip
+                                    progress=reporter, hooks=run.hooks, tally=tally,
+                                    teacher_topk=run.teacher_topk)  # fmt: skip
             seconds = time.perf_counter() - started
             lr = run.optim.optimizer.param_groups[0]["lr"]  # of the epoch's last update
             run.step_losses += stats.step_losses

@@ -1,8 +1,8 @@
 """Where a run's data and teacher signal come from, checked before the first step.
 
 From a cache: the dataset, split, recipe and seed are the cache's; the local data must have the
-cache's dataset fingerprint, the student must have the cache's class count, and a sparse cache
-serves only what it can (KD exactly, the others under --sparse-approx, at a stored temperature).
+cache's dataset fingerprint and the student must have the cache's class count (what a sparse
+cache can serve is checked against the built objective: :mod:`kdcache.training.sparse_teacher`).
 Without a cache: the dataset and recipe the user named.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -20,8 +19,6 @@ from kdcache.cache.store import CacheReader, open_cache
 from kdcache.data import SourceDataset, load_dataset
 from kdcache.errors import CacheError, CacheMismatchError, ConfigError
 from kdcache.losses.mixed import check_mixed_loss
-from kdcache.losses.registry import create_loss, loss_info
-from kdcache.losses.sparse import refuse_sparse
 from kdcache.models.preprocess import Preprocessing, recorded_preprocessing
 from kdcache.training.config import TrainConfig
 
@@ -73,33 +70,6 @@ def require_exact_sparse(reader: CacheReader) -> None:
         )
 
 
-def check_sparse_training(
-    reader: CacheReader, loss: str, loss_params: dict[str, Any], sparse_approx: bool
-) -> None:
-    """Refuse, before anything runs, a loss that a sparse cache cannot serve as asked."""
-    storage = reader.identity.storage
-    if storage.mode != "sparse" or loss == "ce":
-        return
-    require_exact_sparse(reader)
-    where = f"{reader.location} is a sparse top-{storage.topk} cache"
-    if loss_info(loss).needs_dense_teacher and not sparse_approx:
-        raise refuse_sparse(loss)
-    module = create_loss(loss, **loss_params)
-    if getattr(module, "logit_stand", False):
-        raise ConfigError(
-            f"{where}: loss {loss!r} with logit_stand=true needs every teacher logit "
-            "(standardising divides by each row's std). Use a dense cache."
-        )
-    temperature = float(getattr(module, "temperature", 1.0))
-    held = storage.temperatures or ()
-    if temperature not in held:
-        raise ConfigError(
-            f"{where} storing the log-sum-exp at T = {', '.join(f'{t:g}' for t in held)}; loss "
-            f"{loss!r} runs at temperature {temperature:g}. Use one of those, or re-extract "
-            f"with `--sparse-temperature {temperature:g}`."
-        )
-
-
 def load_cache_data(reader: CacheReader, data_dir: str | None) -> SourceDataset:
     """The cache's split from ``data_dir``; refused unless it is the data the cache was made of."""
     ident = reader.identity
@@ -133,7 +103,6 @@ def _from_cache(config: TrainConfig) -> RunData:
     assert config.cache is not None
     reader = open_cache(config.cache)
     ident = reader.identity
-    check_sparse_training(reader, config.loss, config.loss_params, config.sparse_approx)
     train = load_cache_data(reader, config.data_dir)
     views = check_views(config.views, ident.augmentation.num_views)
     n = min(config.max_samples or len(train), len(train))

@@ -6,6 +6,7 @@ that `verify`, `info` and `train` name the damage instead of using it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -21,6 +22,7 @@ from kdcache.cache.digest import block_digest
 from kdcache.cache.store import open_cache, open_for_writing
 from kdcache.cli import main
 from kdcache.errors import CacheCorruptError, CacheMismatchError, ConfigError, NonFiniteError
+from kdcache.summary import format_summary, summarize
 from kdcache.training import finite, outputs
 from kdcache.training.config import TrainConfig
 from kdcache.training.loop import run_train
@@ -412,3 +414,62 @@ def test_the_digest_benchmark_runs_at_a_tiny_size() -> None:
     figures = bench_digest.main(["--samples", "3000", "--classes", "10", "--repeats", "1"])
     modes = {"checked", "zarr only", "digests only", "digest records read", "opening the reader"}
     assert modes < set(figures) and all(figures[m] > 0 for m in modes)
+
+
+def test_verify_flags_sparse_rows_whose_normaliser_disagrees_with_their_kept_values(
+    tmp_path, monkeypatch
+):
+    """Digests bind what was written; the kept-mass check catches a writer that stored a wrong
+    log-sum-exp (kept probabilities summing to more than 1)."""
+    from kdcache.cache import sparse as sparse_rows
+    from kdcache.cache import store
+
+    ident = schema.CacheIdentity(
+        teacher=schema.TeacherInfo("resnet8", None, 1),
+        dataset=schema.DatasetInfo("digits", "train", 8, 6, "f" * 64),
+        augmentation=schema.AugmentationInfo("cifar", {}, 0, 1),
+        storage=schema.StorageInfo("sparse", "float32", 4, topk=3, temperatures=(1.0, 4.0)),
+    )
+    meta = schema.CacheMeta(identity=ident)
+
+    def write(out: Path) -> None:
+        writer = open_for_writing(str(out), meta, np.arange(8) % 6, create=True)
+        rng = np.random.default_rng(0)
+        for block in range(meta.num_blocks):
+            logits = rng.normal(size=(4, 6)).astype(np.float32)
+            writer.write_block(0, block, logits, np.arange(4) + 4 * block + 1, 1, 2,
+                               labels=np.arange(4) % 6)  # fmt: skip
+        writer.finalize()
+
+    write(tmp_path / "good")
+    code, output = cli(["verify", tmp_path / "good", "--replay", "0"])
+    assert code == 0 and "kept top-3 mass is at most 1 + 1e-05 at T = 1, 4" in output, output
+
+    def low_normaliser(*args, **kwargs):
+        rows = sparse_rows.sparse_rows_from_logits(*args, **kwargs)
+        lse = rows.lse.copy()
+        lse[1, 1] -= 1.0  # row 1 at T = 4: its kept mass (about 1/2) times e, above 1
+        return dataclasses.replace(rows, lse=lse)
+
+    monkeypatch.setattr(store, "sparse_rows_from_logits", low_normaliser)
+    write(tmp_path / "bad")
+    code, output = cli(["verify", tmp_path / "bad", "--replay", "0"])
+    assert code == 1 and "2 bad" in output and "1 rows whose kept top-3 mass exceeds 1" in output
+
+
+def test_info_gives_the_size_per_row_written_for_a_partial_cache(tmp_path):
+    ident = schema.CacheIdentity(
+        teacher=schema.TeacherInfo("resnet8", None, 1),
+        dataset=schema.DatasetInfo("digits", "train", 4000, 6, "f" * 64),
+        augmentation=schema.AugmentationInfo("cifar", {}, 0, 1),
+        storage=schema.StorageInfo("sparse", "float32", 1000, topk=3, temperatures=(1.0, 4.0)),
+    )
+    writer = open_for_writing(str(tmp_path / "c"), schema.CacheMeta(identity=ident),
+                              np.arange(4000) % 6, create=True)  # fmt: skip
+    logits = np.random.default_rng(0).normal(size=(1000, 6)).astype(np.float32)
+    writer.write_block(0, 0, logits, np.arange(1000) + 1, 1, 2, labels=np.arange(1000) % 6)
+    summary = summarize(open_cache(str(tmp_path / "c")))
+    assert summary["rows_written"] == 1000  # one block of four
+    text = format_summary(summary)
+    per_row = summary["stored_bytes"] / 1000
+    assert f"({per_row:.1f} bytes per sample per view written)" in text, text
