@@ -31,7 +31,7 @@ from kdcache.data import SourceDataset
 from kdcache.errors import ConfigError
 from kdcache.models.preprocess import Preprocessing
 from kdcache.runtime import resolve_device
-from kdcache.training.sources import (
+from kdcache.training.run_data import (
     cache_recipe,
     check_views,
     load_cache_data,

@@ -31,7 +31,7 @@ from kdcache.training.evaluation import evaluate_metrics
 from kdcache.training.midepoch import EpochTally, StepCheckpoints, skip_served
 from kdcache.training.optim import Optimization, build_optimization
 from kdcache.training.progress import TrainReporter, as_reporter, describe_run
-from kdcache.training.sources import RunData, check_student_classes, resolve_run_data
+from kdcache.training.run_data import RunData, check_student_classes, resolve_run_data
 from kdcache.training.sparse_teacher import OnlineTopK, prepare_sparse_teacher, sparsify_online
 from kdcache.training.stream import Batch, EpochBatches, EpochSource, chunk_capacity, epoch_batches
 from kdcache.training.teacher_stream import CachedTeacher
@@ -240,7 +240,7 @@ def _stream_source(config: TrainConfig, data: RunData) -> EpochSource:
         capacity = chunk_capacity(config.window_blocks, data.allowed_views)
         teacher = CachedTeacher(reader, chunk_capacity=capacity)
     elif reader is not None and config.verify_replay != "off":
-        # Only --loss ce gets here (sources refuses a 1.0/1.1 sparse cache for the other losses).
+        # Only --loss ce gets here (run_data refuses a 1.0/1.1 sparse cache for the other losses).
         log.warning("1.0/1.1 sparse cache, loss ce: no rows are read, so no replay checks are made")
     return EpochSource(data.train, data.recipe, data.aug_seed, data.allowed_views,
                        data.block_rows, data.num_samples, teacher, data.student_input)  # fmt: skip

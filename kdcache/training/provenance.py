@@ -16,7 +16,7 @@ import torch
 
 from kdcache.errors import CacheMismatchError
 from kdcache.training.config import TrainConfig
-from kdcache.training.sources import RunData
+from kdcache.training.run_data import RunData
 
 
 @functools.lru_cache(maxsize=8)

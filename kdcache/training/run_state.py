@@ -21,7 +21,7 @@ from kdcache.training import outputs, provenance
 from kdcache.training.config import Schedule, TrainConfig
 from kdcache.training.midepoch import EpochTally
 from kdcache.training.optim import Optimization
-from kdcache.training.sources import RunData
+from kdcache.training.run_data import RunData
 
 log = logging.getLogger(__name__)
 

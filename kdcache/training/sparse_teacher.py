@@ -25,7 +25,7 @@ from kdcache.losses.objective import Objective
 from kdcache.losses.registry import loss_info
 from kdcache.losses.sparse import SparseTeacher, refuse_sparse
 from kdcache.training.config import TrainConfig
-from kdcache.training.sources import RunData, require_exact_sparse
+from kdcache.training.run_data import RunData, require_exact_sparse
 
 log = logging.getLogger(__name__)
 
