@@ -33,7 +33,7 @@ class FakeWriter:
         self.fail_at, self.gate = fail_at, gate
         self.entered = threading.Event()
 
-    def write_block(self, view, block, logits, hashes, top1, top5, labels=None):  # type: ignore[no-untyped-def]
+    def write_block(self, view, block, logits, hashes, top1, top5, labels=None, mix=None):  # type: ignore[no-untyped-def]
         self.entered.set()
         if self.gate is not None:
             self.gate.wait()
@@ -117,7 +117,7 @@ def test_nan_logits_fail_extract_with_the_writers_message_and_the_cache_resumes(
 
     import kdcache.extract
 
-    real = kdcache.extract.teacher_logits
+    real = kdcache.extract.teacher_forward
     calls = {"n": 0}
 
     def nan_on_the_fifth_batch(*a, **k):  # type: ignore[no-untyped-def]
@@ -125,12 +125,12 @@ def test_nan_logits_fail_extract_with_the_writers_message_and_the_cache_resumes(
         out = real(*a, **k)
         return out * float("nan") if calls["n"] == 5 else out
 
-    monkeypatch.setattr(kdcache.extract, "teacher_logits", nan_on_the_fifth_batch)
+    monkeypatch.setattr(kdcache.extract, "teacher_forward", nan_on_the_fifth_batch)
     result = CliRunner().invoke(main, [*args, "--out", str(broken)])
     assert result.exit_code == 1
     assert "the teacher produced NaN/Inf logits in view 0, rows 512-767" in result.output
     assert "Traceback" not in result.output
     assert open_cache(str(broken)).done_mask().sum() == 2  # blocks of 256 rows: 2 whole before
-    monkeypatch.setattr(kdcache.extract, "teacher_logits", real)
+    monkeypatch.setattr(kdcache.extract, "teacher_forward", real)
     assert CliRunner().invoke(main, [*args, "--out", str(broken)]).exit_code == 0
     assert cache_chunk_bytes(whole) == cache_chunk_bytes(broken)
