@@ -90,6 +90,7 @@ def test_sgd_is_the_papers_sgd_bit_for_bit() -> None:
         (dict(min_lr=0.01), "--min-lr is the floor of --sched cosine"),
         (dict(label_smoothing=1.0), "--label-smoothing must be a number in"),
         (dict(model_ema_decay=float("nan")), "--model-ema-decay must be a number in"),
+        (dict(model_ema_decay=0.99), "--model-ema-decay sets the decay of --model-ema"),
         (dict(lr_warmup_epochs=-1.0), "--lr-warmup-epochs must be a finite number >= 0"),
         (dict(sched="linear"), "--sched must be step or cosine"),
     ],

@@ -47,6 +47,7 @@ PROTOCOLS: dict[str, Protocol] = {
     # ImageNet: 100 epochs, x0.1 at 30/60/90, DKD/RLD warm-up 1 epoch.
     "imagenet": Protocol("imagenet", 256, 0.1, 1e-4, 100, (0.3, 0.6, 0.9), 1 / 100),
 }
+DEFAULT_MODEL_EMA_DECAY = 0.9998  # timm's ModelEmaV3 default for ImageNet-length runs
 _SMALL_STUDENTS = ("mobilenet", "shuffle")
 
 
@@ -88,7 +89,7 @@ class TrainConfig:
     min_lr: float = 0.0  # cosine only: the lr it decays to
     label_smoothing: float = 0.0  # of the cross-entropy term
     model_ema: bool = False  # keep an EMA of the student's weights, evaluated beside it
-    model_ema_decay: float = 0.9998
+    model_ema_decay: float = DEFAULT_MODEL_EMA_DECAY
     ce_weight: float | None = None
     distill_weight: float | None = None
     loss_params: dict[str, Any] = field(default_factory=dict)
@@ -213,6 +214,8 @@ class TrainConfig:
                 raise ConfigError(
                     f"--{name.replace('_', '-')} must be a number in [0, 1), got {value}"
                 )
+        if self.model_ema_decay != DEFAULT_MODEL_EMA_DECAY and not self.model_ema:
+            raise ConfigError("--model-ema-decay sets the decay of --model-ema: add --model-ema")
 
     @property
     def uses_teacher(self) -> bool:
