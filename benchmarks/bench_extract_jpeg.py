@@ -48,7 +48,7 @@ from benchmarks._jpeg import cifar_pixels, jpeg_tree  # noqa: E402
 from kdcache.augment import create_recipe  # noqa: E402
 from kdcache.data import SeededViews, load_dataset, view_items  # noqa: E402
 from kdcache.extract import ExtractConfig, run_extract  # noqa: E402
-from kdcache.models import build_model, create_model  # noqa: E402
+from kdcache.models import build_model  # noqa: E402
 from kdcache.models.inference import prepare_teacher, teacher_forward, teacher_inference  # noqa: E402
 from kdcache.models.preprocess import resolve_preprocessing  # noqa: E402
 
@@ -71,7 +71,7 @@ print(json.dumps({{
 
 def seeded_weights(name: str, classes: int, path: Path) -> str:
     torch.manual_seed(0)
-    torch.save(create_model(name, classes).state_dict(), path)
+    torch.save(build_model(name, classes).state_dict(), path)
     return str(path)
 
 

@@ -39,7 +39,7 @@ from kdcache.augment import create_recipe  # noqa: E402
 from kdcache.cache import schema  # noqa: E402
 from kdcache.cache.store import open_cache, open_for_writing  # noqa: E402
 from kdcache.data import SeededViews, load_dataset  # noqa: E402
-from kdcache.models import create_model  # noqa: E402
+from kdcache.models import build_model  # noqa: E402
 from kdcache.training.config import TrainConfig  # noqa: E402
 from kdcache.training.loop import run_train  # noqa: E402
 from kdcache.training.plan import plan_epoch  # noqa: E402
@@ -99,7 +99,7 @@ def step_throughput(
         synthetic_cache(cache, teacher, data_dir, n)
         weights = tmp / f"{teacher}.pth"
         torch.manual_seed(0)
-        torch.save(create_model(teacher, 100).state_dict(), weights)
+        torch.save(build_model(teacher, 100).state_dict(), weights)
         common = dict(
             student=student,
             epochs=1,

@@ -50,7 +50,7 @@ from kdcache.augment import create_recipe  # noqa: E402
 from kdcache.cache.store import open_cache  # noqa: E402
 from kdcache.data import SeededViews, load_dataset, view_items  # noqa: E402
 from kdcache.extract import ExtractConfig, run_extract  # noqa: E402
-from kdcache.models import build_model, create_model  # noqa: E402
+from kdcache.models import build_model  # noqa: E402
 from kdcache.models.inference import prepare_teacher, teacher_forward, teacher_inference  # noqa: E402
 from kdcache.models.preprocess import resolve_preprocessing  # noqa: E402
 from kdcache.runtime import resolve_device  # noqa: E402
@@ -85,7 +85,7 @@ def _digits_pixels(n: int) -> np.ndarray:
 
 def _seeded_weights(name: str, classes: int, path: Path, in_chans: int = 3) -> str:
     torch.manual_seed(0)
-    torch.save(create_model(name, classes, in_chans=in_chans).state_dict(), path)
+    torch.save(build_model(name, classes, in_chans=in_chans).state_dict(), path)
     return str(path)
 
 

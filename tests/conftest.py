@@ -55,11 +55,11 @@ def cache_attrs(root: Path) -> dict:
 @pytest.fixture(scope="session")
 def digits_teacher_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Weights of a seeded, randomly initialised 1-channel resnet8 (the same in every run)."""
-    from kdcache.models import create_model
+    from kdcache.models import build_model
 
     path = tmp_path_factory.mktemp("weights") / "resnet8_digits.pth"
     torch.manual_seed(0)
-    model = create_model("resnet8", 10, in_chans=1)
+    model = build_model("resnet8", 10, in_chans=1)
     torch.save(model.state_dict(), path)
     return path
 

@@ -248,9 +248,9 @@ def test_bad_input_gives_a_clear_error(tmp_path, digits_extract_args, change, me
 
 def test_weights_for_another_architecture_are_refused(tmp_path, digits_extract_args):
     wrong = tmp_path / "wrong.pth"
-    from kdcache.models import create_model
+    from kdcache.models import build_model
 
-    torch.save(create_model("wrn_16_1", 10, in_chans=1).state_dict(), wrong)
+    torch.save(build_model("wrn_16_1", 10, in_chans=1).state_dict(), wrong)
     code, output = run_cli(
         [*digits_extract_args, "--out", str(tmp_path / "c"), "--weights", str(wrong)]
     )

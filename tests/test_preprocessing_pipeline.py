@@ -13,7 +13,7 @@ from kdcache.augment import create_recipe
 from kdcache.cache.store import open_cache
 from kdcache.cli import main
 from kdcache.data import SeededViews, load_dataset, view_items
-from kdcache.models import build_model, create_model
+from kdcache.models import build_model
 from kdcache.models.inference import prepare_teacher, teacher_forward, teacher_inference
 from kdcache.models.preprocess import Preprocessing
 from kdcache.training.config import TrainConfig
@@ -33,7 +33,7 @@ def timm_weights(tmp: Path, name: str) -> Path:
     """A seeded, randomly initialised 1-channel, 10-class timm model's state dict."""
     torch.manual_seed(0)
     path = tmp / f"{name}.pth"
-    torch.save(create_model(name, 10, in_chans=1).state_dict(), path)
+    torch.save(build_model(name, 10, in_chans=1).state_dict(), path)
     return path
 
 

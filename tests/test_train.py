@@ -292,7 +292,7 @@ def extract_tiny_folder(tmp_path: Path) -> tuple[Path, Path]:
     (data root, cache)."""
     from PIL import Image
 
-    from kdcache.models import create_model
+    from kdcache.models import build_model
 
     root = tmp_path / "folder"
     for split in ("train", "val"):
@@ -301,7 +301,7 @@ def extract_tiny_folder(tmp_path: Path) -> tuple[Path, Path]:
             for k in range(3):
                 Image.new("RGB", (40, 40), (k * 40, 10, 99)).save(root / split / cls / f"{k}.png")
     weights = tmp_path / "r8.pth"
-    torch.save(create_model("resnet8", 2).state_dict(), weights)
+    torch.save(build_model("resnet8", 2).state_dict(), weights)
     cache = tmp_path / "cache"
     code, output = cli(["extract", "--teacher", "resnet8", "--weights", weights, "--dataset",
                         "imagefolder", "--data-dir", root, "--recipe", "imagenet", "--workers",

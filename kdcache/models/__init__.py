@@ -5,7 +5,7 @@ Importing this package registers the zoo in timm's registry.
 
 from __future__ import annotations
 
-from kdcache.models.factory import build_model, create_model, list_models
+from kdcache.models.factory import build_model, list_models
 from kdcache.models.names import AmbiguousModelNameError, ModelRef, resolve_model_name
 from kdcache.models.weights import (
     KeyReport,
@@ -24,7 +24,6 @@ __all__ = [
     "KeyReport",
     "build_model",
     "count_parameters",
-    "create_model",
     "list_models",
     "load_checkpoint_state_dict",
     "load_weights",

@@ -81,8 +81,11 @@ def _create_timm(name: str, num_classes: int, in_chans: int, **kwargs: Any) -> n
         raise ConfigError(f"timm model {name!r} rejected its arguments: {exc}") from exc
 
 
-def create_model(name: str, num_classes: int, in_chans: int = 3, **kwargs: Any) -> nn.Module:
-    """Build an untrained model from a spec (see the module docstring).
+def _create_architecture(
+    name: str, num_classes: int, in_chans: int = 3, **kwargs: Any
+) -> nn.Module:
+    """Build an untrained model from a spec (see the module docstring); :func:`build_model` is
+    the public way in.
 
     Args:
         name: zoo name, ``cifar_``-prefixed zoo name, ``timm:<name>``, timm name, or
@@ -121,7 +124,8 @@ def build_model(
     ema: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
-    """Create a model and, if ``weights`` is given, load them (strictly by default).
+    """Build a model from a spec (see the module docstring) and, if ``weights`` is given, load
+    them (strictly by default). Without ``weights`` the model is untrained, as constructed.
 
     A CIFAR ResNet checkpoint whose stem carries ``conv1.bias`` (e.g. the ``020118`` resnet56
     teacher) is built with ``stem_bias=True`` so that it loads strictly under its plain name.
@@ -139,7 +143,7 @@ def build_model(
     ):
         logger.info("%s: checkpoint has conv1.bias, building with stem_bias=True", name)
         kwargs["stem_bias"] = True
-    model = create_model(name, num_classes, in_chans, **kwargs)
+    model = _create_architecture(name, num_classes, in_chans, **kwargs)
     logger.info("%s resolves to %s", name, ref.describe())
     if state_dict is not None:
         load_weights(model, state_dict, strict=strict, arch=name)

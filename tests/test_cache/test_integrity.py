@@ -397,11 +397,11 @@ def test_resume_with_other_online_teacher_weights_is_refused(cache3, tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         run_train(config(None, tmp_path / "run", **online))
     monkeypatch.undo()
-    from kdcache.models import create_model, weights_sha256
+    from kdcache.models import build_model, weights_sha256
 
     old_sha = weights_sha256(str(weights))
     torch.manual_seed(1)
-    torch.save(create_model("resnet8", 10, in_chans=1).state_dict(), weights)  # same path
+    torch.save(build_model("resnet8", 10, in_chans=1).state_dict(), weights)  # same path
     with pytest.raises(CacheMismatchError, match="teacher weights") as err:
         run_train(config(None, tmp_path / "run", resume=True, **online))
     assert old_sha in str(err.value) and weights_sha256(str(weights)) in str(err.value)

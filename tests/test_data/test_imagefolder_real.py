@@ -147,10 +147,10 @@ def _extract_args(tmp: Path, root: Path) -> list[object]:
     """Extract with a tiny seeded model (224 x 224 views) in 3 blocks of 8 rows."""
     (tmp / "tiny.py").write_text(TINY_MODEL)
     spec = f"{tmp / 'tiny.py'}:tiny"
-    from kdcache.models import create_model
+    from kdcache.models import build_model
 
     torch.manual_seed(0)
-    torch.save(create_model(spec, 2).state_dict(), tmp / "tiny.pth")
+    torch.save(build_model(spec, 2).state_dict(), tmp / "tiny.pth")
     return ["extract", "--teacher", spec, "--weights", tmp / "tiny.pth", "--dataset", "imagefolder",
             "--data-dir", root, "--recipe", "none", "--chunk-rows", 8, "--batch-size", 4,
             "--out", tmp / "cache", "--no-progress"]  # fmt: skip

@@ -11,47 +11,47 @@ from click.testing import CliRunner
 
 from kdcache.cli.models import models_command
 from kdcache.errors import ConfigError, DataNotFoundError, UnknownNameError
-from kdcache.models import create_model
+from kdcache.models import build_model
 from kdcache.models.cifar_vgg import CifarVGG
 
 
 def test_zoo_names_win_over_timm_names() -> None:
-    assert isinstance(create_model("vgg13", num_classes=100), CifarVGG)
-    assert isinstance(create_model("cifar_vgg13", num_classes=100), CifarVGG)
+    assert isinstance(build_model("vgg13", num_classes=100), CifarVGG)
+    assert isinstance(build_model("cifar_vgg13", num_classes=100), CifarVGG)
 
 
 def test_timm_names_build_timm_models_without_downloading() -> None:
     for spec in ("timm:resnet10t", "resnet10t"):
-        model = create_model(spec, num_classes=7, in_chans=1)
+        model = build_model(spec, num_classes=7, in_chans=1)
         assert type(model).__module__.startswith("timm.")
         assert model(torch.randn(2, 1, 32, 32)).shape == (2, 7)
 
 
 def test_timm_scheme_reaches_timms_own_vgg13() -> None:
     with torch.device("meta"):
-        model = create_model("timm:vgg13", num_classes=100)
+        model = build_model("timm:vgg13", num_classes=100)
     assert type(model).__module__ == "timm.models.vgg"
 
 
 def test_unknown_name_suggests_close_matches_and_the_models_command() -> None:
     with pytest.raises(UnknownNameError) as err:
-        create_model("resnet65", num_classes=100)
+        build_model("resnet65", num_classes=100)
     assert "resnet56" in str(err.value) and "kdcache models" in str(err.value)
 
 
 def test_unknown_timm_name_is_an_unknown_name_error() -> None:
     with pytest.raises(UnknownNameError, match="unknown model 'no_such_net'"):
-        create_model("timm:no_such_net", num_classes=100)
+        build_model("timm:no_such_net", num_classes=100)
 
 
 def test_asking_for_pretrained_weights_is_refused() -> None:
     with pytest.raises(ConfigError, match="never downloads"):
-        create_model("timm:resnet10t", num_classes=10, pretrained=True)
+        build_model("timm:resnet10t", num_classes=10, pretrained=True)
 
 
 def test_unsupported_keyword_arguments_are_a_config_error() -> None:
     with pytest.raises(ConfigError, match="wrn_16_1 rejected its arguments"):
-        create_model("wrn_16_1", num_classes=10, stem_bias=True)
+        build_model("wrn_16_1", num_classes=10, stem_bias=True)
 
 
 _USER_FILE = """
@@ -74,7 +74,7 @@ def user_file(tmp_path: Path) -> Path:
 
 
 def test_a_model_file_factory_builds_the_users_model(user_file: Path) -> None:
-    model = create_model(f"{user_file}:build", num_classes=5, in_chans=1, hidden=4)
+    model = build_model(f"{user_file}:build", num_classes=5, in_chans=1, hidden=4)
     assert model(torch.randn(3, 1, 8, 8)).shape == (3, 5)
     assert model[3].in_features == 4
 
@@ -95,18 +95,18 @@ def test_bad_model_file_specs_say_what_is_wrong(
     user_file: Path, spec_suffix: str, error: type[Exception], match: str
 ) -> None:
     with pytest.raises(error, match=match):
-        create_model(f"{user_file}{spec_suffix}", num_classes=5)
+        build_model(f"{user_file}{spec_suffix}", num_classes=5)
 
 
 def test_a_missing_model_file_is_a_data_not_found_error(tmp_path: Path) -> None:
     with pytest.raises(DataNotFoundError, match="model file not found"):
-        create_model(f"{tmp_path / 'absent.py'}:build", num_classes=5)
+        build_model(f"{tmp_path / 'absent.py'}:build", num_classes=5)
 
 
 def test_a_model_file_that_fails_to_import_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "broken.py").write_text("import no_such_module_xyz\n")
     with pytest.raises(ConfigError, match="importing model file .*broken.py failed"):
-        create_model(f"{tmp_path / 'broken.py'}:build", num_classes=5)
+        build_model(f"{tmp_path / 'broken.py'}:build", num_classes=5)
 
 
 def test_models_command_lists_the_zoo_with_parameter_counts() -> None:

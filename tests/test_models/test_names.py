@@ -14,8 +14,8 @@ from kdcache.errors import UnknownNameError
 from kdcache.models import (
     AmbiguousModelNameError,
     ModelRef,
+    build_model,
     count_parameters,
-    create_model,
     resolve_model_name,
 )
 from kdcache.models.cifar_resnetv2 import CifarResNetV2
@@ -56,7 +56,7 @@ def test_the_canonical_spec_resolves_to_the_same_network_again() -> None:
 def test_a_name_both_the_zoo_and_timm_know_is_an_error_naming_both_ways_to_choose() -> None:
     # Before: "resnet18" silently built timm's ImageNet ResNet-18 for a CIFAR run.
     with pytest.raises(AmbiguousModelNameError) as err:
-        create_model("resnet18", num_classes=100)
+        build_model("resnet18", num_classes=100)
     message = str(err.value)
     assert "'ResNet18'" in message and "'timm:resnet18'" in message
     assert isinstance(err.value, UnknownNameError)
@@ -65,14 +65,14 @@ def test_a_name_both_the_zoo_and_timm_know_is_an_error_naming_both_ways_to_choos
 
 
 def test_a_zoo_name_in_another_case_builds_the_zoo_model() -> None:
-    assert isinstance(create_model("zoo:RESNET50", num_classes=100), CifarResNetV2)
-    small = create_model("RESNET8", num_classes=10, in_chans=1)
-    assert count_parameters(small) == count_parameters(create_model("resnet8", 10, in_chans=1))
+    assert isinstance(build_model("zoo:RESNET50", num_classes=100), CifarResNetV2)
+    small = build_model("RESNET8", num_classes=10, in_chans=1)
+    assert count_parameters(small) == count_parameters(build_model("resnet8", 10, in_chans=1))
 
 
 def test_the_zoo_and_timm_networks_of_a_shared_name_differ() -> None:
-    zoo = count_parameters(create_model("zoo:resnet18", num_classes=100))
-    timm_net = count_parameters(create_model("timm:resnet18", num_classes=100))
+    zoo = count_parameters(build_model("zoo:resnet18", num_classes=100))
+    timm_net = count_parameters(build_model("timm:resnet18", num_classes=100))
     assert zoo != timm_net
 
 

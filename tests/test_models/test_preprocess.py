@@ -13,7 +13,7 @@ from kdcache.cache import schema
 from kdcache.data import normalize
 from kdcache.data.datasets import CIFAR100, DIGITS
 from kdcache.errors import ConfigError
-from kdcache.models import create_model
+from kdcache.models import build_model
 from kdcache.models.preprocess import (
     Preprocessing,
     check_preprocessing_text,
@@ -67,21 +67,21 @@ def test_the_record_round_trips_and_an_old_cache_reads_as_the_datasets() -> None
 
 
 def test_a_timm_model_gets_its_pretrained_cfg_and_a_zoo_model_the_datasets() -> None:
-    vit = create_model("test_vit", num_classes=100)  # pretrained_cfg: 0.5/0.5, 160, bicubic
+    vit = build_model("test_vit", num_classes=100)  # pretrained_cfg: 0.5/0.5, 160, bicubic
     assert resolve_preprocessing(vit, CIFAR100) == Preprocessing(
         (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), (160, 160), "bicubic"
     )
     assert resolve_preprocessing(vit, CIFAR100, "dataset") == Preprocessing.from_dataset(CIFAR100)
-    zoo = create_model("resnet8", num_classes=100)
+    zoo = build_model("resnet8", num_classes=100)
     assert resolve_preprocessing(zoo, CIFAR100) == Preprocessing.from_dataset(CIFAR100)
-    grey = create_model("test_vit", num_classes=10, in_chans=1)
+    grey = build_model("test_vit", num_classes=10, in_chans=1)
     assert resolve_preprocessing(grey, DIGITS).mean == (0.5,)
 
 
 def test_overrides_apply_on_top_of_their_base() -> None:
-    vit = create_model("test_vit", num_classes=100)
+    vit = build_model("test_vit", num_classes=100)
     mdistiller = "dataset,mean=0.5071/0.4867/0.4408,std=0.2675/0.2565/0.2761"
-    got = resolve_preprocessing(create_model("resnet8", num_classes=100), CIFAR100, mdistiller)
+    got = resolve_preprocessing(build_model("resnet8", num_classes=100), CIFAR100, mdistiller)
     assert got == Preprocessing((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), (32, 32))
     got = resolve_preprocessing(vit, CIFAR100, "size=224,interpolation=bilinear")
     assert (got.mean, got.input_size, got.interpolation) == ((0.5,) * 3, (224, 224), "bilinear")
@@ -102,7 +102,7 @@ def test_overrides_apply_on_top_of_their_base() -> None:
 )
 def test_bad_preprocessing_text_is_one_clear_error(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        resolve_preprocessing(create_model("resnet8", num_classes=100), CIFAR100, text)
+        resolve_preprocessing(build_model("resnet8", num_classes=100), CIFAR100, text)
 
 
 def test_a_bad_base_is_refused_before_any_model_is_built() -> None:
@@ -113,7 +113,7 @@ def test_a_bad_base_is_refused_before_any_model_is_built() -> None:
 def test_statistics_for_other_channels_than_the_views_are_refused() -> None:
     with pytest.raises(ConfigError, match="digits views have 1"):
         resolve_preprocessing(
-            create_model("resnet8", 10, in_chans=1), DIGITS, "mean=0.5/0.5/0.5,std=1/1/1"
+            build_model("resnet8", 10, in_chans=1), DIGITS, "mean=0.5/0.5/0.5,std=1/1/1"
         )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kdcache.errors import WeightsError
-from kdcache.models import build_model, create_model, load_weights, weights_sha256
+from kdcache.models import build_model, load_weights, weights_sha256
 
 pytestmark = pytest.mark.realdata
 
@@ -30,4 +30,4 @@ def test_real_teacher_loads_strictly_under_its_plain_name(teacher_path: Path) ->
 
 def test_real_teacher_without_stem_bias_names_the_extra_key(teacher_path: Path) -> None:
     with pytest.raises(WeightsError, match=r"unexpected keys \(1\): conv1\.bias"):
-        load_weights(create_model("resnet56", num_classes=100), teacher_path, arch="resnet56")
+        load_weights(build_model("resnet56", num_classes=100), teacher_path, arch="resnet56")

@@ -11,12 +11,12 @@ from safetensors.torch import save_file
 from timm.utils import CheckpointSaver, ModelEmaV3
 
 from kdcache.errors import WeightsError
-from kdcache.models import build_model, create_model, load_checkpoint_state_dict
+from kdcache.models import build_model, load_checkpoint_state_dict
 
 
 def _seeded(name: str = "resnet8") -> torch.nn.Module:
     torch.manual_seed(0)
-    return create_model(name, num_classes=10)
+    return build_model(name, num_classes=10)
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -118,7 +118,7 @@ def test_extract_records_the_ema_choice_and_verify_reuses_it(tmp_path: Path) -> 
     from kdcache.cli import main
 
     torch.manual_seed(0)
-    grey = create_model("resnet8", 10, in_chans=1)
+    grey = build_model("resnet8", 10, in_chans=1)
     ema = ModelEmaV3(grey, decay=0.5)
     with torch.no_grad():
         for p in grey.parameters():

@@ -14,7 +14,6 @@ from kdcache.errors import DataNotFoundError, WeightsError
 from kdcache.models import (
     build_model,
     count_parameters,
-    create_model,
     load_checkpoint_state_dict,
     load_weights,
     weights_sha256,
@@ -23,7 +22,7 @@ from kdcache.models import (
 
 def _resnet8_state() -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    return create_model("resnet8", num_classes=100).state_dict()
+    return build_model("resnet8", num_classes=100).state_dict()
 
 
 def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -49,7 +48,7 @@ def test_nested_wrappers_are_unwrapped(tmp_path: Path) -> None:
 def test_data_parallel_and_compile_prefixes_are_stripped(tmp_path: Path, prefix: str) -> None:
     sd = _resnet8_state()
     torch.save({prefix + k: v for k, v in sd.items()}, tmp_path / "ckpt.pth")
-    model = create_model("resnet8", num_classes=100)
+    model = build_model("resnet8", num_classes=100)
     assert load_weights(model, tmp_path / "ckpt.pth").ok
     _assert_same(model.state_dict(), sd)
 
@@ -70,7 +69,7 @@ def test_strict_mismatch_lists_missing_and_unexpected_keys() -> None:
     del sd["layer3.0.bn2.weight"]
     sd["head.weight"] = torch.zeros(3)
     with pytest.raises(WeightsError) as err:
-        load_weights(create_model("resnet8", num_classes=100), sd, arch="resnet8")
+        load_weights(build_model("resnet8", num_classes=100), sd, arch="resnet8")
     message = str(err.value)
     assert "resnet8" in message
     assert "missing keys (1): layer3.0.bn2.weight" in message
@@ -79,22 +78,22 @@ def test_strict_mismatch_lists_missing_and_unexpected_keys() -> None:
 
 def test_weights_of_another_architecture_are_refused() -> None:
     torch.manual_seed(0)
-    wrn = create_model("wrn_16_1", num_classes=100).state_dict()
+    wrn = build_model("wrn_16_1", num_classes=100).state_dict()
     with pytest.raises(
         WeightsError, match=r"do not fit the resnet8 architecture(.|\n)*\.\.\. \(\d+ more\)"
     ):
-        load_weights(create_model("resnet8", num_classes=100), wrn, arch="resnet8")
+        load_weights(build_model("resnet8", num_classes=100), wrn, arch="resnet8")
 
 
 def test_a_class_count_mismatch_shows_both_shapes() -> None:
     with pytest.raises(
         WeightsError, match=r"fc\.weight checkpoint \[100, 64\] vs model \[10, 64\]"
     ):
-        load_weights(create_model("resnet8", num_classes=10), _resnet8_state())
+        load_weights(build_model("resnet8", num_classes=10), _resnet8_state())
 
 
 def test_non_strict_loading_keeps_what_fits_and_reports_the_rest() -> None:
-    model = create_model("resnet8", num_classes=10)
+    model = build_model("resnet8", num_classes=10)
     report = load_weights(model, _resnet8_state(), strict=False)
     assert [k for k, _, _ in report.mismatched] == ["fc.weight", "fc.bias"]
     assert torch.equal(model.conv1.weight, _resnet8_state()["conv1.weight"])
@@ -102,7 +101,7 @@ def test_non_strict_loading_keeps_what_fits_and_reports_the_rest() -> None:
 
 def test_old_checkpoints_without_num_batches_tracked_still_load_strictly() -> None:
     sd = {k: v for k, v in _resnet8_state().items() if not k.endswith("num_batches_tracked")}
-    assert load_weights(create_model("resnet8", num_classes=100), sd).ok
+    assert load_weights(build_model("resnet8", num_classes=100), sd).ok
 
 
 def test_a_missing_weights_file_is_a_data_not_found_error(tmp_path: Path) -> None:
@@ -139,7 +138,7 @@ def test_weights_sha256_is_the_sha256_of_the_file_bytes(tmp_path: Path) -> None:
 
 
 def test_count_parameters_excludes_buffers() -> None:
-    model = create_model("resnet8", num_classes=100)
+    model = build_model("resnet8", num_classes=100)
     assert count_parameters(model) == sum(p.numel() for p in model.parameters()) == 83892
 
 
@@ -147,7 +146,7 @@ def test_build_model_turns_on_stem_bias_when_the_checkpoint_has_conv1_bias(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     torch.manual_seed(0)
-    sd = create_model("resnet8", num_classes=100, stem_bias=True).state_dict()
+    sd = build_model("resnet8", num_classes=100, stem_bias=True).state_dict()
     torch.save(sd, tmp_path / "biased.pth")
     with caplog.at_level(logging.INFO, logger="kdcache.models"):
         model = build_model("resnet8", 100, weights=tmp_path / "biased.pth")
@@ -155,6 +154,6 @@ def test_build_model_turns_on_stem_bias_when_the_checkpoint_has_conv1_bias(
     _assert_same(model.state_dict(), sd)
 
 
-def test_build_model_without_weights_is_create_model() -> None:
+def test_build_model_without_weights_is_untrained() -> None:
     model = build_model("resnet8", 10, in_chans=1)
     assert model.conv1.weight.shape == (16, 1, 3, 3) and model.conv1.bias is None

@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 
-from kdcache.models import ZOO, count_parameters, create_model, list_models
+from kdcache.models import ZOO, build_model, count_parameters, list_models
 from kdcache.models.zoo import zoo_entry
 
 from .conftest import COMPAT_JSON, load_compat
@@ -18,7 +18,7 @@ needs_compat = pytest.mark.skipif(not COMPAT, reason=f"{COMPAT_JSON} not found")
 def _meta_model(name: str, **kwargs: object) -> torch.nn.Module:
     # The meta device gives real keys, shapes and dtypes without allocating or initialising.
     with torch.device("meta"):
-        return create_model(name, num_classes=100, **kwargs)
+        return build_model(name, num_classes=100, **kwargs)
 
 
 @needs_compat
@@ -59,7 +59,7 @@ def test_timm_refuses_pretrained_for_the_zoo_rather_than_downloading() -> None:
 @pytest.mark.parametrize("name", list(ZOO))
 def test_forward_returns_logits_for_a_cifar_batch(name: str) -> None:
     torch.manual_seed(0)
-    model = create_model(name, num_classes=100).eval()
+    model = build_model(name, num_classes=100).eval()
     with torch.inference_mode():
         logits = model(torch.randn(2, 3, 32, 32))
     assert logits.shape == (2, 100)
@@ -69,7 +69,7 @@ def test_forward_returns_logits_for_a_cifar_batch(name: str) -> None:
 @pytest.mark.parametrize("name", list(ZOO))
 def test_every_model_takes_one_channel_8x8_digits(name: str) -> None:
     torch.manual_seed(0)
-    model = create_model(name, num_classes=10, in_chans=1)
+    model = build_model(name, num_classes=10, in_chans=1)
     logits = model(torch.randn(4, 1, 8, 8))  # train mode: BN needs > 1 value per channel
     assert logits.shape == (4, 10)
     logits.sum().backward()
