@@ -46,11 +46,12 @@ sys.path.insert(0, str(REPO))
 from benchmarks._docs import write_section  # noqa: E402
 from benchmarks._jpeg import cifar_pixels, jpeg_tree  # noqa: E402
 from kdcache.augment import create_recipe  # noqa: E402
-from kdcache.data import SeededViews, load_dataset, view_items  # noqa: E402
+from kdcache.data import load_dataset  # noqa: E402
 from kdcache.extract import ExtractConfig, run_extract  # noqa: E402
 from kdcache.models import build_model  # noqa: E402
 from kdcache.models.inference import prepare_teacher, teacher_forward, teacher_inference  # noqa: E402
 from kdcache.models.preprocess import resolve_preprocessing  # noqa: E402
+from kdcache.views import SeededViews, view_items  # noqa: E402
 
 CLASSES = 1000
 

@@ -33,7 +33,8 @@ sys.path.insert(0, str(REPO))
 from benchmarks._docs import write_section  # noqa: E402
 from benchmarks._jpeg import cifar_pixels, jpeg_tree  # noqa: E402
 from kdcache.augment import create_recipe  # noqa: E402
-from kdcache.data import SeededViews, load_dataset, view_items  # noqa: E402
+from kdcache.data import load_dataset  # noqa: E402
+from kdcache.views import SeededViews, view_items  # noqa: E402
 
 
 def pass_seconds(dataset: torch.utils.data.Dataset, workers: int) -> float:

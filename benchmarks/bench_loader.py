@@ -45,7 +45,8 @@ from benchmarks._docs import write_section  # noqa: E402
 from kdcache.augment import create_recipe  # noqa: E402
 from kdcache.cache import schema  # noqa: E402
 from kdcache.cache.store import open_for_writing  # noqa: E402
-from kdcache.data import SeededViews, load_dataset, normalize  # noqa: E402
+from kdcache.data import load_dataset, normalize  # noqa: E402
+from kdcache.views import SeededViews  # noqa: E402
 
 TARGETS = (20_000, 50_000)  # images/s one modern GPU trains a CIFAR ResNet at
 

@@ -36,11 +36,12 @@ from kdcache.augment import create_recipe  # noqa: E402
 from kdcache.cache import schema  # noqa: E402
 from kdcache.cache.sparse import SparseRows, sparse_rows_from_logits  # noqa: E402
 from kdcache.cache.store import open_for_writing  # noqa: E402
-from kdcache.data import SeededViews, load_dataset, normalize  # noqa: E402
+from kdcache.data import load_dataset, normalize  # noqa: E402
 from kdcache.extract import sparse_temperatures  # noqa: E402
 from kdcache.losses import build_objective  # noqa: E402
 from kdcache.losses.sparse import SparseTeacher  # noqa: E402
 from kdcache.models import build_model  # noqa: E402
+from kdcache.views import SeededViews  # noqa: E402
 
 WEIGHTS = "teachers/resnet56_cifar100_020118.pth"
 KS = (5, 10, 20, 50)

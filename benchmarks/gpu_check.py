@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks._jpeg import cifar_pixels, jpeg_tree  # noqa: E402
 from kdcache.augment import create_recipe  # noqa: E402
 from kdcache.cache.store import open_cache  # noqa: E402
-from kdcache.data import SeededViews, load_dataset, view_items  # noqa: E402
+from kdcache.data import load_dataset  # noqa: E402
 from kdcache.extract import ExtractConfig, run_extract  # noqa: E402
 from kdcache.models import build_model  # noqa: E402
 from kdcache.models.inference import prepare_teacher, teacher_forward, teacher_inference  # noqa: E402
@@ -57,6 +57,7 @@ from kdcache.runtime import resolve_device  # noqa: E402
 from kdcache.training import outputs  # noqa: E402
 from kdcache.training.config import TrainConfig  # noqa: E402
 from kdcache.training.loop import run_train  # noqa: E402
+from kdcache.views import SeededViews, view_items  # noqa: E402
 
 
 @dataclass(frozen=True)

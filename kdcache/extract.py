@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from kdcache.augment import Recipe, create_recipe, views_to_store
 from kdcache.cache import bounds, schema
 from kdcache.cache.store import CacheWriter, open_for_writing
-from kdcache.data import SeededViews, SourceDataset, load_dataset
+from kdcache.data import SourceDataset, load_dataset
 from kdcache.errors import ConfigError
 from kdcache.extract_writer import BackgroundBlockWriter, BlockAssembler
 from kdcache.models import build_model, count_parameters, resolve_model_name, weights_sha256
@@ -36,6 +36,7 @@ from kdcache.models.inference import (
 )
 from kdcache.models.preprocess import Preprocessing, check_preprocessing_text, resolve_preprocessing
 from kdcache.runtime import init_distributed, library_versions, rank_device, resolve_device
+from kdcache.views import SeededViews
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,10 @@ import torch
 from kdcache.cache import remote
 from kdcache.cache.sparse import KEPT_MASS_TOLERANCE, kept_mass_violations
 from kdcache.cache.store import CacheReader, open_cache
-from kdcache.data import SeededViews, SourceDataset
+from kdcache.data import SourceDataset
 from kdcache.errors import KdcacheError
 from kdcache.seeding import derived_seed
+from kdcache.views import SeededViews
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -311,12 +311,12 @@ def test_incomplete_cache_same_error_nothing_written(tmp_path, fp32_cache):
 
 
 def test_replay_mismatch_same_error_nothing_written(tmp_path, fp32_cache, monkeypatch):
-    import kdcache.data.views
+    import kdcache.views
 
     # As if another Pillow/torchvision made the views: every regenerated view differs. (Editing the
     # stored hashes instead is damage, which the block digests refuse before any replay check.)
-    seed = kdcache.data.views.sample_seed
-    monkeypatch.setattr(kdcache.data.views, "sample_seed", lambda s, v, i: seed(s + 1, v, i))
+    seed = kdcache.views.sample_seed
+    monkeypatch.setattr(kdcache.views, "sample_seed", lambda s, v, i: seed(s + 1, v, i))
     before = every_file(fp32_cache)
     with pytest.raises(kdcache.ReplayMismatchError) as info:
         list(kdcache.open_cache(fp32_cache).loader(None, batch_size=64, seed=0, epoch=0))

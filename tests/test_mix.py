@@ -19,13 +19,13 @@ from kdcache.augment.mix import (
     draw_mix,
     mix_seed,
 )
-from kdcache.data import SeededViews, load_dataset
-from kdcache.data.views import view_items
+from kdcache.data import load_dataset
 from kdcache.errors import ConfigError
 from kdcache.losses.mixed import MixedTarget, mixed_cross_entropy, soft_targets
 from kdcache.losses.objective import build_objective
 from kdcache.losses.registry import list_losses
 from kdcache.seeding import sample_seed
+from kdcache.views import SeededViews, view_items
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from kdcache.augment import create_recipe
 from kdcache.cache.store import open_cache
 from kdcache.cli import main
-from kdcache.data import SeededViews, load_dataset
-from kdcache.data.views import view_items
+from kdcache.data import load_dataset
 from kdcache.training.config import TrainConfig
 from kdcache.training.loop import run_train
+from kdcache.views import SeededViews, view_items
 from tests.conftest import cache_attrs, cache_chunk_bytes, run_kdcache_process
 
 RECIPE = "cifar+mixup-cutmix"

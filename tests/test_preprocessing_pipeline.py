@@ -12,13 +12,14 @@ from click.testing import CliRunner
 from kdcache.augment import create_recipe
 from kdcache.cache.store import open_cache
 from kdcache.cli import main
-from kdcache.data import SeededViews, load_dataset, view_items
+from kdcache.data import load_dataset
 from kdcache.models import build_model
 from kdcache.models.inference import prepare_teacher, teacher_forward, teacher_inference
 from kdcache.models.preprocess import Preprocessing
 from kdcache.training.config import TrainConfig
 from kdcache.training.loop import run_train
 from kdcache.training.outputs import load_checkpoint
+from kdcache.views import SeededViews, view_items
 
 SEED = 5
 

@@ -278,11 +278,11 @@ def test_corrupted_chunk_stops_training_with_its_name(tmp_path, fp32_cache):
 
 
 def test_replay_mismatch_is_an_error_that_says_what_differs(tmp_path, fp32_cache, monkeypatch):
-    import kdcache.data.views
+    import kdcache.views
 
     # As if another Pillow/torchvision made the views: every regenerated view differs.
-    seed = kdcache.data.views.sample_seed
-    monkeypatch.setattr(kdcache.data.views, "sample_seed", lambda s, v, i: seed(s + 1, v, i))
+    seed = kdcache.views.sample_seed
+    monkeypatch.setattr(kdcache.views, "sample_seed", lambda s, v, i: seed(s + 1, v, i))
     code, output = train_one_epoch_from(fp32_cache, tmp_path / "run")
     assert code != 0 and "differs from the one the teacher saw" in output
 

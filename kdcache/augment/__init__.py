@@ -14,13 +14,8 @@ name                    what                                                    
 """
 
 from kdcache.augment import geometric, randaugment  # noqa: F401  (registers the recipes)
-from kdcache.augment.base import (
-    Recipe,
-    create_recipe,
-    list_recipes,
-    register_recipe,
-    views_to_store,
-)
+from kdcache.augment.base import Recipe, list_recipes, register_recipe, views_to_store
+from kdcache.augment.factory import create_recipe
 from kdcache.augment.geometric import EvalTransform, PadCropFlip, RandomResizedCropFlip
 from kdcache.augment.randaugment import RandAugmentRecipe
 

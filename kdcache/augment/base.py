@@ -1,4 +1,4 @@
-"""The recipe interface and registry behind ``create_recipe`` / ``list_recipes``.
+"""The recipe interface and the registry of base recipes (``list_recipes``).
 
 A recipe maps an original uint8 image and a per-sample seed to one augmented uint8 image. It is the
 augmentation half of the determinism contract (DESIGN.md §2): all randomness comes from a
@@ -114,16 +114,11 @@ def views_to_store(recipe: Recipe, requested: int | None) -> int:
     return requested
 
 
-def create_recipe(name: str, spec: DatasetSpec, **params: Any) -> Recipe:
-    """Build the recipe ``name`` for a dataset; unknown names or parameters are user errors.
+def create_base_recipe(name: str, spec: DatasetSpec, **params: Any) -> Recipe:
+    """Build the registered (unmixed) recipe ``name``; unknown names or parameters are user errors.
 
-    ``"<base>+mixup"``, ``"<base>+cutmix"`` and ``"<base>+mixup-cutmix"`` mix each view of the base
-    recipe with a partner's (:mod:`kdcache.augment.mix`).
+    :func:`kdcache.augment.create_recipe` is the public way in (it also builds mixed recipes).
     """
-    if "+" in name:
-        from kdcache.augment.mix import create_mixed_recipe  # imports this module
-
-        return create_mixed_recipe(name, spec, dict(params))
     cls = _RECIPES.get(name)
     if cls is None:
         raise UnknownNameError(

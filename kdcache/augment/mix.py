@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from kdcache.augment.base import Recipe
+from kdcache.augment.base import Recipe, create_base_recipe
 from kdcache.data.spec import DatasetSpec
 from kdcache.errors import ConfigError
 
@@ -201,8 +201,6 @@ class MixedRecipe(Recipe):
 
 def create_mixed_recipe(name: str, spec: DatasetSpec, params: dict[str, Any]) -> MixedRecipe:
     """``"<base>+<kind>"`` with the base recipe's parameters and the kind's own (flat)."""
-    from kdcache.augment.base import create_recipe
-
     base_name, _, kind = name.partition("+")
     if kind not in MIX_KINDS:
         raise ConfigError(
@@ -221,5 +219,5 @@ def create_mixed_recipe(name: str, spec: DatasetSpec, params: dict[str, Any]) ->
             f"recipe {name!r}: a mixed view has no finite set of views (the partner and lambda are "
             "drawn per sample), so exhaustive=True is impossible; drop --exhaustive"
         )
-    base = create_recipe(base_name, spec, **params)
+    base = create_base_recipe(base_name, spec, **params)
     return MixedRecipe(spec, base, MixParams(kind=kind, **mix_params))  # type: ignore[arg-type]

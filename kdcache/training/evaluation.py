@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from kdcache.augment import create_recipe
-from kdcache.data import SeededViews, SourceDataset
+from kdcache.data import SourceDataset
 from kdcache.data.spec import DatasetSpec
 from kdcache.errors import ConfigError, DataNotFoundError
 from kdcache.models import AmbiguousModelNameError, build_model, load_weights, resolve_model_name
@@ -22,6 +22,7 @@ from kdcache.models.names import TIMM_SCHEME
 from kdcache.models.preprocess import Preprocessing, resolve_preprocessing
 from kdcache.runtime import resolve_device
 from kdcache.training import outputs
+from kdcache.views import SeededViews
 
 # What `kdcache eval` needs from a checkpoint (a raw state dict has none of them).
 

@@ -15,23 +15,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from kdcache.data import SeededViews, SourceDataset
+from kdcache.augment import Recipe, create_recipe
+from kdcache.data import SourceDataset
 from kdcache.errors import ConfigError, ReplayMismatchError
 from kdcache.losses.mixed import MixedTarget, soft_targets
 from kdcache.losses.sparse import SparseTeacher
 from kdcache.models.preprocess import Preprocessing
 from kdcache.training.plan import EpochPlan, plan_epoch
 from kdcache.training.teacher_stream import CachedTeacher
-
-if TYPE_CHECKING:
-    from kdcache.augment.base import Recipe
+from kdcache.views import SeededViews
 
 ReplayMode = Literal["all", "sample", "off"]
 SAMPLE_REPLAY_EVERY = 16  # "sample" checks rows with index % 16 == 0, and each batch's first
@@ -244,8 +243,6 @@ def evaluation_batches(
 ) -> Iterator[Batch]:
     """Every sample of ``source`` once, in index order, with the evaluation transform (recipe
     ``none``), converted like the training batches; ``teacher_logits`` is None."""
-    from kdcache.augment import create_recipe
-
     items = np.stack([np.zeros(len(source), np.int64), np.arange(len(source))], axis=1)
     loader = DataLoader(
         SeededViews(source, create_recipe("none", source.spec), 0, items),

@@ -197,11 +197,11 @@ def test_verify_fails_on_corruption_and_incompleteness(tmp_path, digits_cache):
 
 
 def test_verify_fails_when_views_do_not_replay(digits_cache, monkeypatch):
-    import kdcache.data.views
+    import kdcache.views
 
     # As if another torchvision/Pillow drew other crops: every regenerated view differs.
-    seed = kdcache.data.views.sample_seed
-    monkeypatch.setattr(kdcache.data.views, "sample_seed", lambda s, v, i: seed(s + 1, v, i))
+    seed = kdcache.views.sample_seed
+    monkeypatch.setattr(kdcache.views, "sample_seed", lambda s, v, i: seed(s + 1, v, i))
     result = CliRunner().invoke(main, ["verify", str(digits_cache)])
     assert result.exit_code == 1 and "[FAIL] replay" in result.output
     assert "[ok] chunks" in result.output

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from kdcache.augment import create_recipe
-from kdcache.data import SeededViews, load_dataset, view_items
+from kdcache.data import load_dataset
 from kdcache.errors import ConfigError, DataNotFoundError
+from kdcache.views import SeededViews, view_items
 
 
 def _write_png(path: Path, pixels: np.ndarray) -> None:

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from kdcache.augment import create_recipe
-from kdcache.data import SeededViews, load_dataset, view_items
+from kdcache.data import load_dataset
 from kdcache.errors import ConfigError
 from kdcache.seeding import input_hash, sample_seed
+from kdcache.views import SeededViews, view_items
 
 from ._paths import cifar100_dir
 

@@ -13,17 +13,17 @@ the hash covers the mixed image.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+# The layers: kdcache.data (images) <- kdcache.augment (recipes) <- this module (views of both).
+from kdcache.augment.base import Recipe
+from kdcache.augment.mix import MixedRecipe, apply_mix
 from kdcache.data.source import SourceDataset
 from kdcache.errors import ConfigError
 from kdcache.seeding import input_hash, sample_seed
-
-if TYPE_CHECKING:  # kdcache.augment imports kdcache.data.spec: avoid the cycle at runtime
-    from kdcache.augment.base import Recipe
 
 
 def view_items(views: Iterable[int], indices: Iterable[int] | int) -> np.ndarray:
@@ -85,8 +85,6 @@ class SeededViews(torch.utils.data.Dataset):
         )
 
     def __getitem__(self, k: int) -> dict[str, Any]:
-        from kdcache.augment.mix import MixedRecipe, apply_mix
-
         view, index = (int(x) for x in self.items[k])
         image = self._view(view, index)  # [C, S, S] uint8
         extra: dict[str, Any] = {}
