@@ -15,7 +15,7 @@ from torch import nn
 
 from kdcache.errors import ConfigError
 from kdcache.losses.objective import build_objective
-from kdcache.training import outputs
+from kdcache.training import outputs, tracking
 from kdcache.training.config import TrainConfig, resolve_schedule
 from kdcache.training.loop import run_train
 from kdcache.training.optim import build_optimization
@@ -161,17 +161,17 @@ def test_a_resumed_cosine_adamw_ema_run_ends_with_the_same_bits(
                     model_ema_decay=0.9)  # fmt: skip
     run_train(config(tmp_path / "whole", **settings))
 
-    real_plot = outputs.plot_curves
+    real_plot = tracking.plot_curves
 
     def stop_after_epoch_2(out: Path) -> None:
         real_plot(out)
         if len(outputs.read_metrics(out)) == 2:
             raise KeyboardInterrupt("simulated stop after epoch 2")
 
-    monkeypatch.setattr(outputs, "plot_curves", stop_after_epoch_2)
+    monkeypatch.setattr(tracking, "plot_curves", stop_after_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         run_train(config(tmp_path / "cut", **settings))
-    monkeypatch.setattr(outputs, "plot_curves", real_plot)
+    monkeypatch.setattr(tracking, "plot_curves", real_plot)
     run_train(config(tmp_path / "cut", resume=True, **settings))
 
     whole = outputs.load_checkpoint(tmp_path / "whole" / "last.pt")

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from kdcache.cache.store import open_cache
 from kdcache.cli import main
-from kdcache.training import outputs
+from kdcache.training import outputs, tracking
 from kdcache.training.config import TrainConfig
 from kdcache.training.loop import run_train
 from kdcache.training.plan import plan_epoch
@@ -117,16 +117,16 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(
     config = dict(cache=str(fp32_cache), loss="ldrld", epochs=2, loss_params={"k": 4})
     run_train(base_config(tmp_path / "whole", **config))
 
-    real_plot = outputs.plot_curves
+    real_plot = tracking.plot_curves
 
     def crash_after_first_epoch(out):  # type: ignore[no-untyped-def]
         real_plot(out)
         raise KeyboardInterrupt("simulated stop after epoch 1")
 
-    monkeypatch.setattr(outputs, "plot_curves", crash_after_first_epoch)
+    monkeypatch.setattr(tracking, "plot_curves", crash_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         run_train(base_config(tmp_path / "cut", **config))
-    monkeypatch.setattr(outputs, "plot_curves", real_plot)
+    monkeypatch.setattr(tracking, "plot_curves", real_plot)
     run_train(base_config(tmp_path / "cut", resume=True, **config))
 
     whole = outputs.load_checkpoint(tmp_path / "whole" / "last.pt")["model"]

@@ -409,7 +409,7 @@ def _end_epoch(
     outputs.save_checkpoint(out / "last.pt", state)
     if evaluated and run.top1 is not None and run.top1 >= run.best:
         outputs.save_checkpoint(out / "best.pt", state)
-    outputs.plot_curves(out)
+    tracking.plot_curves(out)
     reporter.epoch_finished(record)
 
 

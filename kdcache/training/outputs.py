@@ -161,10 +161,3 @@ def truncate_metrics(out: Path, last_epoch: int) -> None:
     for name in (METRICS, STEP_LOSSES):
         kept = [r for r in read_metrics(out, name) if r["epoch"] <= last_epoch]
         atomic_write_bytes(out / name, "".join(json.dumps(r) + "\n" for r in kept).encode())
-
-
-def plot_curves(out: Path) -> None:
-    """curves.png: step and epoch losses, test accuracy, lr (kdcache.training.tracking)."""
-    from kdcache.training import tracking
-
-    tracking.plot_curves(out)

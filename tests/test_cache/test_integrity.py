@@ -23,7 +23,7 @@ from kdcache.cache.store import open_cache, open_for_writing
 from kdcache.cli import main
 from kdcache.errors import CacheCorruptError, CacheMismatchError, ConfigError, NonFiniteError
 from kdcache.summary import format_summary, summarize
-from kdcache.training import finite, outputs
+from kdcache.training import finite, outputs, tracking
 from kdcache.training.config import TrainConfig
 from kdcache.training.loop import run_train
 
@@ -354,13 +354,13 @@ def test_the_step_guard_names_the_cached_chunk():
 
 
 def stop_after_first_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_plot = outputs.plot_curves
+    real_plot = tracking.plot_curves
 
     def crash(out):  # type: ignore[no-untyped-def]
         real_plot(out)
         raise KeyboardInterrupt("simulated stop after epoch 1")
 
-    monkeypatch.setattr(outputs, "plot_curves", crash)
+    monkeypatch.setattr(tracking, "plot_curves", crash)
 
 
 def test_resume_with_another_cache_is_refused_naming_both(cache3, tmp_path, monkeypatch):
