@@ -242,7 +242,7 @@ def _stream_source(config: TrainConfig, data: RunData) -> EpochSource:
     elif reader is not None and config.verify_replay != "off":
         # Only --loss ce gets here (run_data refuses a 1.0/1.1 sparse cache for the other losses).
         log.warning("1.0/1.1 sparse cache, loss ce: no rows are read, so no replay checks are made")
-    return EpochSource(data.train, data.recipe, data.aug_seed, data.allowed_views,
+    return EpochSource(data.train, data.recipe, data.cache_seed, data.allowed_views,
                        data.block_rows, data.num_samples, teacher, data.student_input)  # fmt: skip
 
 

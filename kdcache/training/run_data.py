@@ -32,7 +32,7 @@ class RunData:
     train: SourceDataset
     eval: SourceDataset
     recipe: Recipe
-    aug_seed: int
+    cache_seed: int  # the views' seed: the cache's, or --aug-seed for views made on the fly
     allowed_views: np.ndarray  # int64 [V']
     block_rows: int
     num_samples: int  # samples trained on (after --max-samples)

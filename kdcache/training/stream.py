@@ -72,7 +72,7 @@ class EpochSource:
 
     train: SourceDataset
     recipe: Recipe
-    aug_seed: int  # the cache's seed: views are (aug_seed, view, index) -> image
+    cache_seed: int  # the views' seed: view v of sample i is drawn from (cache_seed, v, i)
     allowed_views: np.ndarray  # int64 [V']
     block_rows: int  # the cache's chunk rows: the unit of order and of reading
     num_samples: int
@@ -158,7 +158,7 @@ class EpochBatches:
     def _loader(self) -> DataLoader:
         src = self.source
         return DataLoader(
-            SeededViews(src.train, src.recipe, src.aug_seed, self.plan.items),
+            SeededViews(src.train, src.recipe, src.cache_seed, self.plan.items),
             batch_sampler=_BoundsSampler(self.plan.bounds),
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
