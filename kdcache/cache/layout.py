@@ -16,6 +16,7 @@ from what zarr writes; ``tests/test_cache/test_layout.py`` checks the rest again
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
@@ -26,6 +27,9 @@ METADATA_FILE = ZARR_JSON  # "zarr.json": a group's or an array's metadata docum
 CHUNK_KEY_ENCODING = DefaultChunkKeyEncoding(separator="/")
 _CHUNK_DIR = "c"  # the default encoding's first key component (zarr v3 spec)
 CRC32C_BYTES = 4
+# zarr's LocalStore writes each object to ``<key without suffix>.<uuid4 hex>.partial`` and renames
+# it; a killed writer leaves that file behind, and zarr never reads it.
+_INTERRUPTED_WRITE = re.compile(r"\.[0-9a-f]{32}\.partial$")
 # zstd level 3: the chunk bytes shrink ~8-25% (logits are noisy floats), decoding stays cheap.
 # crc32c last: every stored chunk ends with the checksum of the bytes before it.
 _COMPRESSORS = (ZstdCodec(level=3), Crc32cCodec())
@@ -58,6 +62,11 @@ def metadata_key(array: str | None = None) -> str:
 def is_chunk_key(key: str) -> bool:
     """Whether ``key`` (relative to a cache root) names a chunk rather than a metadata document."""
     return f"/{_CHUNK_DIR}/" in f"/{key}"
+
+
+def is_interrupted_write(key: str) -> bool:
+    """Whether ``key`` is a temporary file of a local write that never finished (not an object)."""
+    return _INTERRUPTED_WRITE.search(key) is not None
 
 
 def array_of_metadata_key(key: str) -> str | None:

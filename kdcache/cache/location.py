@@ -43,6 +43,11 @@ class CacheLocation:
     path: Path | None  # the local path (``~`` expanded); None for remote locations
 
     @property
+    def is_chained(self) -> bool:
+        """A chained URL (``simplecache::s3://...``): its options belong to the outer layer."""
+        return "::" in self.raw
+
+    @property
     def is_http(self) -> bool:
         """http(s):// locations are read-only (no writes, no listing)."""
         return self.protocol in HTTP_PROTOCOLS

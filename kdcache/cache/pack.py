@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator
@@ -28,7 +27,6 @@ log = logging.getLogger(__name__)
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest zip timestamp: reproducible archives
 _BATCH = 64  # objects fetched per request batch from a remote source (bounded memory)
-_LEFTOVER = re.compile(r"\.[0-9a-f]{32}\.partial$")  # zarr LocalStore's temporary files
 
 
 @dataclass(frozen=True)
@@ -41,12 +39,13 @@ class PackResult:
     complete: bool
 
 
-def cache_members(location: CacheLocation) -> list[str]:
+def cache_members(source: str | os.PathLike[str] | CacheLocation) -> list[str]:
     """Keys of a cache's objects, relative to its root: ``zarr.json`` and its arrays' objects.
 
     Only the zarr hierarchy is taken (the root document and every directory holding a
     ``zarr.json``), so stray files beside a cache (``.DS_Store``, notes) stay out of the archive.
     """
+    location = parse_location(source)
     fs, root = remote.filesystem(location)
     root = root.rstrip("/")
     keys = sorted(p[len(root) + 1 :] for p in fs.find(root) if p.startswith(root + "/"))
@@ -55,7 +54,7 @@ def cache_members(location: CacheLocation) -> list[str]:
         _refuse_links(Path(root), arrays, location)
     root_doc = layout.metadata_key()
     members = [k for k in keys if k == root_doc or k.split("/", 1)[0] in arrays]
-    leftovers = [k for k in members if _LEFTOVER.search(k)]
+    leftovers = [k for k in members if layout.is_interrupted_write(k)]
     if leftovers:
         # zarr writes each object to <key>.<uuid>.partial and renames it; a killed writer leaves
         # the temporary file. zarr never reads it, so neither `verify` nor `train` sees it: the
@@ -66,7 +65,7 @@ def cache_members(location: CacheLocation) -> list[str]:
             len(leftovers),
             leftovers[0],
         )
-        members = [k for k in members if not _LEFTOVER.search(k)]
+        members = [k for k in members if not layout.is_interrupted_write(k)]
     # The root document first: `unzip -l` and humans see what the archive is at once.
     return sorted(members, key=lambda k: (k != root_doc, k))
 

@@ -90,7 +90,7 @@ def filesystem(location: CacheLocation, *, asynchronous: bool = False) -> tuple[
             options: dict[str, Any] = {"skip_instance_cache": True, "use_listings_cache": False}
             if asynchronous:
                 options["asynchronous"] = True
-            if "::" not in url:  # chained URLs: options would go to the outer layer
+            if not location.is_chained:  # chained URLs: options would go to the outer layer
                 options.update(timeouts.filesystem_options(location.protocol))
             try:
                 found = fsspec.url_to_fs(url, **options)

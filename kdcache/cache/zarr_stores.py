@@ -64,9 +64,7 @@ def open_zarr_store(
             + ("choose another --out" if not read_only else "check the path")
         )
     if read_only and not path.exists():
-        raise DataNotFoundError(
-            f"no kdcache cache at {location}: create one with `kdcache extract --out {location}`"
-        )
+        raise missing_cache_error(location)
     return zarr.storage.LocalStore(path, read_only=read_only)
 
 

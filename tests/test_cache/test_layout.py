@@ -57,8 +57,15 @@ def test_every_stored_chunk_ends_with_its_crc32c_and_a_flipped_byte_fails_it(wri
     assert not layout.crc32c_trailer_ok(b"abc")  # shorter than a trailer
 
 
+def test_a_killed_local_write_is_told_apart_from_the_objects(written):
+    assert not any(layout.is_interrupted_write(k) for k in stored_keys(written))
+    leftover = f"logits/c/0/1/0.{'ab' * 16}.partial"  # what zarr's LocalStore leaves when killed
+    assert layout.is_interrupted_write(leftover)
+
+
 def test_the_completeness_marks_are_one_object_each_under_the_chunk_prefix(written):
-    marks = [k for k in stored_keys(written) if k.startswith(layout.chunk_prefix(schema.BLOCK_DONE))]
+    prefix = layout.chunk_prefix(schema.BLOCK_DONE)
+    marks = [k for k in stored_keys(written) if k.startswith(prefix)]
     assert len(marks) == int(open_cache(written).done_mask().sum()) == 2 * 3
 
 

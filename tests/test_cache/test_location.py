@@ -47,6 +47,7 @@ def test_every_kind_of_location_is_classified_once(
     assert (where.bucket, where.key_prefix, where.path) == (bucket, key_prefix, path)
     assert where.raw == str(where) == given  # messages show what the user typed
     assert where.is_http == (protocol in ("http", "https"))
+    assert where.is_chained == given.startswith("simplecache::")
     if remote:
         assert where.url == given.rstrip("/")  # what fsspec is given: no trailing slash
     else:
@@ -70,3 +71,28 @@ def test_the_parsed_value_is_frozen() -> None:
 def test_an_empty_location_is_refused_with_what_to_give(given: str) -> None:
     with pytest.raises(ConfigError, match="location is empty: give a directory"):
         parse_location(given)
+
+
+@pytest.mark.parametrize(
+    "out, message",
+    [
+        ("{tmp}/cache.zip", "a .zip cache is read-only"),
+        ("https://host/cache", "http(s) locations are read-only"),
+        ("s3://team", "write a cache under a prefix of the bucket, e.g. s3://team/my-cache"),
+    ],
+)
+def test_extract_refuses_a_read_only_kind_of_out_before_loading_anything(
+    out: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kdcache.extract
+    from kdcache.extract import ExtractConfig, run_extract
+
+    def must_not_load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the data was loaded before the location was checked")
+
+    monkeypatch.setattr(kdcache.extract, "load_dataset", must_not_load)
+    config = ExtractConfig(
+        teacher="resnet8", out=out.format(tmp=tmp_path), dataset="digits", weights="w.pth"
+    )
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        run_extract(config)
