@@ -49,7 +49,7 @@ class CacheLocation:
 
     @property
     def is_http(self) -> bool:
-        """http(s):// locations are read-only (no writes, no listing)."""
+        """http(s):// locations are read-only, and list no objects (so no sizes)."""
         return self.protocol in HTTP_PROTOCOLS
 
     def __str__(self) -> str:
@@ -86,9 +86,7 @@ def parse_location(location: str | os.PathLike[str] | CacheLocation) -> CacheLoc
             "the cache location is empty: give a directory, a .zip file or a URL "
             "(s3://bucket/prefix, gs://, http(s)://, file://)"
         )
-    stripped = raw.rstrip("/") or raw  # "/" stays "/"
-    local = raw.startswith(_FILE_SCHEME) or not _is_url(raw)
-    if local:
+    if raw.startswith(_FILE_SCHEME) or not _is_url(raw):
         path = Path(raw[len(_FILE_SCHEME) :] if raw.startswith(_FILE_SCHEME) else raw).expanduser()
         return CacheLocation(
             raw=raw,
@@ -100,6 +98,7 @@ def parse_location(location: str | os.PathLike[str] | CacheLocation) -> CacheLoc
             key_prefix="",
             path=path,
         )
+    stripped = raw.rstrip("/")
     protocol = _protocol(raw)
     rest = raw.split("::")[-1].split("://", 1)[-1]  # the innermost URL without its scheme
     bucket = (rest.split("/", 1)[0] or None) if protocol in BUCKET_PROTOCOLS else None
