@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from kdcache.cache.location import CacheLocation
 from kdcache.cache.schema import LogitDtype, StorageMode
 from kdcache.cache.store import CacheReader
 from kdcache.cache.store import open_cache as open_reader
@@ -253,15 +254,20 @@ def _shard(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
-def open_cache(location: str | os.PathLike[str], *, cache_dir: str | None = None) -> Cache:
+def open_cache(
+    location: str | os.PathLike[str] | CacheLocation,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Cache:
     """Open the cache at ``location`` read-only: a directory, a ``.zip``, an ``http(s)://`` URL or
     an object-store URL such as ``s3://bucket/prefix`` (fsspec).
 
-    ``cache_dir``: where local copies of a remote cache's chunks are kept (default
-    ``$KDCACHE_REMOTE_CACHE_DIR``, else ``~/.cache/kdcache/remote``; ``"off"``: none).
+    ``cache_dir``: where local copies of a remote cache's chunks are kept. Precedence: this
+    argument, else ``$KDCACHE_REMOTE_CACHE_DIR``, else ``~/.cache/kdcache/remote``; ``"off"``
+    (either way): none.
 
     Raises:
         DataNotFoundError / CacheError: nothing there, not a cache, malformed metadata.
         FormatVersionError: a cache of a newer major format version.
     """
-    return Cache(open_reader(os.fspath(location), cache_dir=cache_dir))
+    return Cache(open_reader(location, cache_dir=cache_dir))

@@ -23,7 +23,9 @@ from torch.utils.data import DataLoader
 
 from kdcache.augment import Recipe, create_recipe, views_to_store
 from kdcache.cache import bounds, schema
+from kdcache.cache.location import parse_location
 from kdcache.cache.store import CacheWriter, open_for_writing
+from kdcache.cache.zarr_stores import check_writable
 from kdcache.data import SourceDataset, load_dataset
 from kdcache.errors import ConfigError
 from kdcache.extract_writer import BackgroundBlockWriter, BlockAssembler
@@ -145,6 +147,8 @@ def sparse_temperatures(extra: tuple[float, ...] = ()) -> tuple[float, ...]:
 
 def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> ExtractResult:
     """Create or resume the cache ``config.out``; returns what was done."""
+    out = parse_location(config.out)
+    check_writable(out)  # before the data and the teacher are loaded
     device = resolve_device(config.device)
     ctx = init_distributed(device)
     device = rank_device(device, ctx)
@@ -209,10 +213,10 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
     # Rank 0 creates (or validates) the cache before the others join it.
     writer = None
     if ctx.is_main:
-        writer = open_for_writing(config.out, meta, source.labels, create=True)
+        writer = open_for_writing(out, meta, source.labels, create=True)
     ctx.barrier()
     if writer is None:
-        writer = open_for_writing(config.out, meta, source.labels, create=False)
+        writer = open_for_writing(out, meta, source.labels, create=False)
 
     done = writer.done_mask()
     # Every rank must read the record before any rank writes, or their pending lists differ.

@@ -22,6 +22,7 @@ local chunk copies (which are a cache of the origin, not a witness of it).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -29,7 +30,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from kdcache.cache import remote
+from kdcache.cache.location import CacheLocation, parse_location
 from kdcache.cache.sparse import KEPT_MASS_TOLERANCE, kept_mass_violations
 from kdcache.cache.store import CacheReader, open_cache
 from kdcache.data import SourceDataset
@@ -137,17 +138,18 @@ def _check_figures(reader: CacheReader, report: VerifyReport) -> None:
 
 
 def verify_cache(
-    location: str,
+    location: str | os.PathLike[str] | CacheLocation,
     *,
     data_dir: str | None = None,
     replay: int = 64,
     teacher_weights: str | None = None,
 ) -> VerifyReport:
     """Run every check that the given inputs allow; see the module docstring."""
-    report = VerifyReport(location)
+    where = parse_location(location)
+    report = VerifyReport(where.raw)
     try:
         # A remote cache is checked at its origin: no local copies (cache_dir "off").
-        reader = open_cache(location, cache_dir="off" if remote.is_remote(location) else None)
+        reader = open_cache(where, cache_dir="off" if where.is_remote else None)
     except KdcacheError as exc:
         report.add("metadata", False, str(exc))
         return report

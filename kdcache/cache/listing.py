@@ -9,20 +9,21 @@ central directory (range requests on object stores), not fetched whole.
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from kdcache.cache import remote, schema
+from kdcache.cache import layout, remote, schema
+from kdcache.cache.location import CacheLocation, is_archive_name, parse_location
 from kdcache.cache.schema import CacheMeta
 from kdcache.errors import ConfigError, DataNotFoundError, KdcacheError
 
 log = logging.getLogger(__name__)
 
-_MARKS = f"{schema.BLOCK_DONE}/c/"  # one object per marked (view, block)
+_MARKS = layout.chunk_prefix(schema.BLOCK_DONE)  # one object per marked (view, block)
 
 
 @dataclass(frozen=True)
@@ -70,28 +71,34 @@ class CacheEntry:
         return d
 
 
-def list_caches(location: str, *, max_depth: int = 4) -> list[CacheEntry]:
-    """Every kdcache cache at or under ``location``, ``max_depth`` directory levels down at most."""
+def list_caches(
+    location: str | os.PathLike[str] | CacheLocation, *, max_depth: int = 4
+) -> list[CacheEntry]:
+    """Every kdcache cache at or under ``location``, ``max_depth`` directory levels down at most.
+
+    Entries are named as the user spelled ``location``, plus the path below it.
+    """
     if max_depth < 0:
         raise ConfigError(f"the depth to search must be >= 0, got {max_depth}")
-    location = location.rstrip("/") or location
-    fs, root = remote.filesystem(location)
+    where = parse_location(location)
+    shown = where.raw.rstrip("/") or where.raw  # the user's spelling, as the entries' prefix
+    fs, root = remote.filesystem(where)
     try:
-        if root.endswith(".zip"):
-            return [_zip_entry(fs, root, location)]
-        if not remote.is_remote(location) and fs.isfile(root):  # remote: one request fewer
+        if where.is_zip:
+            return [_zip_entry(fs, root, shown)]
+        if not where.is_remote and fs.isfile(root):  # remote: one request fewer
             raise ConfigError(
-                f"{location} is a file, not a directory, prefix or .zip archive: nothing to list"
+                f"{shown} is a file, not a directory, prefix or .zip archive: nothing to list"
             )
-        return sorted(_walk(fs, root, location, root, 0, max_depth), key=lambda e: e.location)
+        return sorted(_walk(fs, root, shown, root, 0, max_depth), key=lambda e: e.location)
     except KdcacheError:
         raise
     except FileNotFoundError as exc:
-        if remote.bucket_of(location) is not None:
-            remote.check_bucket(location)
-        raise DataNotFoundError(f"nothing at {location}") from exc
+        if where.bucket is not None:
+            remote.check_bucket(where)
+        raise DataNotFoundError(f"nothing at {shown}") from exc
     except Exception as exc:
-        err = remote.translate_error(exc, location)
+        err = remote.translate_error(exc, where)
         if err is None:
             raise
         raise err from exc
@@ -113,7 +120,7 @@ def _walk(
             raise
         return
     by_name = {e["name"].rstrip("/").rsplit("/", 1)[-1]: e for e in entries}
-    doc = by_name.get("zarr.json")
+    doc = by_name.get(layout.METADATA_FILE)
     if doc is not None and doc.get("type") == "file":
         entry = _directory_entry(fs, path, _name_of(root, location, path))
         if entry is not None:
@@ -122,13 +129,13 @@ def _walk(
     for name, e in sorted(by_name.items()):
         if e.get("type") == "directory" and depth < max_depth:
             yield from _walk(fs, root, location, e["name"].rstrip("/"), depth + 1, max_depth)
-        elif e.get("type") == "file" and name.endswith(".zip"):
+        elif e.get("type") == "file" and is_archive_name(name):
             yield _zip_entry(fs, e["name"], _name_of(root, location, e["name"]), e.get("size"))
 
 
-def _parse_meta(raw: bytes) -> CacheMeta | None:
+def _parse_meta(document: bytes) -> CacheMeta | None:
     """The self-description in a root ``zarr.json``; None for a zarr group that is not a cache."""
-    attrs = json.loads(raw).get("attributes", {})
+    attrs = layout.group_attributes(document)
     if schema.ATTRS_KEY not in attrs:
         return None
     return CacheMeta.from_dict(dict(attrs[schema.ATTRS_KEY]))
@@ -136,7 +143,7 @@ def _parse_meta(raw: bytes) -> CacheMeta | None:
 
 def _directory_entry(fs: Any, path: str, name: str) -> CacheEntry | None:
     try:
-        meta = _parse_meta(fs.cat_file(f"{path}/zarr.json"))
+        meta = _parse_meta(fs.cat_file(f"{path}/{layout.metadata_key()}"))
     except (KdcacheError, ValueError) as exc:  # newer format, malformed JSON or metadata
         return CacheEntry(name, "directory", None, None, None, error=str(exc))
     if meta is None:
@@ -150,7 +157,7 @@ def _directory_entry(fs: Any, path: str, name: str) -> CacheEntry | None:
 def _zip_entry(fs: Any, path: str, name: str, size: int | None = None) -> CacheEntry:
     try:
         with fs.open(path, "rb") as fh, zipfile.ZipFile(fh) as archive:
-            meta = _parse_meta(archive.read("zarr.json"))
+            meta = _parse_meta(archive.read(layout.metadata_key()))
             marks = sum(1 for n in archive.namelist() if n.startswith(_MARKS))
         size = size if size is not None else int(fs.info(path).get("size") or 0)
     except (KdcacheError, ValueError, KeyError, zipfile.BadZipFile) as exc:

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdcache.cache import remote
+from kdcache.cache import layout, remote
+from kdcache.cache.location import CacheLocation, parse_location
 from kdcache.cache.store import open_cache
 from kdcache.errors import CacheCorruptError, CacheError, ConfigError
 
@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest zip timestamp: reproducible archives
 _BATCH = 64  # objects fetched per request batch from a remote source (bounded memory)
-_LEFTOVER = re.compile(r"\.[0-9a-f]{32}\.partial$")  # zarr LocalStore's temporary files
 
 
 @dataclass(frozen=True)
@@ -40,20 +39,22 @@ class PackResult:
     complete: bool
 
 
-def cache_members(location: str) -> list[str]:
+def cache_members(source: str | os.PathLike[str] | CacheLocation) -> list[str]:
     """Keys of a cache's objects, relative to its root: ``zarr.json`` and its arrays' objects.
 
     Only the zarr hierarchy is taken (the root document and every directory holding a
     ``zarr.json``), so stray files beside a cache (``.DS_Store``, notes) stay out of the archive.
     """
-    fs, root = remote.filesystem(location.rstrip("/"))
+    location = parse_location(source)
+    fs, root = remote.filesystem(location)
     root = root.rstrip("/")
     keys = sorted(p[len(root) + 1 :] for p in fs.find(root) if p.startswith(root + "/"))
-    arrays = {k.split("/", 1)[0] for k in keys if k.count("/") == 1 and k.endswith("/zarr.json")}
-    if not remote.is_remote(location):
+    arrays = {a for a in map(layout.array_of_metadata_key, keys) if a is not None}
+    if location.path is not None:
         _refuse_links(Path(root), arrays, location)
-    members = [k for k in keys if k == "zarr.json" or k.split("/", 1)[0] in arrays]
-    leftovers = [k for k in members if _LEFTOVER.search(k)]
+    root_doc = layout.metadata_key()
+    members = [k for k in keys if k == root_doc or k.split("/", 1)[0] in arrays]
+    leftovers = [k for k in members if layout.is_interrupted_write(k)]
     if leftovers:
         # zarr writes each object to <key>.<uuid>.partial and renames it; a killed writer leaves
         # the temporary file. zarr never reads it, so neither `verify` nor `train` sees it: the
@@ -64,15 +65,15 @@ def cache_members(location: str) -> list[str]:
             len(leftovers),
             leftovers[0],
         )
-        members = [k for k in members if not _LEFTOVER.search(k)]
+        members = [k for k in members if not layout.is_interrupted_write(k)]
     # The root document first: `unzip -l` and humans see what the archive is at once.
-    return sorted(members, key=lambda k: (k != "zarr.json", k))
+    return sorted(members, key=lambda k: (k != root_doc, k))
 
 
-def _refuse_links(root: Path, arrays: set[str], location: str) -> None:
+def _refuse_links(root: Path, arrays: set[str], location: CacheLocation) -> None:
     """Refuse symbolic links inside a local cache: the archive would hold the bytes of whatever
     they point to (perhaps outside the cache), which `verify` of the directory never vouched for."""
-    for name in ["zarr.json", *sorted(arrays)]:
+    for name in [layout.metadata_key(), *sorted(arrays)]:
         top = root / name
         if top.is_symlink():
             raise CacheError(_link_message(location, name))
@@ -85,7 +86,7 @@ def _refuse_links(root: Path, arrays: set[str], location: str) -> None:
                     raise CacheError(_link_message(location, str(path.relative_to(root))))
 
 
-def _link_message(location: str, key: str) -> str:
+def _link_message(location: CacheLocation, key: str) -> str:
     return (
         f"{location}/{key} is a symbolic link; refusing to pack it (the archive would hold "
         "whatever it points to). Replace the link with a copy of the file, or pack the directory "
@@ -93,8 +94,8 @@ def _link_message(location: str, key: str) -> str:
     )
 
 
-def _read_objects(location: str, keys: list[str]) -> Iterator[tuple[str, bytes]]:
-    fs, root = remote.filesystem(location.rstrip("/"))
+def _read_objects(location: CacheLocation, keys: list[str]) -> Iterator[tuple[str, bytes]]:
+    fs, root = remote.filesystem(location)
     root = root.rstrip("/")
     for start in range(0, len(keys), _BATCH):
         batch = keys[start : start + _BATCH]
@@ -105,16 +106,23 @@ def _read_objects(location: str, keys: list[str]) -> Iterator[tuple[str, bytes]]
 
 
 def pack_cache(
-    source: str,
+    source: str | os.PathLike[str] | CacheLocation,
     out: str | os.PathLike[str],
     *,
     allow_incomplete: bool = False,
     force: bool = False,
     progress: Callable[[int], None] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> PackResult:
-    """Write the cache at ``source`` into the zip file ``out``; see the module docstring."""
-    target = _check_target(source, out, force=force)
-    reader = open_cache(source)
+    """Write the cache at ``source`` into the zip file ``out``; see the module docstring.
+
+    ``cache_dir``: where a remote source keeps local copies of what is read through zarr (its
+    metadata and completeness record; the objects themselves are copied from the store), as for
+    :func:`kdcache.cache.store.open_cache`.
+    """
+    location = parse_location(source)
+    target = _check_target(location, parse_location(out), force=force)
+    reader = open_cache(location, cache_dir=cache_dir)
     done = reader.done_mask()
     if not done.all() and not allow_incomplete:
         try:
@@ -124,26 +132,26 @@ def pack_cache(
                 f"{exc} Refusing to pack an incomplete cache (pass --allow-incomplete to pack it "
                 "anyway; a packed cache can no longer be resumed)."
             ) from exc
-    keys = cache_members(source)
-    if "zarr.json" not in keys:
-        raise CacheError(f"{source}: found no zarr.json to pack")
+    keys = cache_members(location)
+    if layout.metadata_key() not in keys:
+        raise CacheError(f"{location}: found no {layout.METADATA_FILE} to pack")
     tmp = target.with_name(f".{target.stem}.{uuid.uuid4().hex[:8]}.partial.zip")
     try:
-        _write_archive(source, keys, tmp, progress)
+        _write_archive(location, keys, tmp, progress)
         packed = open_cache(str(tmp))
         if (
             packed.meta.fingerprint != reader.meta.fingerprint
             or not (packed.done_mask() == done).all()
         ):
-            raise CacheError(f"packing {source} produced an archive that does not read back")
+            raise CacheError(f"packing {location} produced an archive that does not read back")
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     size = target.stat().st_size
-    log.info("packed %s -> %s (%d objects, %d bytes)", source, target, len(keys), size)
+    log.info("packed %s -> %s (%d objects, %d bytes)", location, target, len(keys), size)
     return PackResult(
-        source=source,
+        source=location.raw,
         out=target,
         members=len(keys),
         bytes=size,
@@ -152,18 +160,17 @@ def pack_cache(
     )
 
 
-def _check_target(source: str, out: str | os.PathLike[str], *, force: bool) -> Path:
-    out_s = os.fspath(out)
-    if remote.is_remote(out_s):
+def _check_target(source: CacheLocation, out: CacheLocation, *, force: bool) -> Path:
+    if out.path is None:
         raise ConfigError(
-            f"pack writes a local file, not {out_s}: pack to a local OUT.zip, then upload it "
+            f"pack writes a local file, not {out}: pack to a local OUT.zip, then upload it "
             "with your storage's tool (e.g. `aws s3 cp OUT.zip s3://bucket/prefix/`)"
         )
-    if source.rstrip("/").endswith(".zip"):
+    if source.is_zip:
         raise ConfigError(f"{source} is already a packed archive")
-    target = Path(out_s).expanduser()
-    if target.suffix != ".zip":
-        raise ConfigError(f"OUT must name a .zip file (got {out_s}): caches are read by suffix")
+    target = out.path
+    if not out.is_zip:
+        raise ConfigError(f"OUT must name a .zip file (got {out}): caches are read by suffix")
     if target.exists() and not force:
         raise ConfigError(f"{target} already exists; pass --force to replace it")
     if target.is_dir():
@@ -174,12 +181,12 @@ def _check_target(source: str, out: str | os.PathLike[str], *, force: bool) -> P
 
 
 def _write_archive(
-    source: str, keys: list[str], path: Path, progress: Callable[[int], None] | None
+    source: CacheLocation, keys: list[str], path: Path, progress: Callable[[int], None] | None
 ) -> None:
     with path.open("wb") as fh:
         with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
             for key, data in _read_objects(source, keys):
-                if remote.is_chunk_key(key) and not remote.chunk_checksum_ok(data):
+                if layout.is_chunk_key(key) and not layout.crc32c_trailer_ok(data):
                     raise CacheCorruptError(
                         f"{source}/{key} fails its crc32c checksum; refusing to pack a damaged "
                         "cache. Fetch an intact copy or re-extract it."

@@ -1,8 +1,9 @@
 """Caches behind URLs: fsspec filesystems, credentials, and errors that say what to do.
 
-Everything here speaks fsspec and plain files; nothing imports zarr (that is ``locations.py`` and
-``store.py``). A *remote* location is any fsspec URL other than ``file://``: ``s3://bucket/prefix``
-(s3fs), ``gs://`` (gcsfs), ``http(s)://`` (read-only), or a chained URL (``simplecache::s3://...``).
+Everything here speaks fsspec and plain files; nothing imports zarr (that is ``zarr_stores.py``
+and ``store.py``). Locations arrive parsed (:class:`kdcache.cache.location.CacheLocation`); a
+*remote* one is any fsspec URL other than ``file://``: ``s3://bucket/prefix`` (s3fs), ``gs://``
+(gcsfs), ``http(s)://`` (read-only), or a chained URL (``simplecache::s3://...``).
 
 Credentials are never handled by kdcache: s3fs asks botocore, which reads the environment the way
 the AWS CLI does (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``,
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kdcache.cache import timeouts
+from kdcache.cache.location import CacheLocation
 from kdcache.errors import ConfigError, DataNotFoundError, KdcacheError
 
 log = logging.getLogger(__name__)
@@ -30,8 +32,6 @@ log = logging.getLogger(__name__)
 REMOTE_CACHE_ENV = "KDCACHE_REMOTE_CACHE_DIR"
 # Values of KDCACHE_REMOTE_CACHE_DIR (or cache_dir=) that turn local copies off.
 _OFF = frozenset({"off", "none", "0", "false"})
-# Protocols whose first path component is a bucket (or container) that must exist beforehand.
-BUCKET_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
 _INSTALL_HINT = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs"}
 # Transport failures, named so that botocore / aiohttp need not be imported to recognise them.
 _UNREACHABLE = frozenset(
@@ -54,36 +54,6 @@ class StorageUnavailableError(KdcacheError, ConnectionError):
     """The storage service cannot be reached (endpoint, network)."""
 
 
-def is_url(location: str) -> bool:
-    return "://" in location or "::" in location
-
-
-def is_remote(location: str) -> bool:
-    """A URL that is not a plain ``file://`` path."""
-    return is_url(location) and not location.startswith("file://")
-
-
-def protocol(location: str) -> str:
-    """The outermost protocol a URL is served by (``s3`` for ``s3://b/p``); ``file`` for paths."""
-    if not is_url(location):
-        return "file"
-    last = location.split("::")[-1]  # chained URLs: the innermost one names the storage
-    return last.split("://", 1)[0] if "://" in last else "file"
-
-
-def bucket_of(location: str) -> str | None:
-    """The bucket (container) of an object-store URL, None for other locations."""
-    if protocol(location) not in BUCKET_PROTOCOLS:
-        return None
-    return location.split("::")[-1].split("://", 1)[1].split("/", 1)[0] or None
-
-
-def key_prefix(location: str) -> str:
-    """The part of an object-store URL after the bucket (``a/b`` for ``s3://bucket/a/b/``)."""
-    rest = location.split("::")[-1].split("://", 1)[-1]
-    return rest.split("/", 1)[1].strip("/") if "/" in rest else ""
-
-
 # Environment variables that configure fsspec backends and their credentials.
 _ENV_PREFIXES = ("AWS_", "FSSPEC_", "GOOGLE_", "GCSFS_", "AZURE_", timeouts.STORAGE_TIMEOUT_ENV)
 _FILESYSTEMS: dict[tuple[object, ...], tuple[Any, str]] = {}
@@ -102,7 +72,7 @@ def _environment() -> tuple[tuple[str, str], ...]:
     return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)))
 
 
-def filesystem(location: str, *, asynchronous: bool = False) -> tuple[Any, str]:
+def filesystem(location: CacheLocation, *, asynchronous: bool = False) -> tuple[Any, str]:
     """The fsspec filesystem for ``location`` and the path inside it.
 
     Instances live as long as the process, one per (location, mode, process, credential
@@ -112,17 +82,18 @@ def filesystem(location: str, *, asynchronous: bool = False) -> tuple[Any, str]:
     """
     import fsspec
 
-    key = (location, asynchronous, os.getpid(), _environment())
+    url = location.url
+    key = (url, asynchronous, os.getpid(), _environment())
     with _FILESYSTEMS_LOCK:
         found = _FILESYSTEMS.get(key)
         if found is None:
             options: dict[str, Any] = {"skip_instance_cache": True, "use_listings_cache": False}
             if asynchronous:
                 options["asynchronous"] = True
-            if "::" not in location:  # chained URLs: options would go to the outer layer
-                options.update(timeouts.filesystem_options(protocol(location)))
+            if not location.is_chained:  # chained URLs: options would go to the outer layer
+                options.update(timeouts.filesystem_options(location.protocol))
             try:
-                found = fsspec.url_to_fs(location, **options)
+                found = fsspec.url_to_fs(url, **options)
             except ImportError as exc:
                 raise missing_backend_error(location, exc) from exc
             except Exception as exc:  # an unknown scheme; a backend that connects at once (ftp)
@@ -138,11 +109,11 @@ def async_filesystems() -> list[Any]:
     return [fs for key, (fs, _) in list(_FILESYSTEMS.items()) if key[1] and key[2] == pid]
 
 
-def filesystem_error(location: str, exc: Exception) -> KdcacheError:
+def filesystem_error(location: CacheLocation, exc: Exception) -> KdcacheError:
     """Why no filesystem could be made for ``location``: an unknown scheme, or unreachable."""
     if isinstance(exc, ValueError) and "protocol" in str(exc).lower():
         return ConfigError(
-            f"{location}: unknown URL scheme {protocol(location)!r} ({exc}). A cache location is "
+            f"{location}: unknown URL scheme {location.protocol!r} ({exc}). A cache location is "
             "a directory, a .zip file or an fsspec URL (s3://bucket/prefix, gs://, az://, "
             "http(s)://, file://)"
         )
@@ -152,14 +123,14 @@ def filesystem_error(location: str, exc: Exception) -> KdcacheError:
     return ConfigError(f"{location}: cannot open this location ({type(exc).__name__}: {exc})")
 
 
-def missing_backend_error(location: str, exc: BaseException) -> ConfigError:
-    package = _INSTALL_HINT.get(protocol(location), "the fsspec backend for this protocol")
+def missing_backend_error(location: CacheLocation, exc: BaseException) -> ConfigError:
+    package = _INSTALL_HINT.get(location.protocol, "the fsspec backend for this protocol")
     extra = " (pip install 'kdcache[s3]')" if package == "s3fs" else ""
     return ConfigError(f"{location} needs {package}, which is not installed{extra}: {exc}")
 
 
-def credentials_hint(location: str) -> str:
-    proto = protocol(location)
+def credentials_hint(location: CacheLocation) -> str:
+    proto = location.protocol
     if proto in ("s3", "s3a"):
         return (
             "kdcache reads S3 credentials as the AWS CLI does: AWS_ACCESS_KEY_ID and "
@@ -176,13 +147,13 @@ def _class_names(exc: BaseException) -> set[str]:
     return {cls.__name__ for cls in type(exc).__mro__}
 
 
-def translate_error(exc: BaseException, location: str) -> KdcacheError | None:
+def translate_error(exc: BaseException, location: CacheLocation) -> KdcacheError | None:
     """A user-facing error for a storage failure, or None when ``exc`` is not one."""
     if isinstance(exc, KdcacheError):
         return exc
     names = _class_names(exc)
     status = getattr(exc, "status", None)  # aiohttp's ClientResponseError (http://)
-    if (isinstance(exc, PermissionError) and is_remote(location)) or status in (401, 403):
+    if (isinstance(exc, PermissionError) and location.is_remote) or status in (401, 403):
         return StorageAccessError(
             f"{location}: the storage service denied access ({exc}). {credentials_hint(location)}"
         )
@@ -206,16 +177,16 @@ def translate_error(exc: BaseException, location: str) -> KdcacheError | None:
     return None
 
 
-def _missing_bucket(location: str) -> DataNotFoundError:
+def _missing_bucket(location: CacheLocation) -> DataNotFoundError:
     return DataNotFoundError(
-        f"bucket {bucket_of(location)!r} does not exist ({location}): check the URL (and "
+        f"bucket {location.bucket!r} does not exist ({location}): check the URL (and "
         "AWS_ENDPOINT_URL for S3-compatible servers), or create the bucket first"
     )
 
 
-def check_bucket(location: str) -> None:
+def check_bucket(location: CacheLocation) -> None:
     """Raise a clear error unless the URL's bucket exists and the credentials may use it."""
-    bucket = bucket_of(location)
+    bucket = location.bucket
     if bucket is None:
         return
     fs, _ = filesystem(location)
@@ -230,19 +201,21 @@ def check_bucket(location: str) -> None:
         raise err from exc
 
 
-def missing_cache_error(location: str) -> KdcacheError:
+def missing_cache_error(location: CacheLocation) -> KdcacheError:
     """Why there is no cache at a remote ``location``: no bucket, no access, or no cache there."""
+    from kdcache.cache import layout  # imports zarr: not at the top (the CLI imports this module)
+
     try:
         check_bucket(location)
     except KdcacheError as exc:
         return exc
     return DataNotFoundError(
-        f"no kdcache cache at {location} (no zarr.json under it): check the URL, or create one "
-        f"with `kdcache extract --out {location}`"
+        f"no kdcache cache at {location} (no {layout.METADATA_FILE} under it): check the URL, "
+        f"or create one with `kdcache extract --out {location}`"
     )
 
 
-def holds_objects(location: str) -> bool:
+def holds_objects(location: CacheLocation) -> bool:
     """Whether anything is stored under ``location`` (a directory's files, a prefix's objects)."""
     fs, path = filesystem(location)
     try:
@@ -256,26 +229,10 @@ def holds_objects(location: str) -> bool:
         raise err from exc
 
 
-def stored_size(location: str) -> int:
+def stored_size(location: CacheLocation) -> int:
     """Total bytes of every object under ``location`` (one listing, no downloads)."""
     fs, path = filesystem(location)
     return int(fs.du(path, total=True))
-
-
-def is_chunk_key(key: str) -> bool:
-    """zarr v3 chunk keys are ``<array>/c/<i>/<j>...``; everything else is a metadata document."""
-    return "/c/" in f"/{key}"
-
-
-def chunk_checksum_ok(data: bytes) -> bool:
-    """Whether a stored chunk's trailing crc32c matches its bytes.
-
-    Every kdcache array ends its codec chain with crc32c (docs/cache-format.md §2): the last 4
-    bytes are the little-endian crc32c of the bytes before them.
-    """
-    import google_crc32c
-
-    return len(data) >= 4 and google_crc32c.value(data[:-4]) == int.from_bytes(data[-4:], "little")
 
 
 def local_cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path | None:
@@ -290,13 +247,14 @@ def local_cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path | 
     return base / "kdcache" / "remote"
 
 
-def namespace(location: str, fingerprint: str, created: str) -> str:
+def namespace(location: CacheLocation, fingerprint: str, created: str) -> str:
     """The local sub-directory for one extraction of one cache at one URL.
 
     URL + fingerprint + creation time: a cache deleted and re-extracted at the same URL (even with
     the same settings, on another device) never reuses the old copies.
     """
-    digest = hashlib.sha256(f"{location}\n{fingerprint}\n{created}".encode()).hexdigest()
+    # The location as typed (not normalised): the directories of copies made so far stay valid.
+    digest = hashlib.sha256(f"{location.raw}\n{fingerprint}\n{created}".encode()).hexdigest()
     return f"{fingerprint[:12]}-{digest[:16]}"
 
 
@@ -339,7 +297,7 @@ class LocalObjectCache:
         self.path(key).unlink(missing_ok=True)
 
 
-def fetch_archive(location: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+def fetch_archive(location: CacheLocation, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """A local copy of a remote ``.zip`` cache, downloaded once per (URL, ETag, size).
 
     A packed cache is one object: fetching it whole is one request, and every later open (this
@@ -355,7 +313,7 @@ def fetch_archive(location: str, cache_dir: str | os.PathLike[str] | None = None
         transport = translate_error(exc.__cause__, location) if exc.__cause__ else None
         if transport is not None:
             raise transport from exc
-        if bucket_of(location) is not None:
+        if location.bucket is not None:
             check_bucket(location)
         raise DataNotFoundError(f"no cache archive at {location}") from exc
     except Exception as exc:
@@ -364,7 +322,7 @@ def fetch_archive(location: str, cache_dir: str | os.PathLike[str] | None = None
             raise
         raise err from exc
     version = info.get("ETag") or info.get("etag") or info.get("LastModified") or ""
-    key = hashlib.sha256(f"{location}\n{version}\n{info.get('size')}".encode()).hexdigest()[:24]
+    key = hashlib.sha256(f"{location.raw}\n{version}\n{info.get('size')}".encode()).hexdigest()[:24]
     root = local_cache_root(cache_dir)
     if root is None:
         root = Path(tempfile.mkdtemp(prefix="kdcache-archive-"))

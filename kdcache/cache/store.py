@@ -24,11 +24,10 @@ import numpy as np
 import zarr
 import zarr.storage
 from zarr.abc.store import Store
-from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 
-from kdcache.cache import bounds, locations, schema
+from kdcache.cache import bounds, layout, schema, zarr_stores
 from kdcache.cache.digest import DIGEST_BYTES, block_digest, digested_arrays
-from kdcache.cache.locations import open_zarr_store
+from kdcache.cache.location import CacheLocation, parse_location
 from kdcache.cache.schema import CacheMeta
 from kdcache.cache.sparse import SparseRows, sparse_rows_from_logits
 from kdcache.errors import CacheCorruptError, CacheError, CacheMismatchError, KdcacheError
@@ -36,15 +35,8 @@ from kdcache.errors import CacheCorruptError, CacheError, CacheMismatchError, Kd
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# zstd level 3: the chunk bytes shrink ~8-25% (logits are noisy floats), decoding stays cheap.
-_COMPRESSORS = (ZstdCodec(level=3), Crc32cCodec())
 
-
-def _codecs() -> dict[str, Any]:
-    return {"serializer": BytesCodec(), "compressors": list(_COMPRESSORS)}
-
-
-def _guard_read(what: str, fn: Callable[[], T], location: str = "") -> T:
+def _guard_read(what: str, fn: Callable[[], T], location: CacheLocation) -> T:
     """Turn zarr's and the storage's failures into errors that name the damaged part."""
     try:
         return fn()
@@ -53,7 +45,7 @@ def _guard_read(what: str, fn: Callable[[], T], location: str = "") -> T:
     except json.JSONDecodeError as exc:
         raise CacheCorruptError(
             f"corrupted cache metadata: a zarr.json document read for {what} is not valid JSON "
-            f"({exc}). Fetch an intact copy of {location or 'the cache'}."
+            f"({exc}). Fetch an intact copy of {location}."
         ) from exc
     except ValueError as exc:
         if "checksum" in str(exc).lower():
@@ -69,7 +61,7 @@ def _guard_read(what: str, fn: Callable[[], T], location: str = "") -> T:
             "only partly copied. Fetch a complete copy."
         ) from exc
     except Exception as exc:
-        err = locations.storage_error(exc, location or what)
+        err = zarr_stores.storage_error(exc, location)
         if err is None:
             raise
         raise err from exc
@@ -79,7 +71,7 @@ def _index_dtype(num_classes: int) -> str:
     return "int16" if num_classes <= np.iinfo(np.int16).max else "int32"
 
 
-def _open_array(group: zarr.Group, name: str, location: str) -> zarr.Array:
+def _open_array(group: zarr.Group, name: str, location: CacheLocation) -> zarr.Array:
     node = group[name]
     if not isinstance(node, zarr.Array):
         raise CacheCorruptError(f"cache {location}: {name!r} is not an array")
@@ -105,7 +97,7 @@ def _all_fill(values: np.ndarray, fill: Any) -> bool:
 class CacheWriter:
     """Writes blocks into a cache whose metadata is fixed. Obtain via :func:`open_for_writing`."""
 
-    def __init__(self, group: zarr.Group, meta: CacheMeta, location: str = "") -> None:
+    def __init__(self, group: zarr.Group, meta: CacheMeta, location: CacheLocation) -> None:
         self.group = group
         self.meta = meta
         # Opened once: re-opening per block would re-read each array's zarr.json (slow on S3).
@@ -217,6 +209,7 @@ def _create_layout(group: zarr.Group, meta: CacheMeta, labels: np.ndarray) -> No
     ident = meta.identity
     V, N, C = ident.augmentation.num_views, ident.dataset.num_samples, ident.dataset.num_classes
     R, nb = ident.storage.chunk_rows, meta.num_blocks
+    enc = layout.array_encoding()  # codecs and chunk keys: the same for every array
     if ident.storage.mode == "dense":
         group.create_array(
             schema.LOGITS,
@@ -224,7 +217,7 @@ def _create_layout(group: zarr.Group, meta: CacheMeta, labels: np.ndarray) -> No
             chunks=(1, R, C),
             dtype=ident.storage.dtype,
             fill_value=float("nan"),
-            **_codecs(),
+            **enc,
         )
     else:
         K = ident.storage.topk or 0
@@ -235,7 +228,7 @@ def _create_layout(group: zarr.Group, meta: CacheMeta, labels: np.ndarray) -> No
             chunks=(1, R, K),
             dtype="float32",
             fill_value=float("nan"),
-            **_codecs(),
+            **enc,
         )
         group.create_array(
             schema.TOPK_INDICES,
@@ -243,7 +236,7 @@ def _create_layout(group: zarr.Group, meta: CacheMeta, labels: np.ndarray) -> No
             chunks=(1, R, K),
             dtype=_index_dtype(C),
             fill_value=-1,
-            **_codecs(),
+            **enc,
         )
         for name in (schema.LSE_AT_T, schema.TAIL_LSE_AT_T):
             group.create_array(
@@ -252,7 +245,7 @@ def _create_layout(group: zarr.Group, meta: CacheMeta, labels: np.ndarray) -> No
                 chunks=(1, R, nT),
                 dtype="float32",
                 fill_value=float("nan"),
-                **_codecs(),
+                **enc,
             )
         for name in schema.SPARSE_ROW_STATS:
             group.create_array(
@@ -261,16 +254,16 @@ def _create_layout(group: zarr.Group, meta: CacheMeta, labels: np.ndarray) -> No
                 chunks=(1, R),
                 dtype="float32",
                 fill_value=float("nan"),
-                **_codecs(),
+                **enc,
             )
     group.create_array(
-        schema.INPUT_HASH, shape=(V, N), chunks=(1, R), dtype="int64", fill_value=0, **_codecs()
+        schema.INPUT_HASH, shape=(V, N), chunks=(1, R), dtype="int64", fill_value=0, **enc
     )
     if ident.augmentation.mixed:
         for name, dtype, fill in ((schema.MIX_PARTNER, "int64", -1),
                                   (schema.MIX_LAMBDA, "float32", float("nan"))):  # fmt: skip
             group.create_array(
-                name, shape=(V, N), chunks=(1, R), dtype=dtype, fill_value=fill, **_codecs()
+                name, shape=(V, N), chunks=(1, R), dtype=dtype, fill_value=fill, **enc
             )
     lab = group.create_array(
         schema.LABELS,
@@ -278,17 +271,15 @@ def _create_layout(group: zarr.Group, meta: CacheMeta, labels: np.ndarray) -> No
         chunks=(max(R, 65536),),
         dtype="int64",
         fill_value=-1,
-        **_codecs(),
+        **enc,
     )
     lab[:] = labels.astype(np.int64)
     # One chunk per block: each mark / count is its own object (no shared read-modify-write).
     group.create_array(
-        schema.BLOCK_DONE, shape=(V, nb), chunks=(1, 1), dtype="uint8", fill_value=0, **_codecs()
+        schema.BLOCK_DONE, shape=(V, nb), chunks=(1, 1), dtype="uint8", fill_value=0, **enc
     )
     for name in (schema.BLOCK_TOP1, schema.BLOCK_TOP5):
-        group.create_array(
-            name, shape=(V, nb), chunks=(1, 1), dtype="int64", fill_value=-1, **_codecs()
-        )
+        group.create_array(name, shape=(V, nb), chunks=(1, 1), dtype="int64", fill_value=-1, **enc)
     if meta.has_block_digests:
         n_digests = len(_digested(meta))
         group.create_array(
@@ -297,13 +288,13 @@ def _create_layout(group: zarr.Group, meta: CacheMeta, labels: np.ndarray) -> No
             chunks=(1, 1, n_digests, DIGEST_BYTES),
             dtype="uint8",
             fill_value=0,
-            **_codecs(),
+            **enc,
         )
     # Attributes last: a directory without them is not (yet) a cache and is recreated.
     group.attrs[schema.ATTRS_KEY] = meta.to_dict()
 
 
-def _read_meta(group: zarr.Group, location: str) -> CacheMeta:
+def _read_meta(group: zarr.Group, location: CacheLocation) -> CacheMeta:
     attrs = group.attrs.asdict()
     if schema.ATTRS_KEY not in attrs:
         raise CacheError(
@@ -317,14 +308,19 @@ def _read_meta(group: zarr.Group, location: str) -> CacheMeta:
 
 
 def open_for_writing(
-    location: str, meta: CacheMeta, labels: np.ndarray, *, create: bool
+    out: str | os.PathLike[str] | CacheLocation,
+    meta: CacheMeta,
+    labels: np.ndarray,
+    *,
+    create: bool,
 ) -> CacheWriter:
-    """Create a cache at ``location``, or reopen one with the same identity to resume it.
+    """Create a cache at ``out``, or reopen one with the same identity to resume it.
 
     Refuses (without touching anything) a location holding a cache of other settings, or a
     non-empty directory that is not a cache. ``create=False`` (non-zero ranks) only reopens.
     """
-    store = open_zarr_store(location, read_only=False)
+    location = parse_location(out)
+    store = zarr_stores.open_zarr_store(location, read_only=False)
     existing = _guard_read("the group metadata", lambda: _try_open_group(store), location)
     if existing is not None and schema.ATTRS_KEY in existing.attrs:
         old = _read_meta(existing, location)
@@ -347,8 +343,8 @@ def open_for_writing(
         return CacheWriter(existing, merged, location)
     if not create:
         raise CacheError(f"{location} has no cache to join; rank 0 must create it first")
-    if existing is None and locations.holds_other_content(location):
-        kind = "prefix" if locations.is_url(location) else "directory"
+    if existing is None and zarr_stores.holds_other_content(location):
+        kind = "prefix" if location.is_remote else "directory"
         raise CacheError(
             f"{location} is a non-empty {kind} that is not a kdcache cache; refusing to write "
             f"into it. Choose an empty or new --out {kind}."
@@ -376,10 +372,11 @@ def _try_open_group(store: Store) -> zarr.Group | None:
 class CacheReader:
     """Read-only access to a cache. Never writes, whatever the location."""
 
-    def __init__(self, group: zarr.Group, meta: CacheMeta, location: str) -> None:
+    def __init__(self, group: zarr.Group, meta: CacheMeta, location: CacheLocation) -> None:
         self.group = group
         self.meta = meta
-        self.location = location
+        self.parsed_location = location
+        self.location = location.raw  # as the user gave it (messages, run records)
         # Array handles, opened once: each `group[name]` reads the array's zarr.json again, which
         # over an object store is one request per block read.
         self._arrays: dict[str, zarr.Array] = {}
@@ -389,7 +386,7 @@ class CacheReader:
     def _array(self, name: str) -> zarr.Array:
         array = self._arrays.get(name)
         if array is None:
-            array = self._arrays[name] = _open_array(self.group, name, self.location)
+            array = self._arrays[name] = _open_array(self.group, name, self.parsed_location)
         return array
 
     @property
@@ -397,7 +394,7 @@ class CacheReader:
         return self.meta.identity
 
     def _read(self, what: str, fn: Callable[[], T]) -> T:
-        return _guard_read(what, fn, self.location)
+        return _guard_read(what, fn, self.parsed_location)
 
     def labels(self) -> np.ndarray:
         return np.asarray(self._read(schema.LABELS, lambda: self._array(schema.LABELS)[:]))
@@ -586,15 +583,15 @@ class CacheReader:
 
     def stored_bytes(self) -> int | None:
         """Total bytes of the stored objects, when the store can list sizes (not http)."""
-        return locations.stored_size(self.group.store, self.location)
+        return zarr_stores.stored_size(self.group.store, self.parsed_location)
 
     @property
     def local_copies(self) -> Path | None:
         """Where local copies of a remote cache's chunks are kept (None: local or off)."""
-        return locations.local_copy_dir(self.group.store)
+        return zarr_stores.local_copy_dir(self.group.store)
 
 
-def _check_bounds(meta: CacheMeta, location: str) -> None:
+def _check_bounds(meta: CacheMeta, location: CacheLocation) -> None:
     """Refuse a self-description claiming sizes this machine cannot hold, before reading more."""
     ident = meta.identity
     bounds.check_layout(
@@ -608,14 +605,20 @@ def _check_bounds(meta: CacheMeta, location: str) -> None:
     )
 
 
-def open_cache(location: str, *, cache_dir: str | os.PathLike[str] | None = None) -> CacheReader:
+def open_cache(
+    where: str | os.PathLike[str] | CacheLocation,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> CacheReader:
     """Open a cache read-only; a clear error if there is none or it is of a newer format.
 
     Remote caches (fsspec URLs) that are complete keep local copies of the chunks they read under
-    ``cache_dir`` (default: $KDCACHE_REMOTE_CACHE_DIR, else ~/.cache/kdcache/remote; "off" turns
-    them off), so that later epochs and later runs do not download again.
+    ``cache_dir``, so that later epochs and later runs do not download again. Precedence: the
+    ``cache_dir`` argument, else $KDCACHE_REMOTE_CACHE_DIR, else ~/.cache/kdcache/remote; "off"
+    (either way) keeps no copies.
     """
-    store = open_zarr_store(location, read_only=True, cache_dir=cache_dir)
+    location = parse_location(where)
+    store = zarr_stores.open_zarr_store(location, read_only=True, cache_dir=cache_dir)
     try:
         group = _guard_read(
             "the group metadata",
@@ -627,10 +630,10 @@ def open_cache(location: str, *, cache_dir: str | os.PathLike[str] | None = None
         zarr.errors.GroupNotFoundError,
         zarr.errors.NodeTypeValidationError,
     ) as exc:
-        raise locations.missing_cache_error(location) from exc
+        raise zarr_stores.missing_cache_error(location) from exc
     meta = _read_meta(group, location)
     _check_bounds(meta, location)
     if meta.complete:
         # A complete cache's chunks never change again: safe to keep local copies of.
-        locations.enable_chunk_cache(store, location, meta.fingerprint, meta.created)
+        zarr_stores.enable_chunk_cache(store, location, meta.fingerprint, meta.created)
     return CacheReader(group, meta, location)

@@ -49,10 +49,10 @@ def progress_bar(
 def _set_for_this_command(ctx: click.Context, name: str, value: str) -> None:
     """Set ``os.environ[name]`` until the command ends, then restore what was there.
 
-    The environment rather than an argument threaded through every call: it is also the user's
-    own setting (the same variable), and every process and thread that opens the store (torchrun
-    ranks, loader workers, zarr's I/O threads) sees one value. Restoring it keeps a command run
-    in-process (the Python API, tests) from leaking its option into the next one.
+    Only for the storage timeout, which every fsspec filesystem made in any process (torchrun
+    ranks, loader workers re-creating their clients after a fork) reads when it is built.
+    Restoring it keeps a command run in-process (the Python API, tests) from leaking its option
+    into the next one.
     """
     previous = os.environ.get(name)
     os.environ[name] = value
@@ -66,18 +66,18 @@ def _set_for_this_command(ctx: click.Context, name: str, value: str) -> None:
     ctx.call_on_close(restore)
 
 
-def _set_remote_cache_dir(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
-    if value is not None:
-        _set_for_this_command(ctx, REMOTE_CACHE_ENV, value)
-
-
 def remote_cache_dir_option(command: F) -> F:
-    """``--remote-cache-dir DIR``: where local copies of a remote cache's chunks are kept."""
+    """``--remote-cache-dir DIR``: where local copies of a remote cache's chunks are kept.
+
+    The command gets it as its ``remote_cache_dir`` argument (None when not given) and passes it
+    to the library as ``cache_dir``; the library falls back to $KDCACHE_REMOTE_CACHE_DIR, then the
+    default (:func:`kdcache.cache.remote.local_cache_root`). Not read through click's ``envvar``:
+    the library reads the variable itself, also for callers of the Python API.
+    """
     return click.option(
         "--remote-cache-dir",
         metavar="DIR",
-        expose_value=False,
-        callback=_set_remote_cache_dir,
+        default=None,
         help=f"Where local copies of remote (URL, s3://) cache chunks are kept; 'off' reads "
         f"remotely every time [env {REMOTE_CACHE_ENV}; default ~/.cache/kdcache/remote].",
     )(command)

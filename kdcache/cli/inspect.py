@@ -15,13 +15,13 @@ from kdcache.cli._common import remote_cache_dir_option, storage_timeout_option,
 @storage_timeout_option
 @click.argument("cache")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
-def info_command(cache: str, as_json: bool) -> None:
+def info_command(cache: str, as_json: bool, remote_cache_dir: str | None) -> None:
     """Show what CACHE is: teacher, dataset, recipe, storage, state, teacher accuracy."""
     from kdcache.cache.store import open_cache
     from kdcache.summary import format_summary, summarize
 
     with user_errors():
-        summary = summarize(open_cache(cache))
+        summary = summarize(open_cache(cache, cache_dir=remote_cache_dir))
     click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
 
 
@@ -49,10 +49,18 @@ def info_command(cache: str, as_json: bool) -> None:
     help="Also re-run the teacher on the replayed views and compare logits.",
 )
 def verify_command(
-    cache: str, data_dir: str | None, replay: int, teacher_weights: str | None
+    cache: str,
+    data_dir: str | None,
+    replay: int,
+    teacher_weights: str | None,
+    remote_cache_dir: str | None,
 ) -> None:
     """Prove CACHE is complete and intact and that its views replay here. Exit 1 if not."""
     from kdcache.verify import verify_cache
+
+    # Unused: verify reads a remote cache at its origin, never through local copies. Accepted so
+    # that one set of flags serves every command.
+    del remote_cache_dir
 
     with user_errors():
         report = verify_cache(

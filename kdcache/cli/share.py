@@ -18,14 +18,22 @@ from kdcache.cli._common import remote_cache_dir_option, storage_timeout_option,
     "--allow-incomplete", is_flag=True, help="Pack a cache that is not complete (it cannot resume)."
 )
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-def pack_command(cache: str, out: str, allow_incomplete: bool, force: bool) -> None:
+def pack_command(
+    cache: str, out: str, allow_incomplete: bool, force: bool, remote_cache_dir: str | None
+) -> None:
     """Write CACHE (directory or URL) into the single file OUT.zip, which `info`, `verify` and
     `train` read like the directory. OUT is written to a temporary file and renamed when whole."""
     from kdcache.cache.listing import format_size
     from kdcache.cache.pack import pack_cache
 
     with user_errors():
-        result = pack_cache(cache, out, allow_incomplete=allow_incomplete, force=force)
+        result = pack_cache(
+            cache,
+            out,
+            allow_incomplete=allow_incomplete,
+            force=force,
+            cache_dir=remote_cache_dir,
+        )
     state = "complete" if result.complete else "INCOMPLETE"
     click.echo(
         f"packed {cache} -> {result.out}: {result.members} objects, "

@@ -78,6 +78,7 @@ _FIELDS = {
     "verify_replay": "verify_replay",
     "sparse_approx": "sparse_approx",
     "max_samples": "max_samples",
+    "remote_cache_dir": "remote_cache_dir",
     "window_blocks": "window_blocks",
     "amp": "amp",
     "compile": "compile",

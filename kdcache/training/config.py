@@ -73,6 +73,8 @@ class TrainConfig:
     aug_seed: int = 0
     num_views: int = 1
     data_dir: str | None = None
+    # Local copies of a remote cache's chunks (open_cache's cache_dir); None: the env var, default
+    remote_cache_dir: str | None = None
     views: tuple[int, ...] | None = None  # subset of the cache's views; None = all
     max_samples: int | None = None  # train on the first N samples only
     protocol: str | None = None  # cifar | imagenet; None = by dataset

@@ -101,7 +101,7 @@ def cache_recipe(reader: CacheReader, train: SourceDataset) -> Recipe:
 
 def _from_cache(config: TrainConfig) -> RunData:
     assert config.cache is not None
-    reader = open_cache(config.cache)
+    reader = open_cache(config.cache, cache_dir=config.remote_cache_dir)
     ident = reader.identity
     train = load_cache_data(reader, config.data_dir)
     views = check_views(config.views, ident.augmentation.num_views)

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # Settings that may change between a run and its --resume (they do not change the result).
 _RESUME_FREE = {"resume", "force", "workers", "device", "out", "data_dir", "cache", "eval_every",
-                "tensorboard", "checkpoint_every"}  # fmt: skip
+                "tensorboard", "checkpoint_every", "remote_cache_dir"}  # fmt: skip
 # ... and those that may change to extend a run: the schedule is recomputed for the new length.
 _EXTENDABLE = {"epochs"}
 

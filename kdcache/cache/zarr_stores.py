@@ -1,9 +1,10 @@
-"""Where a cache lives: a local directory, a ``.zip`` file, or an fsspec URL (``s3://``, ...).
+"""The zarr store for a cache location: a local directory, a ``.zip`` file, or an fsspec URL.
 
-Resolving a user's location string to a zarr store happens here and nowhere else. Remote readers
-get their chunks through :class:`ChunkCachingStore`, which keeps a local copy of every chunk it
-fetches so that later epochs (and later processes) read the local disk instead of the network. The
-URL-level logic (filesystems, credentials, errors) is in :mod:`kdcache.cache.remote`.
+Turning a parsed location (:mod:`kdcache.cache.location`) into a zarr store happens here and
+nowhere else. Remote readers get their chunks through :class:`ChunkCachingStore`, which keeps a
+local copy of every chunk it fetches so that later epochs (and later processes) read the local disk
+instead of the network. The URL-level logic (filesystems, credentials, errors) is in
+:mod:`kdcache.cache.remote`; what a chunk's key and bytes look like is in :mod:`.layout`.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from zarr.abc.store import (
 )
 from zarr.core.buffer import Buffer, BufferPrototype
 
-from kdcache.cache import remote
-from kdcache.cache.remote import is_remote, is_url  # noqa: F401  (re-exported)
+from kdcache.cache import layout, remote
+from kdcache.cache.location import CacheLocation
 from kdcache.errors import CacheCorruptError, ConfigError, DataNotFoundError, KdcacheError
 
 log = logging.getLogger(__name__)
@@ -38,20 +39,21 @@ log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 
 
-def open_zarr_store(location: str, *, read_only: bool, cache_dir: PathLike | None = None) -> Store:
+def open_zarr_store(
+    location: CacheLocation, *, read_only: bool, cache_dir: PathLike | None = None
+) -> Store:
     """A zarr store for ``location``; readers always get a read-only store.
 
     ``cache_dir`` (readers of remote caches only) overrides where local copies are kept; see
     :func:`kdcache.cache.remote.local_cache_root`.
     """
-    if location.startswith("file://"):
-        return open_zarr_store(location[len("file://") :], read_only=read_only)
-    if is_url(location):
+    if not read_only:
+        check_writable(location)
+    if location.is_remote:
         return _open_remote(location, read_only=read_only, cache_dir=cache_dir)
-    path = Path(location).expanduser()
-    if path.suffix == ".zip":
-        if not read_only:
-            raise _zip_is_read_only(location)
+    path = location.path
+    assert path is not None  # every local location has one
+    if location.is_zip:
         if not path.is_file():
             raise DataNotFoundError(f"no cache archive at {location}")
         _check_archive(path, location)
@@ -62,17 +64,34 @@ def open_zarr_store(location: str, *, read_only: bool, cache_dir: PathLike | Non
             + ("choose another --out" if not read_only else "check the path")
         )
     if read_only and not path.exists():
-        raise DataNotFoundError(
-            f"no kdcache cache at {location}: create one with `kdcache extract --out {location}`"
-        )
+        raise missing_cache_error(location)
     return zarr.storage.LocalStore(path, read_only=read_only)
 
 
-def _check_archive(path: Path, location: str) -> None:
+def check_writable(location: CacheLocation) -> None:
+    """Refuse a location no cache can be written to, from its kind alone (no IO): callers check
+    before the expensive work (``kdcache extract`` loads the data and the teacher first)."""
+    if location.is_http:
+        raise ConfigError(
+            f"{location}: http(s) locations are read-only; write to a directory or s3"
+        )
+    if location.is_zip:
+        raise ConfigError(
+            f"{location}: a .zip cache is read-only; extract into a directory or prefix, then "
+            "`kdcache pack` it"
+        )
+    if location.bucket is not None and not location.key_prefix:
+        # zarr's create mode deletes the location first: at a bucket's root, the bucket.
+        raise ConfigError(
+            f"{location}: write a cache under a prefix of the bucket, e.g. {location.url}/my-cache"
+        )
+
+
+def _check_archive(path: Path, location: CacheLocation) -> None:
     """Refuse a file that is not a readable zip (not a zip at all, truncated) with one line."""
     try:
         with zipfile.ZipFile(path) as archive:
-            archive.getinfo("zarr.json")
+            archive.getinfo(layout.metadata_key())
     except (zipfile.BadZipFile, zipfile.LargeZipFile, KeyError, OSError) as exc:
         raise CacheCorruptError(
             f"{location} is not a readable kdcache archive ({exc}): it is damaged, truncated or "
@@ -80,31 +99,12 @@ def _check_archive(path: Path, location: str) -> None:
         ) from exc
 
 
-def _zip_is_read_only(location: str) -> ConfigError:
-    return ConfigError(
-        f"{location}: a .zip cache is read-only; extract into a directory or prefix, then "
-        "`kdcache pack` it"
-    )
-
-
-def _open_remote(location: str, *, read_only: bool, cache_dir: PathLike | None) -> Store:
-    if not read_only and remote.protocol(location) in ("http", "https"):
-        raise ConfigError(
-            f"{location}: http(s) locations are read-only; write to a directory or s3"
-        )
-    if location.rstrip("/").endswith(".zip"):
-        if not read_only:
-            raise _zip_is_read_only(location)
+def _open_remote(location: CacheLocation, *, read_only: bool, cache_dir: PathLike | None) -> Store:
+    if location.is_zip:  # read-only (check_writable)
         archive = remote.fetch_archive(location, cache_dir)
         _check_archive(archive, location)
         return zarr.storage.ZipStore(archive, mode="r")
-    if not read_only and remote.bucket_of(location) is not None:
-        if not remote.key_prefix(location):
-            # zarr's create mode deletes the location first: at a bucket's root, the bucket.
-            raise ConfigError(
-                f"{location}: write a cache under a prefix of the bucket, e.g. "
-                f"{location.rstrip('/')}/my-cache"
-            )
+    if not read_only and location.bucket is not None:
         remote.check_bucket(location)
     store = _fsspec_store(location, read_only=read_only)
     if not read_only:
@@ -112,12 +112,12 @@ def _open_remote(location: str, *, read_only: bool, cache_dir: PathLike | None) 
     return ChunkCachingStore(store, location=location, cache_dir=cache_dir)
 
 
-def _fsspec_store(location: str, *, read_only: bool) -> zarr.storage.FsspecStore:
-    fs, path = remote.filesystem(location.rstrip("/"), asynchronous=True)
+def _fsspec_store(location: CacheLocation, *, read_only: bool) -> zarr.storage.FsspecStore:
+    fs, path = remote.filesystem(location, asynchronous=True)
     if fs.async_impl:
         return zarr.storage.FsspecStore(fs, path=path, read_only=read_only)
     # zarr wraps synchronous filesystems (zip::, ...) itself
-    return zarr.storage.FsspecStore.from_url(location.rstrip("/"), read_only=read_only)
+    return zarr.storage.FsspecStore.from_url(location.url, read_only=read_only)
 
 
 def _slice(data: bytes, byte_range: ByteRequest | None) -> bytes:
@@ -154,7 +154,7 @@ class ChunkCachingStore(zarr.storage.WrapperStore[Store]):
         self,
         store: Store,
         *,
-        location: str = "",
+        location: CacheLocation,
         cache_dir: PathLike | None = None,
         local: remote.LocalObjectCache | None = None,
     ) -> None:
@@ -192,10 +192,10 @@ class ChunkCachingStore(zarr.storage.WrapperStore[Store]):
         self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
     ) -> Buffer | None:
         local, source = self.local, self._remote()
-        if local is None or not remote.is_chunk_key(key):
+        if local is None or not layout.is_chunk_key(key):
             return await source.get(key, prototype, byte_range)
         data = await asyncio.to_thread(local.get, key)
-        if data is not None and not remote.chunk_checksum_ok(data):
+        if data is not None and not layout.crc32c_trailer_ok(data):
             log.warning("local copy of %s/%s is damaged; fetching it again", self.location, key)
             await asyncio.to_thread(local.discard, key)
             data = None
@@ -204,7 +204,7 @@ class ChunkCachingStore(zarr.storage.WrapperStore[Store]):
             if fetched is None:
                 return None
             data = fetched.to_bytes()
-            if remote.chunk_checksum_ok(data):
+            if layout.crc32c_trailer_ok(data):
                 await asyncio.to_thread(local.put, key, data)
         return prototype.buffer.from_bytes(_slice(data, byte_range))
 
@@ -223,7 +223,9 @@ class ChunkCachingStore(zarr.storage.WrapperStore[Store]):
             yield key, await self.get(key, prototype, byte_range)
 
 
-def enable_chunk_cache(store: Store, location: str, fingerprint: str, created: str) -> Path | None:
+def enable_chunk_cache(
+    store: Store, location: CacheLocation, fingerprint: str, created: str
+) -> Path | None:
     """Activate local chunk copies if ``store`` is a remote reader's store; else a no-op.
 
     Call it only for complete caches: their chunk objects never change again.
@@ -242,17 +244,15 @@ def local_copy_dir(store: Store) -> Path | None:
     return None
 
 
-def holds_other_content(location: str) -> bool:
+def holds_other_content(location: CacheLocation) -> bool:
     """Whether ``location`` already holds files or objects (the writer refuses to mix in)."""
-    if location.startswith("file://"):
-        location = location[len("file://") :]
-    if is_url(location):
-        return remote.holds_objects(location.rstrip("/"))
-    path = Path(location).expanduser()
-    return path.is_dir() and any(path.iterdir())
+    if location.is_remote:
+        return remote.holds_objects(location)
+    assert location.path is not None  # every local location has one
+    return location.path.is_dir() and any(location.path.iterdir())
 
 
-def stored_size(store: Store, location: str) -> int | None:
+def stored_size(store: Store, location: CacheLocation) -> int | None:
     """Total bytes of a cache's stored objects; None when the store cannot list sizes (http)."""
     inner = store._store if isinstance(store, zarr.storage.WrapperStore) else store
     if isinstance(inner, zarr.storage.LocalStore):
@@ -260,16 +260,16 @@ def stored_size(store: Store, location: str) -> int | None:
     if isinstance(inner, zarr.storage.ZipStore):
         with zipfile.ZipFile(inner.path) as archive:
             return sum(info.file_size for info in archive.infolist() if not info.is_dir())
-    if remote.protocol(location) in ("http", "https"):
+    if location.is_http:
         return None  # http has no listing to add sizes from
     try:
-        return remote.stored_size(location.rstrip("/"))
+        return remote.stored_size(location)
     except (OSError, NotImplementedError, KdcacheError) as exc:
         log.info("cannot measure %s: %s", location, exc)
         return None
 
 
-def storage_error(exc: BaseException, location: str) -> KdcacheError | None:
+def storage_error(exc: BaseException, location: CacheLocation) -> KdcacheError | None:
     """A user-facing error for a storage failure (credentials, missing bucket, unreachable).
 
     Local files' operating-system errors (a full disk, a read-only mount, a permission) are not
@@ -306,9 +306,9 @@ def _close_remote_clients() -> None:
         log.debug("closing storage clients failed: %s", exc)
 
 
-def missing_cache_error(location: str) -> KdcacheError:
+def missing_cache_error(location: CacheLocation) -> KdcacheError:
     """The error for "no cache here", saying whether the bucket or the access is the problem."""
-    if is_remote(location) and not location.rstrip("/").endswith(".zip"):
+    if location.is_remote and not location.is_zip:
         return remote.missing_cache_error(location)
     return DataNotFoundError(
         f"no kdcache cache at {location}: create one with `kdcache extract --out {location}`"
