@@ -22,7 +22,7 @@ from kdcache.training import outputs
 from kdcache.training.config import TrainConfig
 from kdcache.training.loop import run_train
 from kdcache.training.plan import epoch_views, plan_epoch
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 from tests.test_train import cli, extract_digits, extract_tiny_folder
 
 N_DIGITS = 1438  # samples in the digits train split
@@ -377,7 +377,7 @@ def test_foreign_data_same_error_nothing_written(tmp_path):
 # ---------------------------------------------------------------- real processes
 
 
-def torchrun(script: Path, *args: Any, port: int) -> subprocess.CompletedProcess[str]:
+def torchrun(script: Path, *args: Any) -> subprocess.CompletedProcess[str]:
     command = [
         sys.executable,
         "-m",
@@ -385,7 +385,7 @@ def torchrun(script: Path, *args: Any, port: int) -> subprocess.CompletedProcess
         "--nproc_per_node",
         "2",
         "--master_port",
-        str(port),
+        str(free_port()),
         str(script),
         *map(str, args),
     ]
@@ -410,7 +410,7 @@ dist.destroy_process_group()
 def test_under_torch_distributed_the_loader_shards_by_rank_itself(tmp_path, fp32_cache):
     probe = tmp_path / "probe.py"
     probe.write_text(PROBE)
-    done = torchrun(probe, fp32_cache, tmp_path, port=29541)
+    done = torchrun(probe, fp32_cache, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["steps"] == ranks[1]["steps"]
@@ -429,7 +429,6 @@ def test_own_loop_ddp_example_runs_under_torchrun(fp32_cache):
         "1",
         "--batch-size",
         "32",
-        port=29543,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     counts = [

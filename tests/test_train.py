@@ -228,7 +228,7 @@ def test_two_process_ddp_matches_one_process_within_tolerance(tmp_path, fp32_cac
             "--no-progress"]  # fmt: skip
     single = run_kdcache_process([*args, "--out", str(tmp_path / "one")])
     assert single.returncode == 0, single.stderr[-2000:]
-    multi = run_kdcache_process([*args, "--out", str(tmp_path / "two")], ranks=2, port=29533)
+    multi = run_kdcache_process([*args, "--out", str(tmp_path / "two")], ranks=2)
     assert multi.returncode == 0, multi.stderr[-3000:]
     one, two = (outputs.read_metrics(tmp_path / d) for d in ("one", "two"))
     assert [r["epoch"] for r in two] == [1, 2]
