@@ -98,3 +98,29 @@ def digits_extract_args(digits_teacher_weights: Path) -> list[str]:
         "256",
         "--no-progress",
     ]
+
+
+def _extract_digits(args: list[str], out: Path) -> Path:
+    from click.testing import CliRunner
+
+    from kdcache.cli import main
+
+    result = CliRunner().invoke(main, [*args, "--out", str(out), "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits_cache(tmp_path_factory: pytest.TempPathFactory, digits_extract_args: list[str]) -> Path:
+    """The cache of ``digits_extract_args``: dense float16, 2 views, 6 blocks of 256 rows per view.
+
+    Shared by every module that asks for it (one extraction per session): read it, never change
+    it; copy it first (``shutil.copytree``) to damage or resume it."""
+    return _extract_digits(digits_extract_args, tmp_path_factory.mktemp("cache") / "digits")
+
+
+@pytest.fixture(scope="session")
+def fp32_cache(tmp_path_factory: pytest.TempPathFactory, digits_extract_args: list[str]) -> Path:
+    """``digits_cache`` stored in float32 (the same views): shared and read-only like it."""
+    args = [*digits_extract_args, "--dtype", "float32"]
+    return _extract_digits(args, tmp_path_factory.mktemp("cache") / "digits_fp32")

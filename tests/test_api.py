@@ -28,23 +28,8 @@ from tests.test_train import cli, extract_digits, extract_tiny_folder
 N_DIGITS = 1438  # samples in the digits train split
 
 
-@pytest.fixture(scope="module")
-def fp32_cache(tmp_path_factory, digits_teacher_weights) -> Path:
-    """Dense float32 cache of the digits train split, 2 views, 256 rows per chunk (6 blocks)."""
-    out = tmp_path_factory.mktemp("cache") / "digits_fp32"
-    extract_digits(
-        digits_teacher_weights,
-        out,
-        "--views",
-        "2",
-        "--seed",
-        "7",
-        "--dtype",
-        "float32",
-        "--chunk-rows",
-        "256",
-    )
-    return out
+# fp32_cache: the session's shared read-only dense float32 digits cache (tests/conftest.py):
+# 2 views, 256 rows per chunk (6 blocks).
 
 
 def every_file(root: Path) -> dict[str, bytes]:
