@@ -22,29 +22,14 @@ from kdcache.training import outputs
 from kdcache.training.config import TrainConfig
 from kdcache.training.loop import run_train
 from kdcache.training.plan import epoch_views, plan_epoch
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 from tests.test_train import cli, extract_digits, extract_tiny_folder
 
 N_DIGITS = 1438  # samples in the digits train split
 
 
-@pytest.fixture(scope="module")
-def fp32_cache(tmp_path_factory, digits_teacher_weights) -> Path:
-    """Dense float32 cache of the digits train split, 2 views, 256 rows per chunk (6 blocks)."""
-    out = tmp_path_factory.mktemp("cache") / "digits_fp32"
-    extract_digits(
-        digits_teacher_weights,
-        out,
-        "--views",
-        "2",
-        "--seed",
-        "7",
-        "--dtype",
-        "float32",
-        "--chunk-rows",
-        "256",
-    )
-    return out
+# fp32_cache: the session's shared read-only dense float32 digits cache (tests/conftest.py):
+# 2 views, 256 rows per chunk (6 blocks).
 
 
 def every_file(root: Path) -> dict[str, bytes]:
@@ -377,7 +362,7 @@ def test_foreign_data_same_error_nothing_written(tmp_path):
 # ---------------------------------------------------------------- real processes
 
 
-def torchrun(script: Path, *args: Any, port: int) -> subprocess.CompletedProcess[str]:
+def torchrun(script: Path, *args: Any) -> subprocess.CompletedProcess[str]:
     command = [
         sys.executable,
         "-m",
@@ -385,7 +370,7 @@ def torchrun(script: Path, *args: Any, port: int) -> subprocess.CompletedProcess
         "--nproc_per_node",
         "2",
         "--master_port",
-        str(port),
+        str(free_port()),
         str(script),
         *map(str, args),
     ]
@@ -410,7 +395,7 @@ dist.destroy_process_group()
 def test_under_torch_distributed_the_loader_shards_by_rank_itself(tmp_path, fp32_cache):
     probe = tmp_path / "probe.py"
     probe.write_text(PROBE)
-    done = torchrun(probe, fp32_cache, tmp_path, port=29541)
+    done = torchrun(probe, fp32_cache, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["steps"] == ranks[1]["steps"]
@@ -429,7 +414,6 @@ def test_own_loop_ddp_example_runs_under_torchrun(fp32_cache):
         "1",
         "--batch-size",
         "32",
-        port=29543,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     counts = [

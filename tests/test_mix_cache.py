@@ -124,7 +124,7 @@ def test_two_torchrun_ranks_write_the_mixed_bytes_of_one_process(
 ) -> None:
     multi = tmp_path / "multi"
     args = [*extract_args(digits_teacher_weights, multi), "--workers", "0", "--device", "cpu"]
-    done = run_kdcache_process(args[:], ranks=2, port=29541, timeout=300)
+    done = run_kdcache_process(args[:], ranks=2, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert cache_chunk_bytes(mixed_cache) == cache_chunk_bytes(multi)
     assert cache_attrs(mixed_cache) == cache_attrs(multi)

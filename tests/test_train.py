@@ -34,13 +34,7 @@ def extract_digits(weights: Path, out: Path, *extra: str) -> None:
     assert code == 0, output
 
 
-@pytest.fixture(scope="module")
-def fp32_cache(tmp_path_factory, digits_teacher_weights) -> Path:
-    """Dense float32 cache of the digits train split, 2 views, 256 rows per chunk."""
-    out = tmp_path_factory.mktemp("cache") / "digits_fp32"
-    extract_digits(digits_teacher_weights, out, "--views", "2", "--seed", "7", "--dtype", "float32",
-                   "--chunk-rows", "256")  # fmt: skip
-    return out
+# fp32_cache: the session's shared read-only dense float32 digits cache (tests/conftest.py).
 
 
 def train_one_epoch_from(cache: Path, out: Path) -> tuple[int, str]:
@@ -228,7 +222,7 @@ def test_two_process_ddp_matches_one_process_within_tolerance(tmp_path, fp32_cac
             "--no-progress"]  # fmt: skip
     single = run_kdcache_process([*args, "--out", str(tmp_path / "one")])
     assert single.returncode == 0, single.stderr[-2000:]
-    multi = run_kdcache_process([*args, "--out", str(tmp_path / "two")], ranks=2, port=29533)
+    multi = run_kdcache_process([*args, "--out", str(tmp_path / "two")], ranks=2)
     assert multi.returncode == 0, multi.stderr[-3000:]
     one, two = (outputs.read_metrics(tmp_path / d) for d in ("one", "two"))
     assert [r["epoch"] for r in two] == [1, 2]

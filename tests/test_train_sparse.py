@@ -16,27 +16,26 @@ from tests.test_train import base_config, cli, extract_digits, online_config
 
 @pytest.fixture(scope="module")
 def sparse_caches(tmp_path_factory, digits_teacher_weights):
-    """Digits caches of the same views: dense float32, sparse top-10 (K = C) and top-3."""
+    """Sparse digits caches of the views of ``fp32_cache``: top-10 (K = C) and top-3."""
     root = tmp_path_factory.mktemp("sparse")
     common = ("--views", "2", "--seed", "7", "--chunk-rows", "256")
-    extract_digits(digits_teacher_weights, root / "dense", *common, "--dtype", "float32")
     extract_digits(digits_teacher_weights, root / "top10", *common, "--topk", "10")
     extract_digits(digits_teacher_weights, root / "top3", *common, "--topk", "3")
     return root
 
 
 def test_kd_from_a_sparse_cache_keeping_every_class_trains_like_the_dense_cache(
-    tmp_path, sparse_caches
+    tmp_path, sparse_caches, fp32_cache
 ):
-    dense = run_train(base_config(tmp_path / "d", cache=str(sparse_caches / "dense"), loss="kd"))
+    dense = run_train(base_config(tmp_path / "d", cache=str(fp32_cache), loss="kd"))
     full = run_train(base_config(tmp_path / "s", cache=str(sparse_caches / "top10"), loss="kd"))
     assert len(full.step_losses) == len(dense.step_losses) == 8
     # The same KL from another formula (K + 1 buckets, stored normaliser): equal to rounding.
     np.testing.assert_allclose(full.step_losses, dense.step_losses, rtol=1e-4)
 
 
-def test_kd_from_a_top3_cache_trains_and_differs_from_dense(tmp_path, sparse_caches):
-    dense = run_train(base_config(tmp_path / "d", cache=str(sparse_caches / "dense"), loss="kd"))
+def test_kd_from_a_top3_cache_trains_and_differs_from_dense(tmp_path, sparse_caches, fp32_cache):
+    dense = run_train(base_config(tmp_path / "d", cache=str(fp32_cache), loss="kd"))
     top3 = run_train(base_config(tmp_path / "s", cache=str(sparse_caches / "top3"), loss="kd"))
     assert np.isfinite(top3.step_losses).all()
     assert top3.step_losses[0] <= dense.step_losses[0]  # merging classes never adds KL
@@ -99,9 +98,9 @@ def test_online_topk_keeping_every_class_is_online_kd(tmp_path, digits_teacher_w
     np.testing.assert_allclose(full.step_losses, dense.step_losses, rtol=1e-4)
 
 
-def test_teacher_topk_outside_online_kd_is_refused_at_once(tmp_path, sparse_caches):
+def test_teacher_topk_outside_online_kd_is_refused_at_once(tmp_path, fp32_cache):
     with pytest.raises(ConfigError, match="a cache is sparse or not as it was extracted"):
-        base_config(tmp_path / "c", cache=str(sparse_caches / "dense"), loss="kd", teacher_topk=3)
+        base_config(tmp_path / "c", cache=str(fp32_cache), loss="kd", teacher_topk=3)
     with pytest.raises(ConfigError, match="needs a live --teacher"):
         base_config(tmp_path / "d", dataset="digits", loss="ce", teacher_topk=3)
 

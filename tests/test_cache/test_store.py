@@ -146,12 +146,7 @@ def test_a_zarr_group_that_is_not_a_cache_is_named_as_such(tmp_path):
 # ------------------------------------------------------------------------ info and verify
 
 
-@pytest.fixture(scope="module")
-def digits_cache(tmp_path_factory, digits_extract_args) -> Path:
-    out = tmp_path_factory.mktemp("cache") / "digits"
-    result = CliRunner().invoke(main, [*digits_extract_args, "--out", str(out), "--workers", "0"])
-    assert result.exit_code == 0, result.output
-    return out
+# digits_cache: the session's shared read-only cache (tests/conftest.py).
 
 
 def test_info_shows_what_the_cache_is(digits_cache):

@@ -103,6 +103,7 @@ def test_a_fresh_process_computes_the_same_hashes() -> None:
         " for r in RECIPES}))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env["OMP_NUM_THREADS"] = "1"  # beside a busy pytest-xdist worker, 2 threads only contend
     result = subprocess.run(
         [sys.executable, "-c", script],
         cwd=REPO,

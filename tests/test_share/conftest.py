@@ -142,15 +142,6 @@ def run_cli(args: list[str]) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-@pytest.fixture(scope="session")
-def digits_cache(tmp_path_factory: pytest.TempPathFactory, digits_extract_args: list[str]) -> Path:
-    """A complete local cache of the digits train split (2 views, 6 blocks per view)."""
-    out = tmp_path_factory.mktemp("local") / "digits"
-    code, output = run_cli([*digits_extract_args, "--out", str(out), "--workers", "0"])
-    assert code == 0, output
-    return out
-
-
 def chunk_bytes(objects: dict[str, bytes]) -> dict[str, bytes]:
     """The chunk objects of a cache (metadata documents left out: they hold creation times)."""
     return {k: v for k, v in objects.items() if not k.endswith("zarr.json")}

@@ -43,7 +43,7 @@ def test_two_torchrun_ranks_write_to_s3_the_bytes_of_one_process(
     digits_cache, digits_extract_args, prefix
 ):
     args = [*digits_extract_args, "--out", prefix, "--workers", "0", "--device", "cpu"]
-    done = run_kdcache_process(args, ranks=2, port=29533, timeout=300)
+    done = run_kdcache_process(args, ranks=2, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert chunk_bytes(s3_objects(prefix)) == cache_chunk_bytes(digits_cache)
     assert remote_attrs(prefix) == cache_attrs(digits_cache)
