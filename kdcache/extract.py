@@ -30,6 +30,7 @@ from kdcache.extract_writer import BackgroundBlockWriter, BlockAssembler
 from kdcache.models import build_model, count_parameters, resolve_model_name, weights_sha256
 from kdcache.models.inference import (
     forward_description,
+    padded_batch_note,
     prepare_teacher,
     teacher_forward,
     teacher_inference,
@@ -147,6 +148,9 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
     device = resolve_device(config.device)
     ctx = init_distributed(device)
     device = rank_device(device, ctx)
+    padding = padded_batch_note(config.batch_size, device)
+    if padding is not None:  # the bytes do not depend on it, the speed does
+        log.warning(padding)
 
     source = load_dataset(config.dataset, config.data_dir, config.split, download=config.download)
     spec = source.spec

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from kdcache.cli import main
 from kdcache.errors import ConfigError
+from kdcache.extract import ExtractConfig, run_extract
+from kdcache.models import inference
+from kdcache.models.inference import CUDA_FORWARD_ROWS, padded_batch_note
 from kdcache.training.config import TrainConfig
 
 
@@ -43,3 +48,34 @@ def test_the_cli_refuses_aug_seed_with_a_cache_before_writing_anything(tmp_path:
     assert result.exit_code == 1
     assert "--aug-seed only applies without --cache" in result.output
     assert not out.exists()
+
+
+def test_a_cuda_batch_size_off_the_forward_rows_is_named_with_what_it_wastes() -> None:
+    note = padded_batch_note(300, torch.device("cuda"))
+    assert note is not None and "runs as 512 rows (41%" in note and "multiple of 256" in note
+    assert padded_batch_note(512, torch.device("cuda")) is None
+    assert padded_batch_note(300, torch.device("cpu")) is None  # CPU pads only short batches
+
+
+def test_extract_warns_when_its_cuda_forwards_would_be_padded(
+    tmp_path, digits_teacher_weights, monkeypatch, caplog
+) -> None:
+    # Stand in for CUDA: every forward of 256 rows, as on a GPU (runs on CPU just the same).
+    monkeypatch.setattr(inference, "forward_rows", lambda device: CUDA_FORWARD_ROWS)
+    config = ExtractConfig(teacher="resnet8", weights=str(digits_teacher_weights),
+                           dataset="digits", split="test", recipe="none", batch_size=100,
+                           workers=0, chunk_rows=512, out=str(tmp_path / "c"))  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="kdcache.extract"):
+        run_extract(config)
+    assert "--batch-size 100 on CUDA" in caplog.text and "multiple of 256" in caplog.text
+
+
+def test_extract_reports_the_teacher_top1_on_the_split_it_ran_on(
+    tmp_path, digits_teacher_weights
+) -> None:
+    result = CliRunner().invoke(main, ["extract", "--teacher", "resnet8", "--weights",
+                                       str(digits_teacher_weights), "--dataset", "digits",
+                                       "--split", "test", "--recipe", "none", "--workers", "0",
+                                       "--no-progress", "--out", str(tmp_path / "c")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "on the augmented test views" in result.output
