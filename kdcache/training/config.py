@@ -215,11 +215,12 @@ class TrainConfig:
             if value != default
         ]
         if given:
+            one = len(given) == 1
             raise ConfigError(
-                f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} without --cache: a cache brings its own split, "
-                "recipe, seed, views and chunk rows (`kdcache info CACHE` shows them); drop "
-                f"{'it' if len(given) == 1 else 'them'}, or use --views to train on a subset of "
-                "the cache's views"
+                f"{', '.join(given)} only appl{'ies' if one else 'y'} without --cache: a cache "
+                "brings its own split, recipe, seed, views and chunk rows (`kdcache info CACHE` "
+                f"shows them); drop {'it' if one else 'them'}, or use --views to train on a subset "
+                "of the cache's views"
             )
 
     def _check_optimization(self) -> None:
