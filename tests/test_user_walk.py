@@ -1,4 +1,5 @@
-"""Mistakes a new user makes, each met with one clear line rather than a silent wrong run."""
+"""Roads a new user walks from the README and docs, and the mistakes made on them: each mistake is
+met with one clear line rather than a silent wrong run."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import kdcache
 from kdcache.cli import main
 from kdcache.errors import ConfigError
 from kdcache.extract import ExtractConfig, run_extract
-from kdcache.models import inference
+from kdcache.models import create_model, inference
 from kdcache.models.inference import CUDA_FORWARD_ROWS, padded_batch_note
 from kdcache.training.config import TrainConfig
 
@@ -79,3 +81,23 @@ def test_extract_reports_the_teacher_top1_on_the_split_it_ran_on(
                                        "--no-progress", "--out", str(tmp_path / "c")])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "on the augmented test views" in result.output
+
+
+@pytest.fixture(scope="module")
+def small_cache(tmp_path_factory, digits_teacher_weights) -> Path:
+    """One view of the digits test split (359 samples), float32, 128 rows per chunk."""
+    out = tmp_path_factory.mktemp("cache") / "digits_test"
+    run_extract(ExtractConfig(teacher="resnet8", weights=str(digits_teacher_weights),
+                              dataset="digits", split="test", recipe="cifar", dtype="float32",
+                              chunk_rows=128, workers=0, out=str(out)))  # fmt: skip
+    return out
+
+
+def test_the_api_docs_student_preprocessing_road_runs_as_written(small_cache: Path) -> None:
+    # docs/api.md: kdcache.resolve_preprocessing(model, cache.spec, "auto") for the loader
+    cache = kdcache.open_cache(small_cache)
+    model = create_model("resnet8", cache.classes, in_chans=cache.in_chans)
+    assert cache.spec.num_classes == cache.classes and cache.spec.image_size == cache.image_size
+    pre = kdcache.resolve_preprocessing(model, cache.spec, "dataset,size=16")
+    batch = next(iter(cache.loader(None, batch_size=32, seed=0, epoch=0, preprocessing=pre)))
+    assert batch.images.shape == (32, 1, 16, 16) and batch.views_uint8.shape == (32, 1, 8, 8)
