@@ -101,3 +101,22 @@ def test_the_api_docs_student_preprocessing_road_runs_as_written(small_cache: Pa
     pre = kdcache.resolve_preprocessing(model, cache.spec, "dataset,size=16")
     batch = next(iter(cache.loader(None, batch_size=32, seed=0, epoch=0, preprocessing=pre)))
     assert batch.images.shape == (32, 1, 16, 16) and batch.views_uint8.shape == (32, 1, 8, 8)
+
+
+def test_a_student_built_for_other_images_is_one_clear_line_not_a_bug_report(
+    tmp_path: Path, small_cache: Path
+) -> None:
+    # The user's own model expects 3-channel images; digits views have 1 channel.
+    (tmp_path / "mine.py").write_text(
+        "import torch.nn as nn\n"
+        "def net(num_classes, **kw):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, num_classes))\n"
+    )
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--cache", str(small_cache), "--student",
+                                       f"{tmp_path / 'mine.py'}:net", "--loss", "kd",
+                                       "--workers", "0", "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 1
+    assert "the student fails on the data's input [2, 1, 8, 8]" in result.output
+    assert "in_chans=1" in result.output and "bug" not in result.output
+    assert not out.exists()

@@ -155,8 +155,16 @@ def check_student_classes(model: torch.nn.Module, data: RunData) -> None:
     x = torch.zeros(2, spec.in_chans, *data.student_input.input_size)
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        out = model(x)
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except RuntimeError as exc:  # a shape mismatch inside the user's model, not a kdcache bug
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(
+            f"the student fails on the data's input {list(x.shape)} ({first}): build it for "
+            f"in_chans={spec.in_chans} and {x.shape[2]}x{x.shape[3]} images, or change its "
+            "input size with --student-preprocessing size=..."
+        ) from exc
     model.train(was_training)
     if out.dim() != 2 or out.shape[1] != spec.num_classes:
         where = f"the cache {data.reader.location}" if data.reader else f"dataset {spec.name}"
