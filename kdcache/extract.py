@@ -36,6 +36,7 @@ from kdcache.models.inference import (
     teacher_inference,
 )
 from kdcache.models.preprocess import Preprocessing, check_preprocessing_text, resolve_preprocessing
+from kdcache.models.probe import check_teacher_io
 from kdcache.runtime import init_distributed, library_versions, rank_device, resolve_device
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,8 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
         ema=config.ema,
     )
     preprocessing = resolve_preprocessing(teacher, spec, config.teacher_preprocessing)
+    check_teacher_io(teacher, spec.in_chans, preprocessing.input_size, spec.num_classes,
+                     "--teacher-preprocessing")  # fmt: skip  # before the cache is created
     identity = schema.CacheIdentity(
         teacher=schema.TeacherInfo(
             name=teacher_ref.spec,  # canonical: "RESNET56" and "resnet56" make the same cache

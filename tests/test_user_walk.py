@@ -120,3 +120,43 @@ def test_a_student_built_for_other_images_is_one_clear_line_not_a_bug_report(
     assert "the student fails on the data's input [2, 1, 8, 8]" in result.output
     assert "in_chans=1" in result.output and "bug" not in result.output
     assert not out.exists()
+
+
+THREE_CHANNEL_NET = (
+    "import torch.nn as nn\n"
+    "def net(num_classes, **kw):\n"
+    "    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, num_classes))\n"
+)
+
+
+def test_a_teacher_built_for_other_images_is_refused_before_the_cache_is_created(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "mine.py").write_text(THREE_CHANNEL_NET)
+    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 10)).state_dict(),
+               tmp_path / "w.pth")  # fmt: skip
+    out = tmp_path / "cache"
+    result = CliRunner().invoke(main, ["extract", "--teacher", f"{tmp_path / 'mine.py'}:net",
+                                       "--weights", str(tmp_path / "w.pth"), "--dataset",
+                                       "digits", "--split", "test", "--workers", "0",
+                                       "--no-progress", "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 1
+    assert "the teacher fails on the data's input [2, 1, 8, 8]" in result.output
+    assert "bug" not in result.output and not out.exists()
+
+
+def test_a_live_teacher_built_for_other_images_is_refused_before_the_run_starts(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "mine.py").write_text(THREE_CHANNEL_NET)
+    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 10)).state_dict(),
+               tmp_path / "w.pth")  # fmt: skip
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--dataset", "digits", "--teacher",
+                                       f"{tmp_path / 'mine.py'}:net", "--teacher-weights",
+                                       str(tmp_path / "w.pth"), "--student", "resnet8",
+                                       "--loss", "kd", "--workers", "0", "--no-progress",
+                                       "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 1
+    assert "the teacher fails on the data's input [2, 1, 8, 8]" in result.output
+    assert "bug" not in result.output and not (out / "run.json").exists()

@@ -20,6 +20,7 @@ from kdcache.data import SourceDataset, load_dataset
 from kdcache.errors import CacheError, CacheMismatchError, ConfigError
 from kdcache.losses.mixed import check_mixed_loss
 from kdcache.models.preprocess import Preprocessing, recorded_preprocessing
+from kdcache.models.probe import probe_forward
 from kdcache.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -152,20 +153,8 @@ def resolve_run_data(config: TrainConfig) -> RunData:
 def check_student_classes(model: torch.nn.Module, data: RunData) -> None:
     """The student must output one logit per class of the cache / dataset."""
     spec = data.train.spec
-    x = torch.zeros(2, spec.in_chans, *data.student_input.input_size)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(x)
-    except RuntimeError as exc:  # a shape mismatch inside the user's model, not a kdcache bug
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(
-            f"the student fails on the data's input {list(x.shape)} ({first}): build it for "
-            f"in_chans={spec.in_chans} and {x.shape[2]}x{x.shape[3]} images, or change its "
-            "input size with --student-preprocessing size=..."
-        ) from exc
-    model.train(was_training)
+    out = probe_forward(model, spec.in_chans, data.student_input.input_size, role="student",
+                        flag="--student-preprocessing")  # fmt: skip
     if out.dim() != 2 or out.shape[1] != spec.num_classes:
         where = f"the cache {data.reader.location}" if data.reader else f"dataset {spec.name}"
         raise CacheMismatchError(
