@@ -28,7 +28,7 @@ from kdcache.cache.location import CacheLocation
 from kdcache.cache.schema import LogitDtype, StorageMode
 from kdcache.cache.store import CacheReader
 from kdcache.cache.store import open_cache as open_reader
-from kdcache.data import SourceDataset
+from kdcache.data import DatasetSpec, SourceDataset
 from kdcache.errors import ConfigError
 from kdcache.models.preprocess import Preprocessing
 from kdcache.runtime import resolve_device
@@ -66,6 +66,8 @@ class Cache:
         num_samples: N, samples per view.
         classes: K, logits per sample.
         in_chans, image_size: the images' channels and side (None if the cache does not say).
+        spec: the dataset's :class:`~kdcache.data.DatasetSpec` (classes, channels, mean/std,
+            image size), for ``resolve_preprocessing(model, cache.spec, "auto")``.
         recipe: the augmentation recipe's name; ``recipe_params`` its parameters.
         seed: the cache seed: view v of sample i is a function of (seed, v, i).
         views: V, views per sample.
@@ -115,6 +117,12 @@ class Cache:
             f"N={self.num_samples} K={self.classes}, {self.views} view(s) of {self.recipe!r} "
             f"seed {self.seed}, {mode} {self.dtype}, fingerprint {self.fingerprint[:16]})"
         )
+
+    @property
+    def spec(self) -> DatasetSpec:
+        """The dataset's description as the cache records it (what a student's preprocessing is
+        resolved against: ``kdcache.resolve_preprocessing(model, cache.spec, "auto")``)."""
+        return DatasetSpec.from_dict(self.reader.identity.dataset.spec)
 
     def verify(
         self, data_dir: str | None = None, *, replay: int = 64, teacher_weights: str | None = None
@@ -173,7 +181,7 @@ class Cache:
             drop_last: only full batches (under DDP: as many as the smallest rank share allows).
             channels_last: images in channels-last memory format.
             preprocessing: how your student converts the uint8 views (mean/std, input size,
-                interpolation; e.g. ``resolve_preprocessing(model, cache_spec, "auto")`` for a
+                interpolation; e.g. ``resolve_preprocessing(model, cache.spec, "auto")`` for a
                 timm model's ``pretrained_cfg``); default: the dataset's mean and std.
             window_blocks: chunks whose samples are shuffled together (memory: two windows).
             rank, world_size: this process's shard; default from an initialised
@@ -228,11 +236,10 @@ class Cache:
         :class:`~kdcache.training.stream.Batch` es of ``images`` float32 ``[B, C, H, W]``
         converted by ``preprocessing`` as in :meth:`loader`, ``labels`` ``[B]``,
         ``teacher_logits`` None."""
-        from kdcache.data import DatasetSpec, load_dataset
+        from kdcache.data import load_dataset
 
-        spec = DatasetSpec.from_dict(self.reader.identity.dataset.spec)
         path = os.fspath(data_dir) if data_dir is not None else None
-        source = load_dataset(self.dataset, path, split or spec.eval_split)
+        source = load_dataset(self.dataset, path, split or self.spec.eval_split)
         return evaluation_batches(
             source,
             batch_size=batch_size,

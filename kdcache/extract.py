@@ -32,11 +32,13 @@ from kdcache.extract_writer import BackgroundBlockWriter, BlockAssembler
 from kdcache.models import build_model, count_parameters, resolve_model_name, weights_sha256
 from kdcache.models.inference import (
     forward_description,
+    padded_batch_note,
     prepare_teacher,
     teacher_forward,
     teacher_inference,
 )
 from kdcache.models.preprocess import Preprocessing, check_preprocessing_text, resolve_preprocessing
+from kdcache.models.probe import check_teacher_io
 from kdcache.runtime import init_distributed, library_versions, rank_device, resolve_device
 from kdcache.views import SeededViews
 
@@ -152,6 +154,9 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
     device = resolve_device(config.device)
     ctx = init_distributed(device)
     device = rank_device(device, ctx)
+    padding = padded_batch_note(config.batch_size, device)
+    if padding is not None:  # the bytes do not depend on it, the speed does
+        log.warning(padding)
 
     source = load_dataset(config.dataset, config.data_dir, config.split, download=config.download)
     spec = source.spec
@@ -166,6 +171,8 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
         ema=config.ema,
     )
     preprocessing = resolve_preprocessing(teacher, spec, config.teacher_preprocessing)
+    check_teacher_io(teacher, spec.in_chans, preprocessing.input_size, spec.num_classes,
+                     "--teacher-preprocessing")  # fmt: skip  # before the cache is created
     identity = schema.CacheIdentity(
         teacher=schema.TeacherInfo(
             name=teacher_ref.spec,  # canonical: "RESNET56" and "resnet56" make the same cache

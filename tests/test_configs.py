@@ -63,7 +63,7 @@ def test_each_config_resolves_to_the_papers_solver_and_loss(path: Path) -> None:
     assert (schedule.opt, schedule.momentum, schedule.sched) == ("sgd", 0.9, "step")
     loss, _, pair = path.stem.partition("_")
     assert config.loss == loss and config.loss_params == LOSS_PARAMS[(loss, pair)]
-    objective = build_objective(loss, warmup_epochs=config.warmup_epochs,
+    objective = build_objective(loss, warmup_epochs=schedule.warmup_epochs,
                                 ce_weight=config.ce_weight, distill_weight=config.distill_weight,
                                 **config.loss_params)  # fmt: skip
     if loss == "kd":
@@ -74,6 +74,17 @@ def test_each_config_resolves_to_the_papers_solver_and_loss(path: Path) -> None:
         assert objective.warmup_epochs == 0
     assert schedule.lr_warmup_epochs == (20 if loss == "ldrld" else 0)
     assert (config.student, config.cache) != (None, None)
+
+
+WARMED = [p for p in ALL if p.stem.startswith(("dkd", "rld"))]
+
+
+@pytest.mark.parametrize("path", WARMED, ids=[str(p.relative_to(CONFIGS)) for p in WARMED])
+def test_a_configs_loss_warm_up_scales_with_epochs_as_the_flags_do(path: Path) -> None:
+    settings = {**load_yaml_settings(str(path)), "epochs": 24}
+    dataset = SOLVERS[path.parent.name]["dataset"]
+    schedule = resolve_schedule(TrainConfig.from_dict(settings), str(dataset), 50_000)
+    assert schedule.warmup_epochs == (2 if path.parent.name == "cifar100" else 0.24)
 
 
 @pytest.fixture(scope="module")

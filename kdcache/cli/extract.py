@@ -178,4 +178,4 @@ def extract_command(
     click.echo(f"cache {result.location}: {state}, fingerprint {result.fingerprint[:16]}")
     if result.teacher_top1:
         top1 = ", ".join(f"{x:.2f}" for x in result.teacher_top1)
-        click.echo(f"teacher top-1 per view (%, on the augmented training views): {top1}")
+        click.echo(f"teacher top-1 per view (%, on the augmented {split} views): {top1}")

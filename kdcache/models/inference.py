@@ -62,6 +62,23 @@ def forward_rows(device: torch.device) -> int | None:
     return CUDA_FORWARD_ROWS if device.type == "cuda" else None
 
 
+def padded_batch_note(batch_size: int, device: torch.device) -> str | None:
+    """A line saying how much of each forward a batch size wastes on ``device``, or None.
+
+    On CUDA every forward runs exactly ``CUDA_FORWARD_ROWS`` rows, so a batch of another multiple
+    is cut into pieces and its last piece padded: ``--batch-size 300`` runs 512 rows for 300
+    images. The logits are the same either way; only the time is lost."""
+    rows = forward_rows(device)
+    if rows is None or batch_size % rows == 0:
+        return None
+    padded = -(-batch_size // rows) * rows
+    return (
+        f"--batch-size {batch_size} on CUDA: every teacher forward runs {rows} rows, so each "
+        f"batch runs as {padded} rows ({100 * (padded - batch_size) / padded:.0f}% of the "
+        f"teacher's time on padding); use a multiple of {rows} (the cache's bytes are the same)"
+    )
+
+
 def _padded_forward(teacher: torch.nn.Module, x: torch.Tensor, rows: int) -> torch.Tensor:
     """Float32 logits of ``x``, run as at least ``rows`` rows (the last image repeated)."""
     n = x.shape[0]

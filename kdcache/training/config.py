@@ -122,6 +122,7 @@ class TrainConfig:
             raise ConfigError("give either --cache (train from a cache) or --dataset (online / CE)")
         if self.cache is not None and self.teacher is not None:
             raise ConfigError("--cache and --teacher are exclusive: the cache replaces the teacher")
+        self._check_view_settings()
         if self.teacher is not None and not self.teacher_weights:
             raise ConfigError("--teacher needs --teacher-weights (kdcache never downloads weights)")
         if self.teacher_topk is not None and self.teacher is None:
@@ -196,6 +197,33 @@ class TrainConfig:
         check_preprocessing_text(self.student_preprocessing)
         if self.resume and self.force:
             raise ConfigError("--resume and --force are exclusive")
+
+    def _check_view_settings(self) -> None:
+        """A cache brings its own split, recipe, seed and views: the flags that would set them
+        are refused with ``--cache`` rather than ignored (a run would silently train on other
+        views than the user asked for). A flag set to its default value cannot be told apart."""
+        if self.cache is None:
+            return
+        given = [
+            flag
+            for flag, value, default in (
+                ("--split", self.split, None),
+                ("--recipe", self.recipe, "cifar"),
+                ("recipe_params", self.recipe_params, {}),
+                ("--aug-seed", self.aug_seed, 0),
+                ("--num-views", self.num_views, 1),
+                ("--block-rows", self.block_rows, None),
+            )
+            if value != default
+        ]
+        if given:
+            one = len(given) == 1
+            raise ConfigError(
+                f"{', '.join(given)} only appl{'ies' if one else 'y'} without --cache: a cache "
+                "brings its own split, recipe, seed, views and chunk rows (`kdcache info CACHE` "
+                f"shows them); drop {'it' if one else 'them'}, or use --views to train on a subset "
+                "of the cache's views"
+            )
 
     def _check_optimization(self) -> None:
         if self.opt not in ("sgd", "adamw"):

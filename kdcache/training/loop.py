@@ -24,6 +24,7 @@ from kdcache.losses.objective import Objective, build_objective, list_objectives
 from kdcache.models import build_model
 from kdcache.models.inference import prepare_teacher, teacher_forward, teacher_inference
 from kdcache.models.preprocess import Preprocessing, resolve_preprocessing
+from kdcache.models.probe import check_teacher_io
 from kdcache.runtime import DistContext, init_distributed, rank_device, resolve_device
 from kdcache.training import finite, outputs, provenance, run_state, tracking
 from kdcache.training.config import Schedule, TrainConfig, resolve_schedule
@@ -227,6 +228,8 @@ def _build_teacher(config: TrainConfig, data: RunData, device: torch.device) -> 
         ema=config.teacher_ema,
     )
     data.teacher_input = resolve_preprocessing(teacher, spec, config.teacher_preprocessing)
+    check_teacher_io(teacher, spec.in_chans, data.teacher_input.input_size, spec.num_classes,
+                     "--teacher-preprocessing")  # fmt: skip
     return prepare_teacher(teacher, device)
 
 

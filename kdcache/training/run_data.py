@@ -20,6 +20,7 @@ from kdcache.data import SourceDataset, load_dataset
 from kdcache.errors import CacheError, CacheMismatchError, ConfigError
 from kdcache.losses.mixed import check_mixed_loss
 from kdcache.models.preprocess import Preprocessing, recorded_preprocessing
+from kdcache.models.probe import probe_forward
 from kdcache.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -152,12 +153,8 @@ def resolve_run_data(config: TrainConfig) -> RunData:
 def check_student_classes(model: torch.nn.Module, data: RunData) -> None:
     """The student must output one logit per class of the cache / dataset."""
     spec = data.train.spec
-    x = torch.zeros(2, spec.in_chans, *data.student_input.input_size)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        out = model(x)
-    model.train(was_training)
+    out = probe_forward(model, spec.in_chans, data.student_input.input_size, role="student",
+                        flag="--student-preprocessing")  # fmt: skip
     if out.dim() != 2 or out.shape[1] != spec.num_classes:
         where = f"the cache {data.reader.location}" if data.reader else f"dataset {spec.name}"
         raise CacheMismatchError(
