@@ -14,7 +14,7 @@ import kdcache
 from kdcache.cli import main
 from kdcache.errors import ConfigError
 from kdcache.extract import ExtractConfig, run_extract
-from kdcache.models import create_model, inference
+from kdcache.models import build_model, inference
 from kdcache.models.inference import CUDA_FORWARD_ROWS, padded_batch_note
 from kdcache.training.config import TrainConfig
 
@@ -96,7 +96,7 @@ def small_cache(tmp_path_factory, digits_teacher_weights) -> Path:
 def test_the_api_docs_student_preprocessing_road_runs_as_written(small_cache: Path) -> None:
     # docs/api.md: kdcache.resolve_preprocessing(model, cache.spec, "auto") for the loader
     cache = kdcache.open_cache(small_cache)
-    model = create_model("resnet8", cache.classes, in_chans=cache.in_chans)
+    model = build_model("resnet8", cache.classes, in_chans=cache.in_chans)
     assert cache.spec.num_classes == cache.classes and cache.spec.image_size == cache.image_size
     pre = kdcache.resolve_preprocessing(model, cache.spec, "dataset,size=16")
     batch = next(iter(cache.loader(None, batch_size=32, seed=0, epoch=0, preprocessing=pre)))
