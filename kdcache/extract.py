@@ -160,6 +160,11 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
 
     source = load_dataset(config.dataset, config.data_dir, config.split, download=config.download)
     spec = source.spec
+    if config.topk is not None and config.topk > spec.num_classes:  # before the teacher loads
+        raise ConfigError(
+            f"--topk {config.topk} exceeds the {spec.num_classes} classes of {spec.name}: "
+            f"give K <= {spec.num_classes}"
+        )
     recipe = create_recipe(config.recipe, spec, **config.recipe_params)
     num_views = views_to_store(recipe, config.views)
     teacher_ref = resolve_model_name(config.teacher)
@@ -200,8 +205,6 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
             temperatures=sparse_temperatures(config.extra_temperatures) if config.topk else None,
         ),
     )
-    if config.topk is not None and config.topk > spec.num_classes:
-        raise ConfigError(f"--topk {config.topk} exceeds the {spec.num_classes} classes")
     # Before the cache is created: a layout this machine cannot hold is refused, not attempted.
     bounds.check_layout(
         num_views=num_views,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -84,7 +85,7 @@ def _check_chunks(reader: CacheReader, report: VerifyReport) -> None:
     """Read every chunk of every marked block; the reader checks presence, finiteness, digest."""
     ident = reader.identity
     done = reader.done_mask()
-    bad: list[str] = []
+    bad: list[tuple[int, int, str]] = []  # (view, block, what is wrong)
     for view, block in np.argwhere(done).tolist():
         try:
             if ident.storage.mode == "dense":
@@ -92,18 +93,18 @@ def _check_chunks(reader: CacheReader, report: VerifyReport) -> None:
             else:
                 sparse = reader.read_sparse(view, block)
                 if (over := kept_mass_violations(sparse)) > 0:
-                    bad.append(
+                    bad.append((view, block,
                         f"view {view} block {block}: {over} rows whose kept top-"
                         f"{ident.storage.topk} mass exceeds 1 by more than "
                         f"{KEPT_MASS_TOLERANCE:g} (the stored log-sum-exp does not match the "
                         "kept values)"
-                    )
+                    ))  # fmt: skip
             reader.read_input_hashes(view, block)
             if ident.augmentation.mixed:
                 reader.read_mix(view, block)
             reader.read_block_counts(view, block)
         except KdcacheError as exc:
-            bad.append(str(exc))
+            bad.append((view, block, str(exc)))
     detail = (
         f"{int(done.sum())} blocks decode with valid checksums and finite values; "
         f"{reader.integrity_note()}"
@@ -114,7 +115,7 @@ def _check_chunks(reader: CacheReader, report: VerifyReport) -> None:
             f"; every row's kept top-{ident.storage.topk} mass is at most 1 + "
             f"{KEPT_MASS_TOLERANCE:g} at T = {temps} (normalisers consistent with the kept values)"
         )
-    report.add("chunks", not bad, detail if not bad else f"{len(bad)} bad: " + "; ".join(bad[:3]))
+    report.add("chunks", not bad, detail if not bad else _bad_blocks_detail(bad))
 
 
 def _check_figures(reader: CacheReader, report: VerifyReport) -> None:
@@ -312,3 +313,20 @@ def _readable(read: Callable[[int, int], T], view: int, block: int) -> T | None:
         return read(view, block)
     except KdcacheError:
         return None
+
+
+def _bad_blocks_detail(bad: list[tuple[int, int, str]], listed: int = 12, kinds: int = 3) -> str:
+    """Which blocks are bad (the first ``listed``) and one example of each kind of problem (up to
+    ``kinds``), the same message with other numbers being one kind: a damaged copy often has one
+    problem in hundreds of blocks, and a line per block would bury the report."""
+    for _, _, problem in bad:
+        log.info("bad block: %s", problem)
+    where = ", ".join(f"view {v} block {b}" for v, b, _ in bad[:listed])
+    more = f" and {len(bad) - listed} more" if len(bad) > listed else ""
+    each = "; `kdcache -v verify` lists each problem" if len(bad) > 1 else ""
+    examples: dict[str, str] = {}
+    for _, _, problem in bad:
+        examples.setdefault(re.sub(r"\d+", "#", problem), problem)
+    shown = list(examples.values())[:kinds]
+    label = "The problem" if len(examples) == 1 else f"{len(examples)} kinds of problem"
+    return f"{len(bad)} bad blocks ({where}{more}{each}). {label}: " + "; ".join(shown)

@@ -4,6 +4,7 @@ met with one clear line rather than a silent wrong run."""
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,65 @@ def test_a_live_teacher_built_for_other_images_is_refused_before_the_run_starts(
     assert result.exit_code == 1
     assert "the teacher fails on the data's input [2, 1, 8, 8]" in result.output
     assert "bug" not in result.output and not (out / "run.json").exists()
+
+
+@pytest.mark.parametrize("command", ["info", "verify", "train"])
+def test_an_array_inside_a_cache_given_as_the_cache_names_the_cache_folder(
+    small_cache: Path, command: str, tmp_path: Path
+) -> None:
+    inner = str(small_cache / "logits")
+    args = {"info": ["info", inner], "verify": ["verify", inner],
+            "train": ["train", "--cache", inner, "--student", "resnet8", "--epochs", "1",
+                      "--out", str(tmp_path / "run")]}[command]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert "is one array inside a cache, not a cache" in result.output
+    assert f"e.g. {small_cache}" in result.output and "bug in kdcache" not in result.output
+
+
+def test_extract_into_an_array_of_a_cache_is_refused_and_the_cache_is_untouched(
+    small_cache: Path, digits_teacher_weights: Path
+) -> None:
+    before = sorted((p.relative_to(small_cache), p.stat().st_mtime_ns)
+                    for p in small_cache.rglob("*"))  # fmt: skip
+    with pytest.raises(kdcache.KdcacheError, match="one array inside a cache"):
+        run_extract(ExtractConfig(teacher="resnet8", weights=str(digits_teacher_weights),
+                                  dataset="digits", split="test", recipe="cifar", workers=0,
+                                  out=str(small_cache / "logits")))  # fmt: skip
+    after = sorted((p.relative_to(small_cache), p.stat().st_mtime_ns)
+                   for p in small_cache.rglob("*"))  # fmt: skip
+    assert after == before
+
+
+def test_verify_of_a_half_copied_cache_names_the_blocks_and_says_the_advice_once(
+    small_cache: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "half"
+    shutil.copytree(small_cache, copy)
+    chunks = sorted(p for p in (copy / "logits").rglob("*") if p.is_file() and "c" in p.parts)
+    assert len(chunks) == 3  # 359 samples in blocks of 128 rows
+    for chunk in chunks[1:]:  # blocks 1 and 2's logits never arrived
+        chunk.unlink()
+    result = CliRunner().invoke(main, ["verify", str(copy)])
+    assert result.exit_code == 1
+    line = next(x for x in result.output.splitlines() if x.startswith("[FAIL] chunks"))
+    assert "2 bad blocks (view 0 block 1, view 0 block 2;" in line
+    assert line.count("Fetch a complete copy") == 1 and "-v verify` lists each" in line
+    assert "The problem: logits chunk (view 0, block 1" in line
+
+
+def test_a_topk_over_the_class_count_says_what_to_give_before_the_teacher_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_teacher(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the teacher was built before the settings were checked")
+
+    monkeypatch.setattr("kdcache.extract.build_model", no_teacher)
+    out = tmp_path / "c"
+    config = ExtractConfig(teacher="resnet8", weights="unused.pth", dataset="digits",
+                           split="test", recipe="cifar", topk=11, out=str(out))  # fmt: skip
+    with pytest.raises(
+        ConfigError, match=r"--topk 11 exceeds the 10 classes of digits: give K <= 10"
+    ):
+        run_extract(config)
+    assert not out.exists()

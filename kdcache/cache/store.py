@@ -30,7 +30,13 @@ from kdcache.cache.digest import DIGEST_BYTES, block_digest, digested_arrays
 from kdcache.cache.location import CacheLocation, parse_location
 from kdcache.cache.schema import CacheMeta
 from kdcache.cache.sparse import SparseRows, sparse_rows_from_logits
-from kdcache.errors import CacheCorruptError, CacheError, CacheMismatchError, KdcacheError
+from kdcache.errors import (
+    CacheCorruptError,
+    CacheError,
+    CacheMismatchError,
+    DataNotFoundError,
+    KdcacheError,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -321,7 +327,7 @@ def open_for_writing(
     """
     location = parse_location(out)
     store = zarr_stores.open_zarr_store(location, read_only=False)
-    existing = _guard_read("the group metadata", lambda: _try_open_group(store), location)
+    existing = _guard_read("the group metadata", lambda: _try_open_group(store, location), location)
     if existing is not None and schema.ATTRS_KEY in existing.attrs:
         old = _read_meta(existing, location)
         if old.identity != meta.identity:
@@ -362,11 +368,22 @@ def _missing_chunk(where: str) -> CacheCorruptError:
     )
 
 
-def _try_open_group(store: Store) -> zarr.Group | None:
+def _try_open_group(store: Store, location: CacheLocation) -> zarr.Group | None:
     try:
         return zarr.open_group(store=store, mode="r+", zarr_format=3)
+    except zarr.errors.ContainsArrayError as exc:
+        raise _array_not_cache_error(location) from exc
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
         return None
+
+
+def _array_not_cache_error(location: CacheLocation) -> DataNotFoundError:
+    """A path that names one array inside a cache (``cache/logits``) rather than the cache."""
+    parent = location.path.parent if location.path is not None else location.url.rsplit("/", 1)[0]
+    return DataNotFoundError(
+        f"{location} is one array inside a cache, not a cache: give the cache's own folder "
+        f"(the one holding it, e.g. {parent})"
+    )
 
 
 class CacheReader:
@@ -625,6 +642,8 @@ def open_cache(
             lambda: zarr.open_group(store=store, mode="r", zarr_format=3),
             location,
         )
+    except zarr.errors.ContainsArrayError as exc:
+        raise _array_not_cache_error(location) from exc
     except (
         FileNotFoundError,
         zarr.errors.GroupNotFoundError,
