@@ -33,7 +33,7 @@ from kdcache.augment import create_recipe  # noqa: E402
 from kdcache.cache import schema  # noqa: E402
 from kdcache.cache.store import open_cache, open_for_writing  # noqa: E402
 from kdcache.data import load_dataset, normalize  # noqa: E402
-from kdcache.extract import ExtractConfig, run_extract  # noqa: E402
+from kdcache.extract import ExtractConfig, run_extract, sparse_temperatures  # noqa: E402
 from kdcache.models import build_model  # noqa: E402
 from kdcache.views import SeededViews  # noqa: E402
 
@@ -102,14 +102,21 @@ def storage(data_dir: Path) -> list[tuple[str, float]]:
     for label, mode, dtype, topk in [
         ("dense float32", "dense", "float32", None),
         ("dense float16", "dense", "float16", None),
-        ("sparse top-20 float16", "sparse", "float16", 20),
-        ("sparse top-5 float16", "sparse", "float16", 5),
+        # Sparse caches are float32 (float16 is refused) with one log-sum-exp per temperature.
+        ("sparse top-20 float32", "sparse", "float32", 20),
+        ("sparse top-5 float32", "sparse", "float32", 5),
     ]:
         ident = schema.CacheIdentity(
             teacher=schema.TeacherInfo("resnet56", None, 0),
             dataset=schema.DatasetInfo("cifar100", "test", n, 100, "bench", {}),
             augmentation=schema.AugmentationInfo("none", {}, 0, 1),
-            storage=schema.StorageInfo(mode, dtype, 1024, topk),  # type: ignore[arg-type]
+            storage=schema.StorageInfo(
+                mode,  # type: ignore[arg-type]
+                dtype,  # type: ignore[arg-type]
+                1024,
+                topk,
+                sparse_temperatures() if mode == "sparse" else None,
+            ),
         )
         with tempfile.TemporaryDirectory() as tmp:
             writer = open_for_writing(
@@ -118,15 +125,17 @@ def storage(data_dir: Path) -> list[tuple[str, float]]:
             for block in range(writer.meta.num_blocks):
                 rows_ = writer.meta.block_rows(block)
                 writer.write_block(
-                    0, block, logits[rows_], np.arange(rows_.stop - rows_.start), 0, 0
+                    0,
+                    block,
+                    logits[rows_],
+                    np.arange(rows_.stop - rows_.start),
+                    0,
+                    0,
+                    labels=labels[rows_],
                 )
             reader = open_cache(f"{tmp}/c")
-            # Only the per-view arrays: labels and bookkeeping are per cache, not per view.
-            names = {
-                "dense": [schema.LOGITS],
-                "sparse": [schema.TOPK_VALUES, schema.TOPK_INDICES, schema.LOGSUMEXP],
-            }[mode]
-            names.append(schema.INPUT_HASH)
+            # Only the per-sample arrays: labels and bookkeeping are per cache or per block.
+            names = [*schema.data_arrays(ident.storage), schema.INPUT_HASH]
             size = sum(
                 p.stat().st_size
                 for name in names

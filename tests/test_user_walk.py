@@ -130,15 +130,21 @@ THREE_CHANNEL_NET = (
 )
 
 
-def test_a_teacher_built_for_other_images_is_refused_before_the_cache_is_created(
-    tmp_path: Path,
-) -> None:
+def _three_channel_teacher(tmp_path: Path) -> tuple[str, str]:
+    """A teacher of the user's own, built for 3 x 8 x 8 images, and its weights: (spec, path)."""
     (tmp_path / "mine.py").write_text(THREE_CHANNEL_NET)
     torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 10)).state_dict(),
                tmp_path / "w.pth")  # fmt: skip
+    return f"{tmp_path / 'mine.py'}:net", str(tmp_path / "w.pth")
+
+
+def test_a_teacher_built_for_other_images_is_refused_before_the_cache_is_created(
+    tmp_path: Path,
+) -> None:
+    teacher, weights = _three_channel_teacher(tmp_path)
     out = tmp_path / "cache"
-    result = CliRunner().invoke(main, ["extract", "--teacher", f"{tmp_path / 'mine.py'}:net",
-                                       "--weights", str(tmp_path / "w.pth"), "--dataset",
+    result = CliRunner().invoke(main, ["extract", "--teacher", teacher,
+                                       "--weights", weights, "--dataset",
                                        "digits", "--split", "test", "--workers", "0",
                                        "--no-progress", "--out", str(out)])  # fmt: skip
     assert result.exit_code == 1
@@ -149,13 +155,11 @@ def test_a_teacher_built_for_other_images_is_refused_before_the_cache_is_created
 def test_a_live_teacher_built_for_other_images_is_refused_before_the_run_starts(
     tmp_path: Path,
 ) -> None:
-    (tmp_path / "mine.py").write_text(THREE_CHANNEL_NET)
-    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 10)).state_dict(),
-               tmp_path / "w.pth")  # fmt: skip
+    teacher, weights = _three_channel_teacher(tmp_path)
     out = tmp_path / "run"
     result = CliRunner().invoke(main, ["train", "--dataset", "digits", "--teacher",
-                                       f"{tmp_path / 'mine.py'}:net", "--teacher-weights",
-                                       str(tmp_path / "w.pth"), "--student", "resnet8",
+                                       teacher, "--teacher-weights",
+                                       weights, "--student", "resnet8",
                                        "--loss", "kd", "--workers", "0", "--no-progress",
                                        "--out", str(out)])  # fmt: skip
     assert result.exit_code == 1
