@@ -393,12 +393,16 @@ class CacheReader:
         self.group = group
         self.meta = meta
         self.parsed_location = location
-        self.location = location.raw  # as the user gave it (messages, run records)
         # Array handles, opened once: each `group[name]` reads the array's zarr.json again, which
         # over an object store is one request per block read.
         self._arrays: dict[str, zarr.Array] = {}
         self._digest_slot = {name: i for i, name in enumerate(_digested(meta))}
         self._digest_records: dict[tuple[int, int], np.ndarray] = {}  # (view, block) -> [A, 32]
+
+    @property
+    def location(self) -> str:
+        """The location as the user gave it (messages, run records)."""
+        return self.parsed_location.raw
 
     def _array(self, name: str) -> zarr.Array:
         array = self._arrays.get(name)

@@ -95,6 +95,20 @@ def make_legacy(cache: Path, version: str = "1.1") -> None:
 # ------------------------------------------------------------------ presence and position (1-3)
 
 
+def sparse_meta(num_samples: int, num_views: int, chunk_rows: int) -> schema.CacheMeta:
+    """A sparse top-3 float32 cache of 6 classes (T = 1 and 4), for blocks written by hand."""
+    return schema.CacheMeta(
+        identity=schema.CacheIdentity(
+            teacher=schema.TeacherInfo("resnet8", None, 1),
+            dataset=schema.DatasetInfo("digits", "train", num_samples, 6, "f" * 64),
+            augmentation=schema.AugmentationInfo("cifar", {}, 0, num_views),
+            storage=schema.StorageInfo(
+                "sparse", "float32", chunk_rows, topk=3, temperatures=(1.0, 4.0)
+            ),
+        )
+    )
+
+
 def delete_logits(cache: Path) -> None:
     chunk(cache, schema.LOGITS, 0, 1).unlink()
 
@@ -147,13 +161,8 @@ def test_reads_check_every_array_of_the_block(cache3, tmp_path):
 
 
 def test_a_sparse_cache_binds_every_array_of_the_block(tmp_path):
-    ident = schema.CacheIdentity(
-        teacher=schema.TeacherInfo("resnet8", None, 1),
-        dataset=schema.DatasetInfo("digits", "train", 10, 6, "f" * 64),
-        augmentation=schema.AugmentationInfo("cifar", {}, 0, 2),
-        storage=schema.StorageInfo("sparse", "float32", 4, topk=3, temperatures=(1.0, 4.0)),
-    )
-    meta = schema.CacheMeta(identity=ident)
+    meta = sparse_meta(num_samples=10, num_views=2, chunk_rows=4)
+    ident = meta.identity
     writer = open_for_writing(str(tmp_path / "c"), meta, np.arange(10) % 6, create=True)
     rng = np.random.default_rng(0)
     for view in range(2):
@@ -424,13 +433,7 @@ def test_verify_flags_sparse_rows_whose_normaliser_disagrees_with_their_kept_val
     from kdcache.cache import sparse as sparse_rows
     from kdcache.cache import store
 
-    ident = schema.CacheIdentity(
-        teacher=schema.TeacherInfo("resnet8", None, 1),
-        dataset=schema.DatasetInfo("digits", "train", 8, 6, "f" * 64),
-        augmentation=schema.AugmentationInfo("cifar", {}, 0, 1),
-        storage=schema.StorageInfo("sparse", "float32", 4, topk=3, temperatures=(1.0, 4.0)),
-    )
-    meta = schema.CacheMeta(identity=ident)
+    meta = sparse_meta(num_samples=8, num_views=1, chunk_rows=4)
 
     def write(out: Path) -> None:
         writer = open_for_writing(str(out), meta, np.arange(8) % 6, create=True)
@@ -458,13 +461,8 @@ def test_verify_flags_sparse_rows_whose_normaliser_disagrees_with_their_kept_val
 
 
 def test_info_gives_the_size_per_row_written_for_a_partial_cache(tmp_path):
-    ident = schema.CacheIdentity(
-        teacher=schema.TeacherInfo("resnet8", None, 1),
-        dataset=schema.DatasetInfo("digits", "train", 4000, 6, "f" * 64),
-        augmentation=schema.AugmentationInfo("cifar", {}, 0, 1),
-        storage=schema.StorageInfo("sparse", "float32", 1000, topk=3, temperatures=(1.0, 4.0)),
-    )
-    writer = open_for_writing(str(tmp_path / "c"), schema.CacheMeta(identity=ident),
+    meta = sparse_meta(num_samples=4000, num_views=1, chunk_rows=1000)
+    writer = open_for_writing(str(tmp_path / "c"), meta,
                               np.arange(4000) % 6, create=True)  # fmt: skip
     logits = np.random.default_rng(0).normal(size=(1000, 6)).astype(np.float32)
     writer.write_block(0, 0, logits, np.arange(1000) + 1, 1, 2, labels=np.arange(1000) % 6)
