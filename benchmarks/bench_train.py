@@ -40,10 +40,10 @@ from kdcache.cache import schema  # noqa: E402
 from kdcache.cache.store import open_cache, open_for_writing  # noqa: E402
 from kdcache.data import load_dataset  # noqa: E402
 from kdcache.models import build_model  # noqa: E402
+from kdcache.stream.cached_teacher import CachedTeacher  # noqa: E402
+from kdcache.stream.plan import plan_epoch  # noqa: E402
 from kdcache.training.config import TrainConfig  # noqa: E402
 from kdcache.training.loop import run_train  # noqa: E402
-from kdcache.training.plan import plan_epoch  # noqa: E402
-from kdcache.training.teacher_stream import CachedTeacher  # noqa: E402
 from kdcache.views import SeededViews  # noqa: E402
 
 PAIRS = [("resnet56", "resnet20"), ("resnet32x4", "resnet8x4")]

@@ -23,8 +23,8 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "open_cache": "kdcache.api",
     "Cache": "kdcache.api",
-    "Batch": "kdcache.training.stream",
-    "EpochBatches": "kdcache.training.stream",
+    "Batch": "kdcache.stream.batch",
+    "EpochBatches": "kdcache.stream.epoch",
     "create_loss": "kdcache.losses",
     "list_losses": "kdcache.losses",
     "loss_info": "kdcache.losses",
@@ -140,10 +140,11 @@ if TYPE_CHECKING:
     )
     from kdcache.losses.sparse import SparseTeacher, sparse_kd_loss
     from kdcache.models.preprocess import Preprocessing, resolve_preprocessing
+    from kdcache.stream.batch import Batch
+    from kdcache.stream.epoch import EpochBatches
     from kdcache.training.config import TrainConfig
     from kdcache.training.evaluation import evaluate
     from kdcache.training.loop import TrainResult, run_train, train_one_epoch
-    from kdcache.training.stream import Batch, EpochBatches
     from kdcache.verify import VerifyReport
 
 

@@ -11,16 +11,16 @@
             # batch.images [B, C, H, W] float32, batch.labels [B], batch.teacher_logits [B, K]
             ...
 
-The loader is the stream ``kdcache train`` itself runs on (:mod:`kdcache.training.stream`): the same
+The loader is the stream ``kdcache train`` itself runs on (:mod:`kdcache.stream`): the same
 views, order, batches, prefetch and replay checks. Details and a full loop: ``docs/api.md``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -32,6 +32,12 @@ from kdcache.data import DatasetSpec, SourceDataset
 from kdcache.errors import ConfigError
 from kdcache.models.preprocess import Preprocessing
 from kdcache.runtime import resolve_device
+from kdcache.stream.cached_teacher import CachedTeacher
+from kdcache.stream.epoch import EpochBatches, EpochSource, chunk_capacity, epoch_batches
+from kdcache.stream.evaluation import EvaluationBatches
+from kdcache.stream.images import DeviceImages, StreamKind, choose_images
+from kdcache.stream.replay import ReplayMode
+from kdcache.stream.teacher_source import TeacherSource
 from kdcache.training.run_data import (
     cache_recipe,
     check_views,
@@ -39,16 +45,6 @@ from kdcache.training.run_data import (
     require_blocks,
     require_exact_sparse,
 )
-from kdcache.training.stream import (
-    Batch,
-    EpochBatches,
-    EpochSource,
-    ReplayMode,
-    chunk_capacity,
-    epoch_batches,
-    evaluation_batches,
-)
-from kdcache.training.teacher_stream import CachedTeacher
 from kdcache.verify import VerifyReport, verify_cache
 
 
@@ -109,6 +105,7 @@ class Cache:
         )
         self.versions: dict[str, str] = dict(meta.versions)
         self._sources: dict[str | None, SourceDataset] = {}
+        self._streams: dict[tuple[Any, ...], tuple[Any, TeacherSource]] = {}
 
     def __repr__(self) -> str:
         mode = self.storage if self.storage == "dense" else f"sparse top-{self.topk}"
@@ -157,10 +154,11 @@ class Cache:
         window_blocks: int = 4,
         rank: int | None = None,
         world_size: int | None = None,
+        stream: StreamKind = "host",
     ) -> EpochBatches:
         """One epoch of distillation batches, this process's share; ``len()`` = batches.
 
-        Each item is a :class:`~kdcache.training.stream.Batch`: ``images`` float32 ``[B, C, H, W]``
+        Each item is a :class:`~kdcache.stream.batch.Batch`: ``images`` float32 ``[B, C, H, W]``
         (normalised with the dataset's mean and std, on ``device``), ``labels`` int64 ``[B]``,
         ``teacher_logits`` float32 ``[B, K]`` (on ``device``) from a dense cache, or a
         :class:`~kdcache.losses.sparse.SparseTeacher` of the kept top-K rows from a sparse one
@@ -188,6 +186,11 @@ class Cache:
                 ``torch.distributed`` (else 0 and 1). Each rank reads only its own chunks and the
                 union over ranks is the whole epoch, each sample once; ranks run equally many
                 batches (see ``docs/api.md``).
+            stream: where the views are made: ``"host"`` (``workers`` DataLoader processes, any
+                recipe), ``"device"`` (the dataset's images and the cache's logits held on
+                ``device`` for every epoch you ask of this cache, the views cut there by batched
+                tensor ops: in-memory datasets and the geometric recipes), ``"auto"`` (device
+                where it can). The batches are the same bits either way.
 
         Raises:
             CacheError: a format 1.0/1.1 sparse cache, or a block the epoch needs is missing.
@@ -200,11 +203,14 @@ class Cache:
         allowed = check_views(tuple(views) if views is not None else None, self.views)
         require_blocks(self.reader, allowed, self.num_samples)
         train = self._source(os.fspath(data_dir) if data_dir is not None else None)
-        if window_blocks < 1:
-            raise ConfigError(f"window_blocks must be >= 1, got {window_blocks}")
-        teacher = CachedTeacher(self.reader, chunk_capacity=chunk_capacity(window_blocks, allowed))
+        if not isinstance(window_blocks, int) or window_blocks < 1:
+            raise ConfigError(f"window_blocks must be an integer >= 1, got {window_blocks!r}")
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+            raise ConfigError(f"workers must be an integer >= 0, got {workers!r}")
+        target = device if isinstance(device, torch.device) else resolve_device(device)
         source = EpochSource(train, cache_recipe(self.reader, train), self.seed, allowed,
-                             self.chunk_rows, self.num_samples, teacher,
+                             self.chunk_rows, self.num_samples,
+                             *self._stream(stream, train, allowed, workers, target, window_blocks),
                              preprocessing)  # fmt: skip
         return epoch_batches(
             source,
@@ -215,11 +221,32 @@ class Cache:
             world=world_size,
             window_blocks=window_blocks,
             drop_last=drop_last,
-            workers=workers,
-            device=device if isinstance(device, torch.device) else resolve_device(device),
             verify_replay=verify_replay,
             channels_last=channels_last,
         )
+
+    def _stream(
+        self, kind: StreamKind, train: SourceDataset, allowed: np.ndarray, workers: int,
+        device: torch.device, window_blocks: int,
+    ) -> tuple[Any, TeacherSource]:  # fmt: skip
+        """The image and teacher sources of ``kind``; the device-resident ones are built once per
+        (views, device) and kept for the next epochs' loaders."""
+        from kdcache.stream.resident_teacher import ResidentTeacher
+
+        key = (kind, tuple(allowed.tolist()), str(device), workers, window_blocks)
+        if key not in self._streams:
+            dense = self.storage == "dense"
+            extra = ResidentTeacher.nbytes(self.reader, allowed, self.num_samples) if dense else 0
+            images = choose_images(kind, train, cache_recipe(self.reader, train), self.seed,
+                                   workers=workers, device=device, extra_bytes=extra)  # fmt: skip
+            teacher: TeacherSource
+            if isinstance(images, DeviceImages) and dense:
+                teacher = ResidentTeacher(self.reader, allowed, self.num_samples, device)
+            else:
+                teacher = CachedTeacher(self.reader,
+                                        chunk_capacity=chunk_capacity(window_blocks, allowed))
+            self._streams = {key: (images, teacher)}  # one resident copy at a time
+        return self._streams[key]
 
     def eval_loader(
         self,
@@ -231,16 +258,16 @@ class Cache:
         device: str | torch.device = "cpu",
         channels_last: bool = False,
         preprocessing: Preprocessing | None = None,
-    ) -> Iterator[Batch]:
+    ) -> EvaluationBatches:
         """The dataset's evaluation split (default: its test / val split), no augmentation:
-        :class:`~kdcache.training.stream.Batch` es of ``images`` float32 ``[B, C, H, W]``
+        :class:`~kdcache.stream.batch.Batch` es of ``images`` float32 ``[B, C, H, W]``
         converted by ``preprocessing`` as in :meth:`loader`, ``labels`` ``[B]``,
         ``teacher_logits`` None."""
         from kdcache.data import load_dataset
 
         path = os.fspath(data_dir) if data_dir is not None else None
         source = load_dataset(self.dataset, path, split or self.spec.eval_split)
-        return evaluation_batches(
+        return EvaluationBatches(
             source,
             batch_size=batch_size,
             workers=workers,

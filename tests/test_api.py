@@ -18,10 +18,10 @@ import torch
 import kdcache
 from kdcache.cache.store import open_cache as open_reader
 from kdcache.losses.sparse import SparseTeacher
+from kdcache.stream.plan import epoch_views, plan_epoch
 from kdcache.training import outputs
 from kdcache.training.config import TrainConfig
 from kdcache.training.loop import run_train
-from kdcache.training.plan import epoch_views, plan_epoch
 from tests.conftest import REPO, free_port
 from tests.test_train import cli, extract_digits, extract_tiny_folder
 

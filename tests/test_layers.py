@@ -24,6 +24,7 @@ LAYERS: list[set[str]] = [
     {"augment", "models", "extract_writer"},
     {"views", "summary"},
     {"extract", "verify"},
+    {"stream"},
     {"training"},
     {"api", "demo"},
     {"cli"},

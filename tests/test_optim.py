@@ -39,7 +39,7 @@ def lrs_per_update(cfg: TrainConfig, num_samples: int) -> list[list[float]]:
     for epoch in range(schedule.epochs):
         row = []
         for step in range(u):
-            optim.before_step(epoch, step, u)
+            optim.set_lr(epoch, step, u)
             row.append(optim.optimizer.param_groups[0]["lr"])
         table.append(row)
     return table

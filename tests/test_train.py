@@ -14,11 +14,11 @@ from click.testing import CliRunner
 
 from kdcache.cache.store import open_cache
 from kdcache.cli import main
+from kdcache.stream.cached_teacher import CachedTeacher
+from kdcache.stream.plan import plan_epoch
 from kdcache.training import outputs, tracking
 from kdcache.training.config import TrainConfig
 from kdcache.training.loop import run_train
-from kdcache.training.plan import plan_epoch
-from kdcache.training.teacher_stream import CachedTeacher
 from tests.conftest import run_kdcache_process
 
 

@@ -116,11 +116,18 @@ class Objective(nn.Module):
         student_logits: Tensor,
         teacher_logits: Tensor | SparseTeacher | None,
         target: Tensor,
-        epoch: float,
+        epoch: float | None = None,
         mix: MixedTarget | None = None,
+        *,
+        warmup: float | Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """``mix``: mixed views' partner labels and lambdas (cross-entropy against the mixed
+        """``warmup``: the distillation term's warm-up factor (a float, or a 0-d tensor on the
+        logits' device, which a compiled step takes without recompiling); or give ``epoch`` (1
+        during the first epoch) and the factor is :meth:`warmup_factor` of it; neither: 1.
+        ``mix``: mixed views' partner labels and lambdas (cross-entropy against the mixed
         target, :mod:`kdcache.losses.mixed`); losses without a mixed-target definition refuse."""
+        if warmup is not None and epoch is not None:
+            raise ConfigError("give the objective warmup= or epoch=, not both")
         dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
         student = student_logits.to(dtype)  # [B, C]
         target = prepare_target(target, student)
@@ -142,11 +149,15 @@ class Objective(nn.Module):
         if isinstance(teacher_logits, SparseTeacher) and loss_info(self.name).needs_dense_teacher:
             teacher_logits = self._complete_sparse(teacher_logits, target)
         terms = self.loss.terms(student, teacher_logits, target)
-        factor = self.warmup_factor(epoch)
+        factor = self.warmup_factor(1.0 if epoch is None else epoch) if warmup is None else warmup
         distill = (factor * self.distill_weight) * self.loss.combine(terms)
         parts.update({key: value.detach() for key, value in terms.items()})
         parts["distill"] = distill.detach()
-        parts["warmup"] = torch.tensor(factor, dtype=dtype)
+        # Made on the logits' device: no host-to-device copy per step.
+        parts["warmup"] = (
+            factor.detach().to(dtype) if isinstance(factor, Tensor)
+            else torch.full((), factor, dtype=dtype, device=student.device)
+        )  # fmt: skip
         return total + distill, parts
 
     def _complete_sparse(self, teacher: SparseTeacher, target: Tensor) -> Tensor:

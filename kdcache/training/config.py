@@ -13,6 +13,7 @@ from kdcache.errors import ConfigError, DataNotFoundError
 from kdcache.training.config_types import check_types, parse_views
 
 ReplayMode = Literal["all", "sample", "off"]
+StreamKind = Literal["auto", "host", "device"]  # kdcache.stream.images
 OptimizerName = Literal["sgd", "adamw"]
 SchedName = Literal["step", "cosine"]
 
@@ -99,8 +100,14 @@ class TrainConfig:
     workers: int = 2
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    compile: bool = False
+    compile: bool = False  # torch.compile of the whole step (kdcache.training.step)
     channels_last: bool = True
+    # Where the views are made: "device" (the images resident on the training device, batched
+    # crops), "host" (DataLoader workers), "auto" (device where the data and recipe allow)
+    stream: StreamKind = "auto"
+    # Seconds: start no epoch that would end past this budget (estimated from the last epoch);
+    # the run stops cleanly, resumable, and reports itself unfinished. None: no limit.
+    time_limit: float | None = None
     verify_replay: ReplayMode = "sample"
     # From a sparse (top-K) cache: let DKD, RLD and LDRLD train through their named approximation
     # (KD is exact from sparse rows and needs no permission).
@@ -182,6 +189,14 @@ class TrainConfig:
                 )
         if self.views is not None and (not self.views or min(self.views) < 0):
             raise ConfigError(f"--views must name view numbers >= 0, got {list(self.views)}")
+        if self.stream not in ("auto", "host", "device"):
+            raise ConfigError(f"--stream must be auto, host or device, got {self.stream!r}")
+        if self.time_limit is not None and not (
+            math.isfinite(self.time_limit) and self.time_limit > 0
+        ):
+            raise ConfigError(
+                f"--time-limit must be a number of seconds > 0, got {self.time_limit}"
+            )
         if self.verify_replay not in ("all", "sample", "off"):
             raise ConfigError(
                 f"--verify-replay must be all, sample or off, got {self.verify_replay!r}"

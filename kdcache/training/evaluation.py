@@ -7,13 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
-from kdcache.augment import create_recipe
 from kdcache.data import SourceDataset
 from kdcache.data.spec import DatasetSpec
 from kdcache.errors import ConfigError, DataNotFoundError
@@ -21,8 +18,8 @@ from kdcache.models import AmbiguousModelNameError, build_model, load_weights, r
 from kdcache.models.names import TIMM_SCHEME
 from kdcache.models.preprocess import Preprocessing, resolve_preprocessing
 from kdcache.runtime import resolve_device
+from kdcache.stream.evaluation import EvaluationBatches
 from kdcache.training import outputs
-from kdcache.views import SeededViews
 
 # What `kdcache eval` needs from a checkpoint (a raw state dict has none of them).
 
@@ -35,6 +32,26 @@ class EvalMetrics:
 
 
 @torch.no_grad()
+def evaluate_batches(model: nn.Module, batches: EvaluationBatches) -> EvalMetrics:
+    """Top-1, top-5 (%) and mean cross-entropy of ``model`` over the evaluation stream; the
+    counts stay on the device until the end (one synchronisation per evaluation)."""
+    model.eval()
+    device = batches.device
+    top1 = torch.zeros((), dtype=torch.int64, device=device)
+    top5 = torch.zeros((), dtype=torch.int64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    for batch in batches:
+        logits = model(batch.images).float()  # [B, C]
+        target = batch.labels
+        k = min(5, logits.shape[1])
+        pred = logits.topk(k, dim=1).indices  # [B, k]
+        top1 += (pred[:, 0] == target).sum()
+        top5 += (pred == target[:, None]).any(dim=1).sum()
+        loss_sum += F.cross_entropy(logits, target.long(), reduction="sum").double()
+    n = len(batches.source)
+    return EvalMetrics(100.0 * int(top1) / n, 100.0 * int(top5) / n, float(loss_sum) / n)
+
+
 def evaluate_metrics(
     model: nn.Module,
     source: SourceDataset,
@@ -46,30 +63,10 @@ def evaluate_metrics(
 ) -> EvalMetrics:
     """Top-1, top-5 (%) and mean cross-entropy on ``source`` with the evaluation transform, each
     image converted by ``preprocessing`` (default: the dataset's normalisation)."""
-    model.eval()
-    preprocess = preprocessing or Preprocessing.from_dataset(source.spec)
-    recipe = create_recipe("none", source.spec)
-    items = np.stack([np.zeros(len(source), np.int64), np.arange(len(source))], axis=1)
-    loader = DataLoader(
-        SeededViews(source, recipe, 0, items),
-        batch_size=batch_size,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-    )
-    top1 = top5 = 0
-    loss_sum = 0.0
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    for batch in loader:
-        x = preprocess(batch["image"].to(device, non_blocking=True))
-        logits = model(x.contiguous(memory_format=memory_format)).float()  # [B, C]
-        target = batch["label"].to(device)
-        k = min(5, logits.shape[1])
-        pred = logits.topk(k, dim=1).indices  # [B, k]
-        top1 += int((pred[:, 0] == target).sum())
-        top5 += int((pred == target[:, None]).any(dim=1).sum())
-        loss_sum += float(F.cross_entropy(logits, target.long(), reduction="sum"))
-    n = len(source)
-    return EvalMetrics(100.0 * top1 / n, 100.0 * top5 / n, loss_sum / n)
+    batches = EvaluationBatches(source, batch_size=batch_size, workers=workers, device=device,
+                                channels_last=channels_last,
+                                student_input=preprocessing)  # fmt: skip
+    return evaluate_batches(model, batches)
 
 
 def evaluate(

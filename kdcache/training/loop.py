@@ -1,9 +1,10 @@
 """``run_train``: a flat loop (``train_one_epoch``, ``evaluate``) in the timm ``train.py`` style.
 
-The batches come from :mod:`kdcache.training.stream`, the very stream ``kdcache.open_cache(...)
-.loader(...)`` gives to your own loop. ``run_train`` is: set up (:func:`_set_up`), then per epoch
-the batches (:func:`_epoch_batches`), the steps (:func:`train_one_epoch`) and the epoch's record
-(:func:`_end_epoch`: evaluation, metrics, checkpoints, curves).
+The batches come from :mod:`kdcache.stream`, the very stream ``kdcache.open_cache(...).loader(...)``
+gives to your own loop; each step is :class:`kdcache.training.step.TrainStep` (no host sync; the
+host reads the steps' records at the log interval). ``run_train`` is: set up (:func:`_set_up`),
+then per epoch the batches (:func:`_epoch_batches`), the steps (:func:`train_one_epoch`) and the
+epoch's record (:func:`_end_epoch`: evaluation, metrics, checkpoints, curves).
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sized
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
 
 import torch
 from torch import nn
@@ -22,44 +22,44 @@ from torch import nn
 from kdcache.errors import ConfigError
 from kdcache.losses.objective import Objective, build_objective, list_objectives, unknown_objective
 from kdcache.models import build_model
-from kdcache.models.inference import prepare_teacher, teacher_forward, teacher_inference
+from kdcache.models.inference import prepare_teacher
 from kdcache.models.preprocess import Preprocessing, resolve_preprocessing
 from kdcache.models.probe import check_teacher_io
 from kdcache.runtime import DistContext, init_distributed, rank_device, resolve_device
+from kdcache.stream.batch import Batch
+from kdcache.stream.epoch import EpochBatches, EpochSource, epoch_batches
+from kdcache.stream.evaluation import EvaluationBatches
 from kdcache.training import finite, outputs, provenance, run_state, tracking
 from kdcache.training.config import Schedule, TrainConfig, resolve_schedule
-from kdcache.training.evaluation import evaluate_metrics
-from kdcache.training.midepoch import EpochTally, StepCheckpoints, skip_served
+from kdcache.training.evaluation import evaluate_batches
 from kdcache.training.optim import Optimization, build_optimization
 from kdcache.training.progress import TrainReporter, as_reporter, describe_run
 from kdcache.training.run_data import RunData, check_student_classes, resolve_run_data
-from kdcache.training.sparse_teacher import OnlineTopK, prepare_sparse_teacher, sparsify_online
-from kdcache.training.stream import Batch, EpochBatches, EpochSource, chunk_capacity, epoch_batches
-from kdcache.training.teacher_stream import CachedTeacher
+from kdcache.training.sources import evaluation_source, stream_source
+from kdcache.training.sparse_teacher import prepare_sparse_teacher
+from kdcache.training.step import StepGuard, TrainStep
+from kdcache.training.tally import EpochTally
 
 log = logging.getLogger(__name__)
 # A reporter (bars, logs: kdcache.training.progress) or a plain progress(images) callable.
 ProgressFn = Callable[[int], None] | TrainReporter
-
-
-class StepHooks(Protocol):
-    """Called around each optimiser update (``kdcache.training.optim.Optimization``: the lr
-    schedule before, the student's EMA after); ``step`` of ``steps`` in 0-based ``epoch``."""
-
-    def before_step(self, epoch: int, step: int, steps: int) -> None: ...
-
-    def after_step(self, epoch: int, step: int, steps: int) -> None: ...
+# Steps between the host's reads of the steps' records on an accelerator (on the CPU: every step,
+# which costs nothing there).
+SYNC_EVERY = 50
 
 
 @dataclass(frozen=True)
 class TrainResult:
     out: Path
-    epochs: int
+    epochs: int  # epochs the schedule has
     best_top1: float | None  # None: no epoch was evaluated (--eval-every 0)
     final_top1: float | None  # of the last evaluated epoch
     final_top5: float | None
     cache_fingerprint: str | None
     step_losses: list[float]  # every optimiser step's total loss, this process (= steps.jsonl)
+    # False when --time-limit stopped the run before its last epoch (resume to go on)
+    finished: bool = True
+    epochs_done: int = 0
 
 
 @dataclass(frozen=True)
@@ -70,21 +70,11 @@ class EpochStats:
     step_lrs: list[float] = field(default_factory=list)  # every step's lr, in order
 
 
-def _amp_context(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _online_logits(
-    teacher: nn.Module, views: torch.Tensor, teacher_input: Preprocessing
-) -> torch.Tensor:
-    """float32 [B, C] of the uint8 ``views`` converted the teacher's way: the extract forward, so
-    that online logits equal a float32 cache's bits."""
-    with teacher_inference(views.device):
-        logits = teacher_forward(teacher, teacher_input(views))
-    # An inference-mode tensor cannot be saved for backward: a plain copy for the loss.
-    return logits.clone()
+def _teacher_info(batches: Iterable[Batch]) -> tuple[str | None, int | None]:
+    """(origin, chunk rows) of the stream's teacher, to name a bad row's source."""
+    if isinstance(batches, EpochBatches) and batches.source.teacher is not None:
+        return batches.source.teacher.origin, batches.source.teacher.chunk_rows
+    return None, None
 
 
 def train_one_epoch(
@@ -94,59 +84,66 @@ def train_one_epoch(
     batches: Iterable[Batch],
     *,
     epoch: int,
-    teacher: nn.Module | None = None,
-    teacher_input: Preprocessing | None = None,
     amp: bool = True,
     progress: ProgressFn | None = None,
-    hooks: StepHooks | None = None,
+    optim: Optimization | None = None,
     tally: EpochTally | None = None,
-    teacher_topk: OnlineTopK | None = None,
+    step: TrainStep | None = None,
+    checkpoint: Callable[[int, EpochTally], None] | None = None,
+    checkpoint_every: int = 0,
+    sync_every: int | None = None,
 ) -> EpochStats:
     """One optimiser step per batch; ``epoch`` is 0-based (the objective's warm-up counts from 1).
 
-    ``hooks`` (which need ``len(batches)``) set the lr before each update and update the EMA
-    after it; without them the optimiser's lr is left as it is. ``tally``: the epoch's running
+    ``optim`` (which needs ``len(batches)``) sets the lr before each update and updates the EMA
+    after it; without it the optimiser's lr is left as it is. ``tally``: the epoch's running
     sums, which the steps extend; a resumed epoch's holds its served steps, and ``batches`` are
-    the remaining ones (:mod:`kdcache.training.midepoch`).
+    the remaining ones (``EpochBatches.skip``). ``step``: the run's (compiled) step; default
+    an eager one. ``checkpoint(served, tally)`` is called every ``checkpoint_every`` steps (not
+    after the last one: the epoch's end saves). The host reads the steps' losses every
+    ``sync_every`` steps (default: every step on the CPU, :data:`SYNC_EVERY` elsewhere), before a
+    checkpoint and at the end; a non-finite step stops the epoch there with
+    :class:`~kdcache.errors.NonFiniteError`, and no weight takes its update.
 
-    Teacher logits come with the batch (a cache) or, when it has none, from ``teacher`` (online
-    KD), fed the batch's uint8 views converted by ``teacher_input`` and, with ``teacher_topk``,
-    sparsified as a top-K cache stores them; with neither the objective must be cross-entropy.
+    The teacher signal comes with the batches (a cache or a live teacher, the stream's teacher
+    source); without one the objective must be cross-entropy.
     """
     model.train()
     reporter = as_reporter(progress)
     tally = tally if tally is not None else EpochTally()
     start = tally.served
     steps = start + len(batches) if isinstance(batches, Sized) else 0
-    for step, batch in enumerate(batches, start=start):
-        teacher_logits = batch.teacher_logits  # [B, C] or None
-        if teacher_logits is None and teacher is not None:
-            if batch.views_uint8 is None or teacher_input is None:
-                raise ConfigError(
-                    "online KD needs the batches' uint8 views and the teacher's preprocessing "
-                    "(teacher_input=kdcache.models.preprocess.resolve_preprocessing(...))"
-                )
-            logits = _online_logits(teacher, batch.views_uint8, teacher_input)
-            teacher_logits = sparsify_online(logits, batch.labels, teacher_topk)
-        with _amp_context(batch.images.device, amp):
-            student_logits = model(batch.images)  # [B, C]
-        # Losses in float32 whatever the autocast dtype (DESIGN.md §4).
-        loss, parts = objective(
-            student_logits.float(), teacher_logits, batch.labels, epoch=epoch + 1, mix=batch.mix
-        )
-        finite.check_step(loss, teacher_logits, batch.view, batch.index, epoch=epoch, step=step,
-                          from_cache=batch.teacher_logits is not None,
-                          cached_rows=getattr(batches, "block_rows", None))  # fmt: skip
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if hooks is not None:
-            hooks.before_step(epoch, step, steps)
-        optimizer.step()
-        n, lr = len(batch.labels), optimizer.param_groups[0]["lr"]
-        tally.add(n, float(loss.detach()), {k: float(v) for k, v in parts.items()}, lr)
-        if hooks is not None:
-            hooks.after_step(epoch, step, steps)  # after the tally: a checkpoint here holds it
-        reporter.step(n, tally.step_losses[-1], lr)
+    step_fn = step if step is not None else TrainStep(model, objective, optimizer, amp=amp)
+    warmup = objective.warmup_factor(epoch + 1)
+    origin, chunk_rows = _teacher_info(batches)
+    guard: StepGuard | None = None
+    every = sync_every or 1
+
+    def flush() -> None:
+        if guard is not None:
+            tally.flush(guard, epoch=epoch, origin=origin, chunk_rows=chunk_rows)
+
+    for k, batch in enumerate(batches, start=start):
+        if guard is None:
+            guard = StepGuard(batch.images.device)
+            every = sync_every or (1 if batch.images.device.type == "cpu" else SYNC_EVERY)
+        if optim is not None:
+            optim.set_lr(epoch, k, steps)
+        lr = optimizer.param_groups[0]["lr"]
+        record = step_fn(batch, warmup, guard)
+        if optim is not None:
+            optim.update_ema(epoch, k, steps)
+        n = len(batch.labels)
+        tally.queue(n, record, lr, batch.view, batch.index)
+        served = k + 1
+        if served % every == 0:
+            flush()
+        if checkpoint is not None and checkpoint_every and served % checkpoint_every == 0 \
+                and served < steps:  # fmt: skip
+            flush()
+            checkpoint(served, tally)
+        reporter.step(n, tally.step_losses[-1] if tally.step_losses else float("nan"), lr)
+    flush()
     finite.check_weights(model, epoch=epoch)
     return EpochStats(tally.means(), tally.seen, list(tally.step_losses), list(tally.step_lrs))
 
@@ -162,13 +159,13 @@ class _Run:
     ctx: DistContext
     device: torch.device
     out: Path
-    data: RunData
+    data: RunData  # frozen before the first step
     schedule: Schedule
     source: EpochSource
+    eval_batches: EvaluationBatches
     model: nn.Module  # the student itself: evaluated and checkpointed
-    train_model: nn.Module  # what the steps run: ``model`` under DDP / torch.compile
-    teacher: nn.Module | None  # online KD only
-    teacher_topk: OnlineTopK | None  # online KD from the teacher's top-K rows (--teacher-topk)
+    train_model: nn.Module  # what the steps run: ``model``, or DDP of it
+    step: TrainStep
     objective: Objective
     optim: Optimization  # optimiser, lr schedule, student EMA
     start_epoch: int = 0
@@ -177,9 +174,9 @@ class _Run:
     top5: float | None = None
     tensorboard: tracking.TensorBoardLog | None = None  # --tensorboard
     resumed: EpochTally | None = None  # the served steps of a checkpoint inside an epoch
-    hooks: StepCheckpoints = field(init=False)  # lr schedule, EMA, --checkpoint-every
     evaluated: bool = False
     step_losses: list[float] = field(default_factory=list)
+    epochs_done: int = 0
 
 
 def _check_loss_vs_source(config: TrainConfig) -> None:
@@ -204,21 +201,25 @@ def _distributed(config: TrainConfig) -> Iterator[tuple[DistContext, torch.devic
         shutdown_distributed(ctx)
 
 
-def _build_student(config: TrainConfig, data: RunData, device: torch.device) -> nn.Module:
+def _build_student(
+    config: TrainConfig, data: RunData, device: torch.device
+) -> tuple[nn.Module, Preprocessing]:
     spec = data.train.spec
     torch.manual_seed(config.seed)  # the student's initialisation is part of the run's seed
     model = build_model(config.student, spec.num_classes, in_chans=spec.in_chans)
-    data.student_input = resolve_preprocessing(model, spec, config.student_preprocessing)
-    check_student_classes(model, data)
+    student_input = resolve_preprocessing(model, spec, config.student_preprocessing)
+    check_student_classes(model, replace(data, student_input=student_input))
     model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return model
+    return model, student_input
 
 
-def _build_teacher(config: TrainConfig, data: RunData, device: torch.device) -> nn.Module | None:
+def _build_teacher(
+    config: TrainConfig, data: RunData, device: torch.device
+) -> tuple[nn.Module | None, Preprocessing]:
     if config.teacher is None:
-        return None
+        return None, data.teacher_input
     spec = data.train.spec
     teacher = build_model(
         config.teacher,
@@ -227,26 +228,10 @@ def _build_teacher(config: TrainConfig, data: RunData, device: torch.device) -> 
         weights=config.teacher_weights,
         ema=config.teacher_ema,
     )
-    data.teacher_input = resolve_preprocessing(teacher, spec, config.teacher_preprocessing)
-    check_teacher_io(teacher, spec.in_chans, data.teacher_input.input_size, spec.num_classes,
+    teacher_input = resolve_preprocessing(teacher, spec, config.teacher_preprocessing)
+    check_teacher_io(teacher, spec.in_chans, teacher_input.input_size, spec.num_classes,
                      "--teacher-preprocessing")  # fmt: skip
-    return prepare_teacher(teacher, device)
-
-
-def _stream_source(config: TrainConfig, data: RunData) -> EpochSource:
-    """The stream's source; cached teacher rows wherever the cache has rows a loss can read."""
-    teacher = None
-    reader = data.reader
-    if reader is not None and (
-        reader.identity.storage.mode == "dense" or reader.identity.storage.exact_sparse
-    ):
-        capacity = chunk_capacity(config.window_blocks, data.allowed_views)
-        teacher = CachedTeacher(reader, chunk_capacity=capacity)
-    elif reader is not None and config.verify_replay != "off":
-        # Only --loss ce gets here (run_data refuses a 1.0/1.1 sparse cache for the other losses).
-        log.warning("1.0/1.1 sparse cache, loss ce: no rows are read, so no replay checks are made")
-    return EpochSource(data.train, data.recipe, data.cache_seed, data.allowed_views,
-                       data.block_rows, data.num_samples, teacher, data.student_input)  # fmt: skip
+    return prepare_teacher(teacher, device), teacher_input
 
 
 def _set_up(
@@ -273,11 +258,13 @@ def _set_up(
         **config.loss_params,
     ).to(device)
     teacher_topk = prepare_sparse_teacher(config, data, objective)
-    model = _build_student(config, data, device)
-    teacher = _build_teacher(config, data, device)
+    model, student_input = _build_student(config, data, device)
+    teacher, teacher_input = _build_teacher(config, data, device)
+    data = replace(data, student_input=student_input, teacher_input=teacher_input)  # frozen now
     run_state.check_objective(objective, data.train.spec.num_classes, config.uses_teacher)
     if config.tensorboard and ctx.is_main:
         tracking.require_tensorboard()
+    source = stream_source(config, data, device, teacher, teacher_topk)
     if ctx.is_main:  # every setting is checked: only now touch the run folder
         outputs.prepare_run_dir(out, resume=config.resume, force=config.force)
         reporter.run_started(describe_run(config, schedule, objective))
@@ -292,26 +279,26 @@ def _set_up(
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    if config.compile:
-        train_model = torch.compile(train_model)  # type: ignore[assignment]
+    step = TrainStep(train_model, objective, optim.optimizer, amp=config.amp,
+                     compile=config.compile)  # fmt: skip
     if ctx.is_main and not config.resume:
         run_state.write_run_json(out, config, schedule, data, ctx)
     tensorboard = None
     if config.tensorboard and ctx.is_main:
         served = resumed.served if resumed else 0
         tensorboard = tracking.TensorBoardLog(out, optim.update_index(start_epoch, served, 0))
-    run = _Run(
+    return _Run(
         config=config,
         ctx=ctx,
         device=device,
         out=out,
         data=data,
         schedule=schedule,
-        source=_stream_source(config, data),
+        source=source,
+        eval_batches=evaluation_source(config, data, device),
         model=model,
         train_model=train_model,
-        teacher=teacher,
-        teacher_topk=teacher_topk,
+        step=step,
         objective=objective,
         optim=optim,
         start_epoch=start_epoch,
@@ -319,9 +306,6 @@ def _set_up(
         tensorboard=tensorboard,
         resumed=resumed,
     )
-    save = (lambda e, k, t: _save_mid_epoch(run, e, k, t)) if ctx.is_main else None
-    run.hooks = StepCheckpoints(optim, config.checkpoint_every, save)
-    return run
 
 
 def _save_mid_epoch(run: _Run, epoch: int, served: int, tally: EpochTally) -> None:
@@ -345,8 +329,6 @@ def _epoch_batches(run: _Run, epoch: int) -> EpochBatches:
         rank=run.ctx.rank,
         world=run.ctx.world_size,
         window_blocks=config.window_blocks,
-        workers=config.workers,
-        device=run.device,
         verify_replay=config.verify_replay,
         channels_last=config.channels_last,
     )
@@ -359,14 +341,12 @@ def _evaluation_due(eval_every: int, epoch: int, epochs: int) -> bool:
 
 def _evaluate(run: _Run) -> dict[str, float]:
     """The student's (and its EMA's) test loss, top-1 and top-5: the record's ``test_*`` fields."""
-    config = run.config
     models = {"": run.model}
     if run.optim.ema is not None:
         models["_ema"] = run.optim.ema.module
     fields: dict[str, float] = {}
     for suffix, model in models.items():
-        m = evaluate_metrics(model, run.data.eval, config.eval_batch_size, config.workers,
-                             run.device, config.channels_last, run.data.student_input)  # fmt: skip
+        m = evaluate_batches(model, run.eval_batches)
         fields |= {f"test_loss{suffix}": m.loss, f"test_top1{suffix}": m.top1,
                    f"test_top5{suffix}": m.top5}  # fmt: skip
     return fields
@@ -416,36 +396,64 @@ def _end_epoch(
     reporter.epoch_finished(record)
 
 
+def _train_epoch(run: _Run, epoch: int, reporter: TrainReporter) -> float:
+    """Train and record 0-based ``epoch``; returns its seconds."""
+    config, ctx = run.config, run.ctx
+    tally = run.resumed if epoch == run.start_epoch and run.resumed else EpochTally()
+    batches = _epoch_batches(run, epoch).skip(tally.served)
+    started = time.perf_counter()
+    reporter.epoch_started(epoch + 1, run.schedule.epochs, int(batches.plan.bounds[-1]))
+    save = (lambda served, t: _save_mid_epoch(run, epoch, served, t)) if ctx.is_main else None
+    stats = train_one_epoch(run.train_model, run.objective, run.optim.optimizer, batches,
+                            epoch=epoch, amp=config.amp, progress=reporter, optim=run.optim,
+                            tally=tally, step=run.step, checkpoint=save,
+                            checkpoint_every=config.checkpoint_every)  # fmt: skip
+    seconds = time.perf_counter() - started
+    lr = run.optim.optimizer.param_groups[0]["lr"]  # of the epoch's last update
+    run.step_losses += stats.step_losses
+    stats = _reduce_stats(stats, ctx)
+    if ctx.is_main:
+        _end_epoch(run, epoch, stats, lr, seconds, reporter)
+    ctx.barrier()
+    run.epochs_done = epoch + 1
+    return seconds
+
+
+def _out_of_time(config: TrainConfig, started: float, last_epoch: float | None) -> bool:
+    """Whether another epoch (as long as the last one) would end past ``--time-limit``."""
+    if config.time_limit is None or last_epoch is None:
+        return False
+    return time.perf_counter() - started + last_epoch > config.time_limit
+
+
+def _result(run: _Run, finished: bool) -> TrainResult:
+    return TrainResult(run.out, run.schedule.epochs, run.best if run.evaluated else None,
+                       run.top1, run.top5, run.data.cache_fingerprint, run.step_losses,
+                       finished, run.epochs_done)  # fmt: skip
+
+
 def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
     """Train a student; writes checkpoints, metrics.jsonl, steps.jsonl, run.json and
-    curves.png under ``out``."""
+    curves.png under ``out``. With ``config.time_limit`` it may stop early (``finished`` False;
+    ``--resume`` goes on)."""
     _check_loss_vs_source(config)
     reporter = as_reporter(progress)
+    started = time.perf_counter()
     with _distributed(config) as (ctx, device):
         run = _set_up(config, ctx, device, reporter)
+        run.epochs_done = run.start_epoch
+        last: float | None = None
+        finished = True
         for epoch in range(run.start_epoch, run.schedule.epochs):
-            tally = run.hooks.begin(run.resumed if epoch == run.start_epoch and run.resumed
-                                    else EpochTally())  # fmt: skip
-            batches = skip_served(_epoch_batches(run, epoch), tally.served)
-            started = time.perf_counter()
-            reporter.epoch_started(epoch + 1, run.schedule.epochs, int(batches.plan.bounds[-1]))
-            stats = train_one_epoch(run.train_model, run.objective, run.optim.optimizer, batches,
-                                    epoch=epoch, teacher=run.teacher,
-                                    teacher_input=run.data.teacher_input, amp=config.amp,
-                                    progress=reporter, hooks=run.hooks, tally=tally,
-                                    teacher_topk=run.teacher_topk)  # fmt: skip
-            seconds = time.perf_counter() - started
-            lr = run.optim.optimizer.param_groups[0]["lr"]  # of the epoch's last update
-            run.step_losses += stats.step_losses
-            stats = _reduce_stats(stats, ctx)
-            if ctx.is_main:
-                _end_epoch(run, epoch, stats, lr, seconds, reporter)
-            ctx.barrier()
+            if _out_of_time(config, started, last):
+                finished = False
+                log.warning("--time-limit %gs: stopped after epoch %d of %d (resume to go on)",
+                            config.time_limit, epoch, run.schedule.epochs)  # fmt: skip
+                break
+            last = _train_epoch(run, epoch, reporter)
         if run.tensorboard is not None:
             run.tensorboard.close()
-        return TrainResult(run.out, run.schedule.epochs, run.best if run.evaluated else None,
-                           run.top1, run.top5, run.data.cache_fingerprint,
-                           run.step_losses)  # fmt: skip
+        return _result(run, finished)
 
 
 def _reduce_stats(stats: EpochStats, ctx: DistContext) -> EpochStats:

@@ -12,6 +12,8 @@
   do. timm compares ``t + 1`` with its milestones, hence ``decay_t = m * U + 1``.
 - ``--model-ema``: ``timm.utils.ModelEmaV3`` of the student, updated after every step with the
   update count (decay 0 on the first update, so it starts as a copy of the trained weights).
+- Both optimisers are torch's fused implementations: their kernels read a ``found_inf`` flag and
+  skip a non-finite step on the device, without a host synchronisation.
 
 Everything here is a pure function of the settings and the update count, except the optimiser's
 and the EMA's tensors, which the checkpoint stores; so a resumed run sets the same learning rates
@@ -58,11 +60,11 @@ class Optimization:
         u = self.updates_per_epoch
         return epoch * u + (step if steps in (0, u) else step * u // steps)
 
-    def before_step(self, epoch: int, step: int, steps: int) -> None:
+    def set_lr(self, epoch: int, step: int, steps: int) -> None:
         """Set the learning rate of this update."""
         self.scheduler.step_update(self.update_index(epoch, step, steps))
 
-    def after_step(self, epoch: int, step: int, steps: int) -> None:
+    def update_ema(self, epoch: int, step: int, steps: int) -> None:
         """Fold the updated weights into the EMA (decay 0 on the run's first update)."""
         if self.ema is not None:
             self.ema.update(self.model, step=self.update_index(epoch, step, steps) + 1)
@@ -91,9 +93,11 @@ class Optimization:
 
 def build_optimization(model: nn.Module, schedule: Schedule) -> Optimization:
     """Optimiser, scheduler and EMA for ``model`` as ``schedule`` resolves them."""
-    opt_args: dict[str, Any] = {}
+    # The fused kernels skip a non-finite step on the device (kdcache.training.step) and give
+    # the same bits as torch's for-loop kernels (tests/test_step.py checks it on the CPU).
+    opt_args: dict[str, Any] = {"fused": True}
     if schedule.opt == "sgd":
-        opt_args = {"momentum": schedule.momentum, "filter_bias_and_bn": False}
+        opt_args |= {"momentum": schedule.momentum, "filter_bias_and_bn": False}
     optimizer = create_optimizer_v2(
         model, opt=_TIMM_OPT[schedule.opt], lr=schedule.lr, weight_decay=schedule.weight_decay,
         **opt_args,

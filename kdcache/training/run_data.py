@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 DEFAULT_BLOCK_ROWS = 1024  # ordering granularity when there is no cache
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunData:
     train: SourceDataset
     eval: SourceDataset

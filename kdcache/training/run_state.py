@@ -19,9 +19,9 @@ from kdcache.models.names import resolve_model_name
 from kdcache.runtime import DistContext, library_versions
 from kdcache.training import outputs, provenance
 from kdcache.training.config import Schedule, TrainConfig
-from kdcache.training.midepoch import EpochTally
 from kdcache.training.optim import Optimization
 from kdcache.training.run_data import RunData
+from kdcache.training.tally import EpochTally
 
 log = logging.getLogger(__name__)
 

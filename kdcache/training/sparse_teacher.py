@@ -14,16 +14,13 @@ proof that training from a sparse cache is training from its teacher, sparsified
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
-from torch import Tensor
-
-from kdcache.cache.sparse import sparse_rows_from_logits
 from kdcache.cache.store import CacheReader
 from kdcache.errors import ConfigError
 from kdcache.losses.objective import Objective
 from kdcache.losses.registry import loss_info
-from kdcache.losses.sparse import SparseTeacher, refuse_sparse
+from kdcache.losses.sparse import refuse_sparse
+from kdcache.stream.live_teacher import OnlineTopK
 from kdcache.training.config import TrainConfig
 from kdcache.training.run_data import RunData, require_exact_sparse
 
@@ -75,26 +72,6 @@ def check_sparse_training(reader: CacheReader, objective: Objective) -> None:
     )
 
 
-@dataclass(frozen=True)
-class OnlineTopK:
-    """Sparsifies live teacher logits exactly as the cache writer does (float32 rows)."""
-
-    k: int
-    temperatures: tuple[float, ...]  # ascending, as a cache records them
-    num_classes: int
-
-    def __call__(self, logits: Tensor, labels: Tensor) -> SparseTeacher:
-        """The sparse rows of ``logits`` float32 ``[B, C]`` with true ``labels`` int64 ``[B]``,
-        on the logits' device."""
-        rows = sparse_rows_from_logits(
-            logits.detach().float().cpu().numpy(),
-            labels.detach().cpu().numpy(),
-            self.k,
-            self.temperatures,
-        )
-        return SparseTeacher.from_rows(rows, self.num_classes).to(logits.device)
-
-
 def online_topk(config: TrainConfig, objective: Objective, num_classes: int) -> OnlineTopK | None:
     """The sparsifier of ``--teacher-topk`` (None without it), checked against the loss."""
     k = config.teacher_topk
@@ -125,10 +102,3 @@ def prepare_sparse_teacher(
     if data.reader is not None:
         check_sparse_training(data.reader, objective)
     return online_topk(config, objective, data.train.spec.num_classes)
-
-
-def sparsify_online(
-    logits: Tensor, labels: Tensor, topk: OnlineTopK | None
-) -> Tensor | SparseTeacher:
-    """``logits`` ``[B, C]`` as the loss's teacher input: unchanged, or their top-K rows."""
-    return logits if topk is None else topk(logits, labels)

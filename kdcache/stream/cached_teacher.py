@@ -21,6 +21,8 @@ import torch
 from kdcache.cache.sparse import SparseRows
 from kdcache.cache.store import CacheReader
 from kdcache.losses.sparse import SparseTeacher
+from kdcache.stream.plan import EpochPlan
+from kdcache.stream.teacher_source import Origin, TeacherInput
 
 Rows = dict[str, np.ndarray]  # per-row arrays of one chunk or one batch, leading dimension R / B
 
@@ -28,7 +30,12 @@ _END = object()
 
 
 class CachedTeacher:
-    """Serves cached teacher logits batch by batch; counts chunk decodes (tests, benchmarks)."""
+    """Serves cached teacher logits batch by batch; counts chunk decodes (tests, benchmarks).
+
+    A :class:`~kdcache.stream.teacher_source.TeacherSource` (``origin`` ``"cache"``).
+    """
+
+    origin: Origin = "cache"
 
     def __init__(
         self, reader: CacheReader, *, chunk_capacity: int, prefetch_batches: int = 16
@@ -41,6 +48,8 @@ class CachedTeacher:
         # per epoch is the design; tests and diagnostics read it).
         self.decoded: list[tuple[int, int]] = []
         storage = reader.identity.storage
+        self.chunk_rows: int | None = storage.chunk_rows
+        self.versions: dict[str, str] = dict(reader.meta.versions)
         self.temperatures: tuple[float, ...] = storage.temperatures or (1.0,)
 
     def _load(self, key: tuple[int, int]) -> tuple[Rows, np.ndarray]:
@@ -140,3 +149,23 @@ class CachedTeacher:
         finally:
             stop.set()
             worker.join(timeout=5)
+
+    def feed(self, plan: EpochPlan, device: torch.device) -> _CachedFeed:
+        """The epoch's rows, decoded ahead in a background thread, moved to ``device``."""
+        return _CachedFeed(self.batches(plan.items, plan.bounds), device)
+
+
+class _CachedFeed:
+    def __init__(
+        self, rows: Iterator[tuple[TeacherInput, np.ndarray]], device: torch.device
+    ) -> None:
+        self.rows, self.device = rows, device
+
+    def next(
+        self, items: np.ndarray, views: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[TeacherInput, np.ndarray]:
+        cached, hashes = next(self.rows)  # the prefetch thread serves the plan's batches in order
+        return cached.to(self.device, non_blocking=True), hashes
+
+    def close(self) -> None:
+        self.rows.close()  # type: ignore[attr-defined]  # stops the prefetch thread
