@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
     {"data", "losses"},
     {"augment", "models", "extract_writer"},
     {"views", "summary"},
+    {"stream"},
     {"extract", "verify"},
     {"training"},
     {"api", "demo"},

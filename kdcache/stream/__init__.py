@@ -1,0 +1,1 @@
+"""The distillation stream: epoch plans, image sources and teacher sources (issue 21)."""
