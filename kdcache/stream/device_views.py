@@ -129,6 +129,11 @@ class DeviceViews:
         side = recipe.spec.image_size + 2 * _padding(recipe)
         return len(source) * (source.spec.in_chans * side * side + 8)
 
+    @property
+    def device_bytes(self) -> int:
+        """Bytes held on the device now (what :meth:`nbytes` predicts)."""
+        return self._padded.nbytes + self._labels.nbytes
+
     def _check(self, items: np.ndarray) -> np.ndarray:
         items = np.asarray(items)
         if items.ndim != 2 or items.shape[1] != 2 or not np.issubdtype(items.dtype, np.integer):

@@ -95,6 +95,16 @@ class ResidentTeacher:
         classes = reader.identity.dataset.num_classes
         return views * num_samples * classes * _ITEMSIZE[storage.dtype]
 
+    @property
+    def device_bytes(self) -> int:
+        """Bytes held on the device now (what :meth:`nbytes` predicts)."""
+        return self._logits.nbytes
+
+    @property
+    def stored_dtype(self) -> torch.dtype:
+        """The dtype the logits are held in: the cache's own."""
+        return self._logits.dtype
+
     def _positions(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         items = np.asarray(items)
         if items.ndim != 2 or items.shape[1] != 2 or not np.issubdtype(items.dtype, np.integer):
