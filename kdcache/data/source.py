@@ -65,6 +65,15 @@ class SourceDataset(ABC):
     def image(self, index: int) -> torch.Tensor:
         """The original image of sample ``index``: uint8 ``[C, H, W]``, a fresh tensor."""
 
+    def images_array(self) -> np.ndarray | None:
+        """Every image as one uint8 array ``[N, C, H, W]`` when the split is held in memory with
+        one image shape; None when images are read on access (image folders).
+
+        A read-only view, no copy: the device-resident views copy it once, which per-item
+        :meth:`image` calls (a copy each) would make N times slower.
+        """
+        return None
+
     @abstractmethod
     def _identity(self) -> tuple[str, Iterator[bytes | memoryview]]:
         """(kind, byte chunks) identifying the samples themselves, in sample order."""
@@ -112,6 +121,11 @@ class ArrayDataset(SourceDataset):
     def image(self, index: int) -> torch.Tensor:
         # A copy: recipes may work in place, and the dataset must stay pristine.
         return torch.from_numpy(self.pixels[index].copy())  # [C, H, W]
+
+    def images_array(self) -> np.ndarray:
+        view = self.pixels.view()  # [N, C, H, W], sharing the buffer
+        view.flags.writeable = False  # the dataset must stay pristine
+        return view
 
     def _identity(self) -> tuple[str, Iterator[bytes | memoryview]]:
         shape = ",".join(str(d) for d in self.pixels.shape)
