@@ -302,6 +302,12 @@ def test_replay_mismatch_same_error_nothing_written(tmp_path, fp32_cache, monkey
     # stored hashes instead is damage, which the block digests refuse before any replay check.)
     seed = kdcache.views.sample_seed
     monkeypatch.setattr(kdcache.views, "sample_seed", lambda s, v, i: seed(s + 1, v, i))
+    # ... on either stream: the host path's recipes and the device-resident views' geometry.
+    import kdcache.stream.device_views
+
+    monkeypatch.setattr(
+        kdcache.stream.device_views, "sample_seed", lambda s, v, i: seed(s + 1, v, i)
+    )
     before = every_file(fp32_cache)
     with pytest.raises(kdcache.ReplayMismatchError) as info:
         list(kdcache.open_cache(fp32_cache).loader(None, batch_size=64, seed=0, epoch=0))

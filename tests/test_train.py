@@ -277,6 +277,12 @@ def test_replay_mismatch_is_an_error_that_says_what_differs(tmp_path, fp32_cache
     # As if another Pillow/torchvision made the views: every regenerated view differs.
     seed = kdcache.views.sample_seed
     monkeypatch.setattr(kdcache.views, "sample_seed", lambda s, v, i: seed(s + 1, v, i))
+    # ... on either stream: the host path's recipes and the device-resident views' geometry.
+    import kdcache.stream.device_views
+
+    monkeypatch.setattr(
+        kdcache.stream.device_views, "sample_seed", lambda s, v, i: seed(s + 1, v, i)
+    )
     code, output = train_one_epoch_from(fp32_cache, tmp_path / "run")
     assert code != 0 and "differs from the one the teacher saw" in output
 

@@ -90,6 +90,9 @@ class DeviceViews:
         self._filled = np.zeros((0, n), bool)
         #: How many rows' geometry was drawn from the recipe (each once; tests and benchmarks).
         self.geometry_calls = 0
+        self._arange = torch.arange(s, device=self.device)
+        # `none` never flips: its crop is the image itself (only `cifar` draws flips).
+        self._identity = not isinstance(recipe, PadCropFlip)
 
     @staticmethod
     def unsupported_reason(source: SourceDataset, recipe: Recipe) -> str | None:
@@ -194,22 +197,34 @@ class DeviceViews:
     def views(self, items: np.ndarray) -> torch.Tensor:
         """uint8 ``[B, C, S, S]`` on the device: the views of (view, index) ``items`` [B, 2],
         bit-identical to ``SeededViews(source, recipe, cache_seed, items)[k]["image"]``."""
+        return self.cut(self.pack(items))
+
+    def pack(self, items: np.ndarray) -> torch.Tensor:
+        """int64 ``[4, B]`` on the device: each row's index, dy, dx and flip (one host-to-device
+        copy). Pack a whole epoch's items once and :meth:`cut` slices of it: no copy per batch."""
         dy, dx, flip = self.geometry(items)
         index = np.asarray(items, dtype=np.int64)[:, 1]
-        # One host-to-device copy per batch: index and geometry packed together.
-        packed = torch.from_numpy(np.stack([index, dy, dx, flip.astype(np.int64)])).to(self.device)
+        return torch.from_numpy(np.stack([index, dy, dx, flip.astype(np.int64)])).to(self.device)
+
+    def cut(self, packed: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, C, S, S]``: the views of the rows ``packed`` (a slice of :meth:`pack`),
+        by tensor ops on the device alone."""
         rows = self._padded.index_select(0, packed[0])  # [B, C, P, P]
-        if self.padding == 0 and not flip.any():  # `none`, or a crop that is the image itself
+        if self.padding == 0 and self._identity:  # `none`: the crop is the image itself
             return rows
         b, c, side = rows.shape[0], rows.shape[1], rows.shape[2]
         s = self.size
-        j = torch.arange(s, device=self.device)
+        j = self._arange
         # Flat offsets in each padded P x P plane: row (dy + y), column dx + (S - 1 - x if flip).
         ys = (packed[1, :, None] + j) * side  # [B, S]
         xs = packed[2, :, None] + torch.where(packed[3, :, None] == 1, s - 1 - j, j)  # [B, S]
         offsets = (ys[:, :, None] + xs[:, None, :]).view(b, 1, s * s).expand(b, c, s * s)
         # A gather per row's plane: measured 4x faster on CPU than one flat gather of B*C*S*S.
         return rows.view(b, c, side * side).gather(2, offsets).view(b, c, s, s)
+
+    def labels_at(self, index: torch.Tensor) -> torch.Tensor:
+        """int64 ``[B]`` on the device: the labels of the sample ``index`` (a device tensor)."""
+        return self._labels.index_select(0, index)
 
     def labels(self, items: np.ndarray) -> torch.Tensor:
         """int64 ``[B]`` on the device: the label of each (view, index) row of ``items``."""

@@ -18,6 +18,8 @@ import torch
 
 from kdcache.cache.store import CacheReader
 from kdcache.errors import CacheError, ConfigError
+from kdcache.stream.plan import EpochPlan
+from kdcache.stream.teacher_source import Origin
 
 _ITEMSIZE = {"float16": 2, "float32": 4}
 
@@ -46,7 +48,13 @@ def _check_request(reader: CacheReader, allowed_views: np.ndarray, num_samples: 
 
 class ResidentTeacher:
     """The logits ``[V', N, C]`` (stored dtype) of the allowed views on ``device``, and their input
-    hashes ``[V', N]`` int64 on the host; ``batch(items)`` gathers a batch's rows."""
+    hashes ``[V', N]`` int64 on the host; ``batch(items)`` gathers a batch's rows.
+
+    A :class:`~kdcache.stream.teacher_source.TeacherSource` (``origin`` ``"cache"``): its
+    :meth:`feed` copies an epoch's row positions to the device once, and each batch is a gather.
+    """
+
+    origin: Origin = "cache"
 
     def __init__(
         self,
@@ -63,6 +71,8 @@ class ResidentTeacher:
         self.device = torch.device(device)
         storage = reader.identity.storage
         self.temperatures: tuple[float, ...] = storage.temperatures or (1.0,)
+        self.chunk_rows: int | None = storage.chunk_rows
+        self.versions: dict[str, str] = dict(reader.meta.versions)
         classes = reader.identity.dataset.num_classes
         dtype = torch.float16 if storage.dtype == "float16" else torch.float32
         #: (view, block) of every chunk read, in order: each once for the whole run.
@@ -138,3 +148,29 @@ class ResidentTeacher:
         edges = np.asarray(bounds).tolist()
         for start, stop in zip(edges[:-1], edges[1:], strict=True):
             yield self.batch(items[start:stop])
+
+    def feed(self, plan: EpochPlan, device: torch.device) -> _ResidentFeed:
+        """The rows of ``plan``'s batches, in order (``device`` is the one they are held on)."""
+        return _ResidentFeed(self, plan)
+
+
+class _ResidentFeed:
+    def __init__(self, teacher: ResidentTeacher, plan: EpochPlan) -> None:
+        positions, index = teacher._positions(plan.items)
+        flat = positions * teacher.num_samples + index
+        self.teacher = teacher
+        self.flat = torch.from_numpy(flat).to(teacher.device)  # [M]: one copy for the epoch
+        self.hashes = teacher._hashes[positions, index]  # [M] on the host
+        self.bounds = plan.bounds.tolist()
+        self.k = 0
+
+    def next(
+        self, items: np.ndarray, views: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        start, stop = self.bounds[self.k], self.bounds[self.k + 1]
+        self.k += 1
+        logits = self.teacher._logits.view(-1, self.teacher._logits.shape[-1])
+        return logits.index_select(0, self.flat[start:stop]).float(), self.hashes[start:stop]
+
+    def close(self) -> None:
+        pass

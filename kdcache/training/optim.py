@@ -12,8 +12,9 @@
   do. timm compares ``t + 1`` with its milestones, hence ``decay_t = m * U + 1``.
 - ``--model-ema``: ``timm.utils.ModelEmaV3`` of the student, updated after every step with the
   update count (decay 0 on the first update, so it starts as a copy of the trained weights).
-- Both optimisers are torch's fused implementations: their kernels read a ``found_inf`` flag and
-  skip a non-finite step on the device, without a host synchronisation.
+- On CUDA both optimisers are torch's fused implementations: their kernels read a ``found_inf``
+  flag and skip a non-finite step on the device, without a host synchronisation. On the CPU they
+  are torch's default kernels (bit for bit the papers' SGD), and the step reads the flag.
 
 Everything here is a pure function of the settings and the update count, except the optimiser's
 and the EMA's tensors, which the checkpoint stores; so a resumed run sets the same learning rates
@@ -93,9 +94,12 @@ class Optimization:
 
 def build_optimization(model: nn.Module, schedule: Schedule) -> Optimization:
     """Optimiser, scheduler and EMA for ``model`` as ``schedule`` resolves them."""
-    # The fused kernels skip a non-finite step on the device (kdcache.training.step) and give
-    # the same bits as torch's for-loop kernels (tests/test_step.py checks it on the CPU).
-    opt_args: dict[str, Any] = {"fused": True}
+    # On CUDA the fused kernels, which skip a non-finite step on the device without a host sync
+    # (kdcache.training.step). On the CPU, where reading a flag costs nothing, torch's default
+    # kernels: the papers' SGD bit for bit (the fused CPU kernel rounds differently).
+    opt_args: dict[str, Any] = {}
+    if any(p.device.type == "cuda" for p in model.parameters()):
+        opt_args["fused"] = True
     if schedule.opt == "sgd":
         opt_args |= {"momentum": schedule.momentum, "filter_bias_and_bn": False}
     optimizer = create_optimizer_v2(

@@ -23,9 +23,11 @@ from kdcache.cache.store import open_cache, open_for_writing
 from kdcache.cli import main
 from kdcache.errors import CacheCorruptError, CacheMismatchError, ConfigError, NonFiniteError
 from kdcache.summary import format_summary, summarize
-from kdcache.training import finite, outputs, tracking
+from kdcache.training import outputs, tracking
 from kdcache.training.config import TrainConfig
 from kdcache.training.loop import run_train
+from kdcache.training.step import StepGuard, StepRecord
+from kdcache.training.tally import EpochTally
 
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl")
 
@@ -327,16 +329,16 @@ def test_a_diverging_run_stops_naming_the_step_before_any_checkpoint(cache3, tmp
 def test_non_finite_online_teacher_logits_stop_the_run(
     cache3, tmp_path, digits_teacher_weights, monkeypatch
 ):
-    import kdcache.training.loop as loop
+    import kdcache.stream.live_teacher as live
 
-    real = loop.teacher_forward
+    real = live.teacher_forward
 
     def broken_teacher(model, x):  # type: ignore[no-untyped-def]
         logits = real(model, x)
         logits[5, 2] = float("nan")
         return logits
 
-    monkeypatch.setattr(loop, "teacher_forward", broken_teacher)
+    monkeypatch.setattr(live, "teacher_forward", broken_teacher)
     online = dict(dataset="digits", recipe="cifar", aug_seed=7, num_views=3, teacher="resnet8",
                   teacher_weights=str(digits_teacher_weights))  # fmt: skip
     with pytest.raises(NonFiniteError, match=r"online teacher's logits for \(view \d+, sample \d+"):
@@ -348,15 +350,22 @@ def test_the_step_guard_names_the_cached_chunk():
     logits = torch.zeros(4, 10)
     logits[2, 7] = float("inf")
     view, index = torch.tensor([0, 1, 2, 0]), torch.tensor([3, 300, 700, 9])
-    with pytest.raises(NonFiniteError, match=r"\(view 2, sample 700\), in the chunk "
-                       r"\(view 2, block 2\)"):  # fmt: skip
-        finite.check_step(torch.tensor(1.0), logits, view, index, epoch=0, step=4,
-                          from_cache=True, cached_rows=256)  # fmt: skip
-    with pytest.raises(NonFiniteError, match=r"online teacher's logits for \(view 2, sample 700"):
-        finite.check_step(torch.tensor(1.0), logits, view, index, epoch=0, step=4,
-                          from_cache=False)  # fmt: skip
-    finite.check_step(torch.tensor(1.0), torch.zeros(4, 10), view, index, epoch=0, step=4,
-                      from_cache=True)  # fmt: skip
+    for origin, message in (
+        ("cache", r"\(view 2, sample 700\), in the chunk \(view 2, block 2\)"),
+        ("live", r"online teacher's logits for \(view 2, sample 700"),
+    ):
+        guard, tally = StepGuard(torch.device("cpu")), EpochTally()
+        for step_logits in (torch.zeros(4, 10), logits):  # the bad rows come at step 2
+            ok = guard.check(torch.tensor(True), torch.isfinite(step_logits).all(dim=1))
+            tally.queue(4, StepRecord(torch.tensor([1.0]), ()), 0.1, view, index)
+            assert bool(ok) == bool(torch.isfinite(step_logits).all())
+        with pytest.raises(NonFiniteError, match=message + r".*1 rows of this batch, epoch 1, step 2"):
+            tally.flush(guard, epoch=0, origin=origin, chunk_rows=256)
+    guard, tally = StepGuard(torch.device("cpu")), EpochTally()
+    guard.check(torch.tensor(True), torch.ones(4, dtype=torch.bool))
+    tally.queue(4, StepRecord(torch.tensor([1.0]), ()), 0.1, view, index)
+    tally.flush(guard, epoch=0, origin="cache", chunk_rows=256)
+    assert tally.step_losses == [1.0]
 
 
 # ---------------------------------------------------------------------------- resume (5)

@@ -13,10 +13,10 @@ from kdcache.augment import create_recipe
 from kdcache.cache.store import CacheReader, open_cache
 from kdcache.data import load_dataset
 from kdcache.errors import CacheError, ConfigError
+from kdcache.stream.cached_teacher import CachedTeacher
 from kdcache.stream.device_views import DeviceViews, input_hashes
+from kdcache.stream.plan import plan_epoch
 from kdcache.stream.resident_teacher import ResidentTeacher
-from kdcache.training.plan import plan_epoch
-from kdcache.training.teacher_stream import CachedTeacher
 
 CPU = torch.device("cpu")
 ROWS = 256  # the digits caches' chunk rows (tests/conftest.py)
