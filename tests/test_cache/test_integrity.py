@@ -359,7 +359,8 @@ def test_the_step_guard_names_the_cached_chunk():
             ok = guard.check(torch.tensor(True), torch.isfinite(step_logits).all(dim=1))
             tally.queue(4, StepRecord(torch.tensor([1.0]), ()), 0.1, view, index)
             assert bool(ok) == bool(torch.isfinite(step_logits).all())
-        with pytest.raises(NonFiniteError, match=message + r".*1 rows of this batch, epoch 1, step 2"):
+        where = r".*1 rows of this batch, epoch 1, step 2"
+        with pytest.raises(NonFiniteError, match=message + where):
             tally.flush(guard, epoch=0, origin=origin, chunk_rows=256)
     guard, tally = StepGuard(torch.device("cpu")), EpochTally()
     guard.check(torch.tensor(True), torch.ones(4, dtype=torch.bool))
