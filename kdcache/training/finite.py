@@ -22,16 +22,19 @@ def non_finite_teacher(
     chunk_rows: int | None = None,
 ) -> NonFiniteError:  # fmt: skip
     """The error for ``bad_rows`` NaN/Inf teacher rows at 0-based ``epoch``/``step``, the first
-    being (``view``, ``index``); ``origin`` ``"cache"`` (whose ``chunk_rows`` name the chunk)
-    or ``"live"``."""
+    being (``view``, ``index``); ``origin`` ``"cache"`` (whose ``chunk_rows`` name the chunk),
+    ``"live"``, or anything else for batches of unknown origin."""
     where = f"epoch {epoch + 1}, step {step + 1}"
     if origin == "cache":
         block = f", in the chunk (view {view}, block {index // chunk_rows})," if chunk_rows else ""
         what = f"the cached teacher logits of (view {view}, sample {index}){block}"
         fix = "run `kdcache verify` on the cache and fetch an intact copy"
-    else:
+    elif origin == "live":
         what = f"the online teacher's logits for (view {view}, sample {index})"
         fix = "check the teacher weights and its input normalisation"
+    else:  # batches of the caller's own
+        what = f"the teacher logits of (view {view}, sample {index})"
+        fix = "check where the batches' teacher logits come from"
     return NonFiniteError(
         f"{what} are NaN/Inf ({bad_rows} rows of this batch, {where}): {_NO_CHECKPOINT}. {fix}"
     )

@@ -16,8 +16,9 @@ Nothing in it reads a device value on the host:
   :class:`~kdcache.errors.NonFiniteError` as a per-step check would have raised (epoch, step,
   view, sample and chunk named).
 
-``compile=True`` captures forward, objective and backward (``torch.compile`` of the loss function,
-AOTAutograd for its backward) and the update (``torch.compile`` of the optimiser's step).
+``compile=True`` captures forward, objective, finite flags and backward (``torch.compile`` of the
+loss function; AOTAutograd compiles its backward); the update is the fused optimiser's kernel on
+CUDA. A batch of another size (the epoch's last, shorter one) compiles once more, then is reused.
 """
 
 from __future__ import annotations
@@ -110,8 +111,9 @@ class TrainStep:
         self.model, self.objective, self.optimizer = model, objective, optimizer
         self.amp = amp
         self.on_device = skips_on_device(optimizer)
+        # The update is not compiled: on CUDA it is already one fused multi-tensor kernel per
+        # parameter group (that reads the skip flag on the device), on the CPU a host branch.
         self._loss = torch.compile(self._forward_loss) if compile else self._forward_loss
-        self._update = torch.compile(self._apply_update) if compile else self._apply_update
 
     def _forward_loss(
         self, batch: Batch, warmup: float | Tensor
@@ -139,7 +141,7 @@ class TrainStep:
         ok = guard.check(loss_ok, rows_ok)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self._update(ok)
+        self._apply_update(ok)
         keys = tuple(parts)
         values = torch.stack([loss.detach().float(), *(parts[k].float() for k in keys)])
         return StepRecord(values, keys)

@@ -106,9 +106,9 @@ def _raise_first_bad(
     # The guard counts every step it saw; the queued ones are the last of them.
     position = seen - (int(guard.count) - len(queued))
     q, row_values = queued[position], values[position]
-    if kind == BAD_TEACHER and origin is not None:
+    if kind == BAD_TEACHER:
         v, i = int(q.view[row]), int(q.index[row])
-        raise finite.non_finite_teacher(origin, v, i, bad_rows, epoch=epoch, step=q.step,
+        raise finite.non_finite_teacher(origin or "unknown", v, i, bad_rows, epoch=epoch, step=q.step,
                                         chunk_rows=chunk_rows)  # fmt: skip
     loss = row_values[0]
     part = None
