@@ -108,8 +108,8 @@ def _raise_first_bad(
     q, row_values = queued[position], values[position]
     if kind == BAD_TEACHER:
         v, i = int(q.view[row]), int(q.index[row])
-        raise finite.non_finite_teacher(origin or "unknown", v, i, bad_rows, epoch=epoch, step=q.step,
-                                        chunk_rows=chunk_rows)  # fmt: skip
+        raise finite.non_finite_teacher(origin or "unknown", v, i, bad_rows, epoch=epoch,
+                                        step=q.step, chunk_rows=chunk_rows)  # fmt: skip
     loss = row_values[0]
     part = None
     if math.isfinite(loss):
