@@ -26,7 +26,7 @@ _COMMANDS: dict[str, str] = {
     "losses": "kdcache.cli.losses:losses_command",
     "models": "kdcache.cli.models:models_command",
     "train": "kdcache.cli.train:train_command",
-    "eval": "kdcache.cli.train:eval_command",
+    "eval": "kdcache.cli.evaluate:eval_command",
     "demo": "kdcache.cli.demo:demo_command",
 }
 
