@@ -29,6 +29,7 @@ from kdcache.cache.zarr_stores import check_writable
 from kdcache.data import SourceDataset, load_dataset
 from kdcache.errors import ConfigError
 from kdcache.extract_writer import BackgroundBlockWriter, BlockAssembler
+from kdcache.losses.registry import sparse_temperatures
 from kdcache.models import build_model, count_parameters, resolve_model_name, weights_sha256
 from kdcache.models.inference import (
     forward_description,
@@ -68,7 +69,7 @@ class ExtractConfig:
     dtype: Literal["float16", "float32"] | None = None
     topk: int | None = None  # None: dense logits; K: sparse top-K + exact normalisers
     # Sparse mode: temperatures whose log-sum-exp each row stores, beside T = 1 and every
-    # registered loss's default temperature (see :func:`sparse_temperatures`).
+    # registered loss's default temperature (see kdcache.losses.registry.sparse_temperatures).
     extra_temperatures: tuple[float, ...] = ()
     chunk_rows: int = 1024
     batch_size: int = 256
@@ -138,13 +139,6 @@ def _pending_items(meta: schema.CacheMeta, blocks: list[tuple[int, int]]) -> np.
         idx = np.arange(rows.start, rows.stop, dtype=np.int64)
         parts.append(np.stack([np.full_like(idx, view), idx], axis=1))
     return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
-
-
-def sparse_temperatures(extra: tuple[float, ...] = ()) -> tuple[float, ...]:
-    """Temperatures a sparse cache records: T = 1, each registered loss's default T, ``extra``."""
-    from kdcache.losses.registry import default_temperatures
-
-    return tuple(sorted({1.0, *default_temperatures(), *(float(t) for t in extra)}))
 
 
 def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> ExtractResult:

@@ -87,7 +87,7 @@ def library_versions() -> dict[str, str]:
     import torchvision
     import zarr
 
-    from kdcache import __version__
+    from kdcache._version import __version__
 
     return {
         "kdcache": __version__,

@@ -13,7 +13,7 @@ import logging
 
 import click
 
-from kdcache import __version__
+from kdcache._version import __version__
 from kdcache.cli.errors import to_click_exception
 
 # command name -> "module:attribute"; imported lazily so one command's imports never slow another.

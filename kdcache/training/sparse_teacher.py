@@ -109,7 +109,7 @@ def online_topk(config: TrainConfig, objective: Objective, num_classes: int) -> 
         raise ConfigError(
             f"--teacher-topk {k} exceeds the {num_classes} classes: give K <= {num_classes}"
         )
-    from kdcache.extract import sparse_temperatures  # the temperatures a cache records
+    from kdcache.losses.registry import sparse_temperatures  # the temperatures a cache records
 
     temperatures = sparse_temperatures((loss_temperature(objective),))
     check_sparse_objective(f"--teacher-topk {k} keeps a sparse top-{k} teacher", objective,
