@@ -10,8 +10,10 @@ import pytest
 
 from kdcache.cli import main
 from kdcache.cli._common import PREPROCESSING_HELP, RECIPE_HELP
+from kdcache.cli.errors import in_flags
 from kdcache.cli.train import train_command, train_config
 from kdcache.cli.train_options import COMMAND_ONLY
+from kdcache.errors import ConfigError
 from kdcache.training.config import TrainConfig
 
 CLI = Path(__file__).resolve().parents[1] / "kdcache" / "cli"
@@ -73,3 +75,28 @@ def test_shared_options_read_the_same_everywhere() -> None:
 @pytest.mark.parametrize("path", sorted(CLI.glob("*.py")), ids=lambda p: p.name)
 def test_every_cli_module_is_under_300_lines(path: Path) -> None:
     assert len(path.read_text().splitlines()) < 300
+
+
+def test_library_errors_name_settings_and_the_cli_writes_them_as_flags() -> None:
+    from click.testing import CliRunner
+
+    with pytest.raises(ConfigError) as library:
+        TrainConfig(student="resnet8", out="run", dataset="digits", opt="adamw")
+    assert str(library.value).startswith("`opt` adamw needs `lr` and `weight_decay`")
+    assert "--" not in str(library.value)
+    result = CliRunner().invoke(
+        main, ["train", "--dataset", "digits", "--student", "resnet8", "--out", "r"]
+        + ["--opt", "adamw"]  # fmt: skip
+    )
+    assert result.exit_code == 1
+    assert "Error: --opt adamw needs --lr and --weight-decay" in result.output
+
+
+def test_in_flags_maps_only_the_commands_own_settings() -> None:
+    extract = _command("extract")
+    message = "`extra_temperatures` need `topk`; `eval_batch_size` and `kdcache extract --topk K`"
+    assert in_flags(message, extract) == (
+        "--sparse-temperature need --topk; `eval_batch_size` and `kdcache extract --topk K`"
+    )
+    assert in_flags(message, None) == message
+    assert in_flags("`amp` off", train_command) == "--amp off"  # a --x/--no-x pair: its on flag

@@ -46,7 +46,9 @@ class _LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except BaseException as exc:
-            error = to_click_exception(exc, debug=bool(ctx.params.get("verbose")))
+            name = ctx.invoked_subcommand
+            command = self.get_command(ctx, name) if name else None
+            error = to_click_exception(exc, debug=bool(ctx.params.get("verbose")), command=command)
             if error is None:
                 raise
             raise error from exc

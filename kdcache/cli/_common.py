@@ -16,6 +16,7 @@ from kdcache.cache.timeouts import (
     STORAGE_TIMEOUT_ENV,
     parse_timeout,
 )
+from kdcache.cli.errors import in_flags
 from kdcache.errors import ConfigError, KdcacheError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -23,11 +24,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn library errors meant for the user into a clean ``Error: ...`` and exit status 1."""
+    """Turn library errors meant for the user into a clean ``Error: ...`` and exit status 1, the
+    settings they name written as the running command's flags (:func:`~kdcache.cli.errors.
+    in_flags`)."""
     try:
         yield
     except KdcacheError as exc:
-        raise click.ClickException(str(exc)) from exc
+        ctx = click.get_current_context(silent=True)
+        command = ctx.command if ctx is not None else None
+        raise click.ClickException(in_flags(str(exc), command)) from exc
 
 
 @contextlib.contextmanager

@@ -75,7 +75,7 @@ from kdcache.cli._common import (
 )
 @click.option(
     "--sparse-temperature",
-    "sparse_temperatures",
+    "extra_temperatures",
     type=click.FloatRange(min=0, min_open=True, max=1e6),
     multiple=True,
     help="Sparse mode: also store the log-sum-exp at this temperature (repeatable); T = 1 and "
@@ -106,7 +106,7 @@ def extract_command(
     out: str,
     dtype: str | None,
     topk: int | None,
-    sparse_temperatures: tuple[float, ...],
+    extra_temperatures: tuple[float, ...],
     chunk_rows: int,
     batch_size: int,
     workers: int,
@@ -137,7 +137,7 @@ def extract_command(
             out=out,
             dtype=dtype,  # type: ignore[arg-type]  # click.Choice guarantees the literal
             topk=topk,
-            extra_temperatures=tuple(sparse_temperatures),
+            extra_temperatures=tuple(extra_temperatures),
             chunk_rows=chunk_rows,
             batch_size=batch_size,
             workers=workers,
