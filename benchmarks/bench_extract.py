@@ -33,7 +33,8 @@ from kdcache.augment import create_recipe  # noqa: E402
 from kdcache.cache import schema  # noqa: E402
 from kdcache.cache.store import open_cache, open_for_writing  # noqa: E402
 from kdcache.data import load_dataset, normalize  # noqa: E402
-from kdcache.extract import ExtractConfig, run_extract, sparse_temperatures  # noqa: E402
+from kdcache.extract import ExtractConfig, run_extract  # noqa: E402
+from kdcache.losses.registry import sparse_temperatures  # noqa: E402
 from kdcache.models import build_model  # noqa: E402
 from kdcache.views import SeededViews  # noqa: E402
 

@@ -65,8 +65,15 @@ class Cache:
         spec: the dataset's :class:`~kdcache.data.DatasetSpec` (classes, channels, mean/std,
             image size), for ``resolve_preprocessing(model, cache.spec, "auto")``.
         recipe: the augmentation recipe's name; ``recipe_params`` its parameters.
-        seed: the cache seed: view v of sample i is a function of (seed, v, i).
+        augmentation_seed: the cache's augmentation seed, chosen at extraction (``extract
+            --seed``): view v of sample i is a function of (augmentation_seed, v, i). Not the
+            run's seed, which ``loader(seed=...)`` takes and which picks a view per epoch.
+        seed: the same as ``augmentation_seed`` (its first name, kept for existing code).
         views: V, views per sample.
+
+    The attributes use short names where the cache's metadata nests them; docs/api.md
+    §Cache attributes and the schema maps each one to its field (``classes`` is
+    ``dataset.num_classes``, ``views`` is ``augmentation.num_views``).
         storage: ``"dense"`` (every logit) or ``"sparse"`` (top-``topk`` + log-sum-exp).
         dtype: ``"float16"`` or ``"float32"``.
         chunk_rows: samples per chunk (the unit of reading and of the epoch order).
@@ -90,7 +97,7 @@ class Cache:
         self.classes: int = ident.dataset.num_classes
         self.recipe: str = ident.augmentation.recipe
         self.recipe_params: dict[str, Any] = dict(ident.augmentation.params)
-        self.seed: int = ident.augmentation.seed
+        self.augmentation_seed: int = ident.augmentation.seed
         self.views: int = ident.augmentation.num_views
         self.storage: StorageMode = ident.storage.mode
         self.dtype: LogitDtype = ident.storage.dtype
@@ -112,8 +119,14 @@ class Cache:
         return (
             f"Cache({self.location!r}: {self.teacher} on {self.dataset}/{self.split} "
             f"N={self.num_samples} K={self.classes}, {self.views} view(s) of {self.recipe!r} "
-            f"seed {self.seed}, {mode} {self.dtype}, fingerprint {self.fingerprint[:16]})"
+            f"augmentation seed {self.augmentation_seed}, {mode} {self.dtype}, "
+            f"fingerprint {self.fingerprint[:16]})"
         )
+
+    @property
+    def seed(self) -> int:
+        """The cache's augmentation seed: :attr:`augmentation_seed` under its first name."""
+        return self.augmentation_seed
 
     @property
     def spec(self) -> DatasetSpec:

@@ -29,6 +29,7 @@ from kdcache.cache.zarr_stores import check_writable
 from kdcache.data import SourceDataset, load_dataset
 from kdcache.errors import ConfigError
 from kdcache.extract_writer import BackgroundBlockWriter, BlockAssembler
+from kdcache.losses.registry import sparse_temperatures
 from kdcache.models import build_model, count_parameters, resolve_model_name, weights_sha256
 from kdcache.models.inference import (
     forward_description,
@@ -68,7 +69,7 @@ class ExtractConfig:
     dtype: Literal["float16", "float32"] | None = None
     topk: int | None = None  # None: dense logits; K: sparse top-K + exact normalisers
     # Sparse mode: temperatures whose log-sum-exp each row stores, beside T = 1 and every
-    # registered loss's default temperature (see :func:`sparse_temperatures`).
+    # registered loss's default temperature (see kdcache.losses.registry.sparse_temperatures).
     extra_temperatures: tuple[float, ...] = ()
     chunk_rows: int = 1024
     batch_size: int = 256
@@ -78,34 +79,34 @@ class ExtractConfig:
 
     def __post_init__(self) -> None:
         if self.views is not None and not 1 <= self.views <= bounds.MAX_VIEWS:
-            raise ConfigError(f"--views must be in 1..{bounds.MAX_VIEWS}, got {self.views}")
+            raise ConfigError(f"`views` must be in 1..{bounds.MAX_VIEWS}, got {self.views}")
         if not 0 <= self.seed <= bounds.MAX_SEED:
-            raise ConfigError(f"--seed must be in 0..2**63-1, got {self.seed}")
+            raise ConfigError(f"`seed` must be in 0..2**63-1, got {self.seed}")
         if not 1 <= self.chunk_rows <= bounds.MAX_CHUNK_ROWS:
             raise ConfigError(
-                f"--chunk-rows must be in 1..{bounds.MAX_CHUNK_ROWS}, got {self.chunk_rows}"
+                f"`chunk_rows` must be in 1..{bounds.MAX_CHUNK_ROWS}, got {self.chunk_rows}"
             )
         if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"`batch_size` must be >= 1, got {self.batch_size}")
         if self.workers < 0:
-            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+            raise ConfigError(f"`workers` must be >= 0, got {self.workers}")
         if not self.weights:
             raise ConfigError(
-                "--weights is required: a teacher without weights would be randomly initialised "
-                "(kdcache never downloads weights). Pass the teacher's checkpoint file."
+                "`weights` is required: a teacher without weights would be randomly initialised "
+                "(kdcache never downloads weights). Give the teacher's checkpoint file."
             )
         if self.topk is not None and self.topk < 1:
-            raise ConfigError(f"--topk must be >= 1, got {self.topk}")
+            raise ConfigError(f"`topk` must be >= 1, got {self.topk}")
         if self.topk is not None and self.dtype == "float16":
             raise ConfigError(
                 "sparse caches store float32 top-K values (float16 values would make the kept "
-                "probabilities sum to more than 1 in ~28% of rows): omit --dtype with --topk"
+                "probabilities sum to more than 1 in ~28% of rows): leave `dtype` unset with `topk`"
             )
         if self.topk is None and self.extra_temperatures:
-            raise ConfigError("--sparse-temperature is only meaningful with --topk")
+            raise ConfigError("`extra_temperatures` are only meaningful with `topk`")
         bad = [t for t in self.extra_temperatures if not (0 < t < float("inf"))]
         if bad:
-            raise ConfigError(f"--sparse-temperature must be a finite number > 0, got {bad[0]}")
+            raise ConfigError(f"`extra_temperatures` must be finite numbers > 0, got {bad[0]}")
         check_preprocessing_text(self.teacher_preprocessing)
 
     @property
@@ -140,13 +141,6 @@ def _pending_items(meta: schema.CacheMeta, blocks: list[tuple[int, int]]) -> np.
     return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
 
 
-def sparse_temperatures(extra: tuple[float, ...] = ()) -> tuple[float, ...]:
-    """Temperatures a sparse cache records: T = 1, each registered loss's default T, ``extra``."""
-    from kdcache.losses.registry import default_temperatures
-
-    return tuple(sorted({1.0, *default_temperatures(), *(float(t) for t in extra)}))
-
-
 def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> ExtractResult:
     """Create or resume the cache ``config.out``; returns what was done."""
     out = parse_location(config.out)
@@ -162,7 +156,7 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
     spec = source.spec
     if config.topk is not None and config.topk > spec.num_classes:  # before the teacher loads
         raise ConfigError(
-            f"--topk {config.topk} exceeds the {spec.num_classes} classes of {spec.name}: "
+            f"`topk` {config.topk} exceeds the {spec.num_classes} classes of {spec.name}: "
             f"give K <= {spec.num_classes}"
         )
     recipe = create_recipe(config.recipe, spec, **config.recipe_params)
@@ -177,7 +171,7 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
     )
     preprocessing = resolve_preprocessing(teacher, spec, config.teacher_preprocessing)
     check_teacher_io(teacher, spec.in_chans, preprocessing.input_size, spec.num_classes,
-                     "--teacher-preprocessing")  # fmt: skip  # before the cache is created
+                     "`teacher_preprocessing`")  # fmt: skip  # before the cache is created
     identity = schema.CacheIdentity(
         teacher=schema.TeacherInfo(
             name=teacher_ref.spec,  # canonical: "RESNET56" and "resnet56" make the same cache

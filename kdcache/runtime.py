@@ -24,10 +24,10 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(
-                "--device cuda was asked for but no CUDA GPU is visible; use --device auto or cpu"
+                "`device` cuda was asked for but no CUDA GPU is visible; use `device` auto or cpu"
             )
         return torch.device(name)
-    raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
+    raise ConfigError(f"`device` must be auto, cpu or cuda[:N], got {name!r}")
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def library_versions() -> dict[str, str]:
     import torchvision
     import zarr
 
-    from kdcache import __version__
+    from kdcache._version import __version__
 
     return {
         "kdcache": __version__,

@@ -361,7 +361,10 @@ def test_foreign_data_same_error_nothing_written(tmp_path):
     with pytest.raises(kdcache.CacheMismatchError) as info:
         kdcache.open_cache(cache).loader(root, batch_size=4, seed=0, epoch=0)
     assert "not the data this cache was made from" in str(info.value)
-    assert str(info.value) in error_through_cli(cache, tmp_path / "run", "--data-dir", root)
+    # The same message; the library names the setting, the CLI its flag.
+    through_cli = error_through_cli(cache, tmp_path / "run", "--data-dir", root)
+    assert "`data_dir`" in str(info.value) and "--data-dir" in through_cli
+    assert str(info.value).replace("`data_dir`", "--data-dir") in through_cli
     assert every_file(cache) == before
 
 
@@ -439,3 +442,27 @@ def test_the_readme_shows_own_loop_py_as_it_is():
         line.strip() for line in (REPO / "examples" / "own_loop.py").read_text().splitlines()
     ]
     assert shown.strip() and all(line.strip() in example for line in shown.splitlines())
+
+
+
+def test_the_cache_attribute_table_in_the_api_docs_is_right(fp32_cache):
+    """docs/api.md maps each Cache attribute to its metadata field: every row holds, and the
+    table names every field of the identity a Cache shows."""
+    import re
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
+    rows = re.findall(r"^\| `(\w+)`(?: \(also `(\w+)`\))? \| `([\w.]+)` \|$", docs, re.M)
+    cache = kdcache.open_cache(fp32_cache)
+    stored = open_reader(str(fp32_cache)).meta.to_dict()
+    for attribute, alias, field in rows:
+        value: object = stored
+        for key in field.split("."):
+            assert isinstance(value, dict) and key in value, field
+            value = value[key]
+        assert getattr(cache, attribute) == value, (attribute, field)
+        if alias:
+            assert getattr(cache, alias) == value, (alias, field)
+    fields = {field for _, _, field in rows}
+    assert {"augmentation.seed", "augmentation.num_views", "dataset.num_classes"} <= fields
+    assert cache.seed == cache.augmentation_seed == 7

@@ -262,8 +262,8 @@ def test_yaml_views_may_be_a_list(cache, tmp_path):
         ({"epochs": True}, "epochs must be an integer, got True"),
         ({"amp": "yes"}, "amp must be true or false"),
         ({"views": [True]}, "views must be view numbers"),
-        ({"seed": -1}, "--seed must be in 0..2**63-1"),
-        ({"seed": 2**70}, "--seed must be in 0..2**63-1"),
+        ({"seed": -1}, "`seed` must be in 0..2**63-1"),
+        ({"seed": 2**70}, "`seed` must be in 0..2**63-1"),
     ],
 )
 def test_settings_of_the_wrong_type_are_refused_by_name(settings, message):

@@ -85,14 +85,14 @@ def test_sgd_is_the_papers_sgd_bit_for_bit() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (dict(opt="adamw"), "--opt adamw needs --lr and --weight-decay"),
-        (dict(opt="adamw", lr=1e-3), "--opt adamw needs --lr and --weight-decay"),
-        (dict(min_lr=0.01), "--min-lr is the floor of --sched cosine"),
-        (dict(label_smoothing=1.0), "--label-smoothing must be a number in"),
-        (dict(model_ema_decay=float("nan")), "--model-ema-decay must be a number in"),
-        (dict(model_ema_decay=0.99), "--model-ema-decay sets the decay of --model-ema"),
-        (dict(lr_warmup_epochs=-1.0), "--lr-warmup-epochs must be a finite number >= 0"),
-        (dict(sched="linear"), "--sched must be step or cosine"),
+        (dict(opt="adamw"), "`opt` adamw needs `lr` and `weight_decay`"),
+        (dict(opt="adamw", lr=1e-3), "`opt` adamw needs `lr` and `weight_decay`"),
+        (dict(min_lr=0.01), "`min_lr` is the floor of `sched` cosine"),
+        (dict(label_smoothing=1.0), "`label_smoothing` must be a number in"),
+        (dict(model_ema_decay=float("nan")), "`model_ema_decay` must be a number in"),
+        (dict(model_ema_decay=0.99), "`model_ema_decay` sets the decay of `model_ema`"),
+        (dict(lr_warmup_epochs=-1.0), "`lr_warmup_epochs` must be a finite number >= 0"),
+        (dict(sched="linear"), "`sched` must be step or cosine"),
     ],
 )
 def test_bad_optimisation_settings_are_one_clear_error(overrides: dict, message: str) -> None:
@@ -109,7 +109,7 @@ def test_only_dkd_and_rld_get_the_protocols_distillation_warm_up(loss: str, warm
 
 
 def test_an_lr_warm_up_as_long_as_the_run_is_refused() -> None:
-    with pytest.raises(ConfigError, match="--lr-warmup-epochs 5 is not shorter than the run"):
+    with pytest.raises(ConfigError, match="`lr_warmup_epochs` 5 is not shorter than the run"):
         resolve_schedule(config(epochs=5, lr_warmup_epochs=5), "cifar100", 640)
 
 

@@ -101,15 +101,15 @@ def test_online_topk_keeping_every_class_is_online_kd(tmp_path, digits_teacher_w
 def test_teacher_topk_outside_online_kd_is_refused_at_once(tmp_path, fp32_cache):
     with pytest.raises(ConfigError, match="a cache is sparse or not as it was extracted"):
         base_config(tmp_path / "c", cache=str(fp32_cache), loss="kd", teacher_topk=3)
-    with pytest.raises(ConfigError, match="needs a live --teacher"):
+    with pytest.raises(ConfigError, match="needs a live `teacher`"):
         base_config(tmp_path / "d", dataset="digits", loss="ce", teacher_topk=3)
 
 
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        (dict(teacher_topk=11), "--teacher-topk 11 exceeds the 10 classes"),
-        (dict(teacher_topk=0), "--teacher-topk must be >= 1"),
+        (dict(teacher_topk=11), "`teacher_topk` 11 exceeds the 10 classes"),
+        (dict(teacher_topk=0), "`teacher_topk` must be >= 1"),
         (dict(teacher_topk=3, loss="ce"), "loss 'ce' uses no teacher"),
         (dict(teacher_topk=3, loss="dkd"), "needs every class.*--sparse-approx"),
         (

@@ -21,19 +21,19 @@ from kdcache.training.config import TrainConfig
 
 
 @pytest.mark.parametrize(
-    ("overrides", "flag"),
+    ("overrides", "setting"),
     [
-        (dict(recipe="imagenet"), "--recipe"),
-        (dict(aug_seed=3), "--aug-seed"),
-        (dict(num_views=4), "--num-views"),
-        (dict(split="test"), "--split"),
-        (dict(block_rows=64), "--block-rows"),
+        (dict(recipe="imagenet"), "`recipe`"),
+        (dict(aug_seed=3), "`aug_seed`"),
+        (dict(num_views=4), "`num_views`"),
+        (dict(split="test"), "`split`"),
+        (dict(block_rows=64), "`block_rows`"),
     ],
 )
 def test_view_settings_given_with_a_cache_are_refused_not_ignored(
-    overrides: dict, flag: str
+    overrides: dict, setting: str
 ) -> None:
-    with pytest.raises(ConfigError, match=f"{flag} only appl(y|ies) without --cache"):
+    with pytest.raises(ConfigError, match=f"{setting} only appl(y|ies) without `cache`"):
         TrainConfig(student="resnet8", out="run", cache="some/cache", **overrides)
 
 
@@ -223,7 +223,7 @@ def test_a_topk_over_the_class_count_says_what_to_give_before_the_teacher_loads(
     config = ExtractConfig(teacher="resnet8", weights="unused.pth", dataset="digits",
                            split="test", recipe="cifar", topk=11, out=str(out))  # fmt: skip
     with pytest.raises(
-        ConfigError, match=r"--topk 11 exceeds the 10 classes of digits: give K <= 10"
+        ConfigError, match=r"`topk` 11 exceeds the 10 classes of digits: give K <= 10"
     ):
         run_extract(config)
     assert not out.exists()

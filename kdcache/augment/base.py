@@ -105,11 +105,12 @@ def views_to_store(recipe: Recipe, requested: int | None) -> int:
     if requested is None:
         return distinct if distinct is not None else 1
     if requested < 1:
-        raise ConfigError(f"--views must be >= 1, got {requested}")
+        raise ConfigError(f"`views` must be >= 1, got {requested}")
     if distinct is not None and requested > distinct:
         raise ConfigError(
-            f"--views {requested} exceeds the {distinct} distinct views the exhaustive "
-            f"{recipe.name!r} recipe has; drop --views to store all {distinct}, or pass fewer"
+            f"`views` {requested} exceeds the {distinct} distinct views the exhaustive "
+            f"{recipe.name!r} recipe has; leave `views` unset to store all {distinct}, or ask "
+            "for fewer"
         )
     return requested
 

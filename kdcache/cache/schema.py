@@ -174,13 +174,13 @@ class StorageInfo:
         if self.mode not in ("dense", "sparse"):
             raise ConfigError(f"storage mode must be 'dense' or 'sparse', got {self.mode!r}")
         if self.dtype not in ("float16", "float32"):
-            raise ConfigError(f"--dtype must be float16 or float32, got {self.dtype!r}")
+            raise ConfigError(f"`dtype` must be float16 or float32, got {self.dtype!r}")
         if self.chunk_rows < 1:
-            raise ConfigError(f"--chunk-rows must be >= 1, got {self.chunk_rows}")
+            raise ConfigError(f"`chunk_rows` must be >= 1, got {self.chunk_rows}")
         if self.mode == "sparse" and (self.topk is None or self.topk < 1):
-            raise ConfigError(f"sparse mode needs --topk >= 1, got {self.topk}")
+            raise ConfigError(f"sparse mode needs `topk` >= 1, got {self.topk}")
         if self.mode == "dense" and self.topk is not None:
-            raise ConfigError("--topk is only meaningful in sparse mode")
+            raise ConfigError("`topk` is only meaningful in sparse mode")
         if self.temperatures is not None:
             if self.mode != "sparse":
                 raise ConfigError("stored temperatures are only meaningful in sparse mode")

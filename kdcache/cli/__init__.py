@@ -13,7 +13,7 @@ import logging
 
 import click
 
-from kdcache import __version__
+from kdcache._version import __version__
 from kdcache.cli.errors import to_click_exception
 
 # command name -> "module:attribute"; imported lazily so one command's imports never slow another.
@@ -26,7 +26,7 @@ _COMMANDS: dict[str, str] = {
     "losses": "kdcache.cli.losses:losses_command",
     "models": "kdcache.cli.models:models_command",
     "train": "kdcache.cli.train:train_command",
-    "eval": "kdcache.cli.train:eval_command",
+    "eval": "kdcache.cli.evaluate:eval_command",
     "demo": "kdcache.cli.demo:demo_command",
 }
 
@@ -46,7 +46,9 @@ class _LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except BaseException as exc:
-            error = to_click_exception(exc, debug=bool(ctx.params.get("verbose")))
+            name = ctx.invoked_subcommand
+            command = self.get_command(ctx, name) if name else None
+            error = to_click_exception(exc, debug=bool(ctx.params.get("verbose")), command=command)
             if error is None:
                 raise
             raise error from exc

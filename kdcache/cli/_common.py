@@ -16,6 +16,7 @@ from kdcache.cache.timeouts import (
     STORAGE_TIMEOUT_ENV,
     parse_timeout,
 )
+from kdcache.cli.errors import in_flags
 from kdcache.errors import ConfigError, KdcacheError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -23,11 +24,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn library errors meant for the user into a clean ``Error: ...`` and exit status 1."""
+    """Turn library errors meant for the user into a clean ``Error: ...`` and exit status 1, the
+    settings they name written as the running command's flags (:func:`~kdcache.cli.errors.
+    in_flags`)."""
     try:
         yield
     except KdcacheError as exc:
-        raise click.ClickException(str(exc)) from exc
+        ctx = click.get_current_context(silent=True)
+        command = ctx.command if ctx is not None else None
+        raise click.ClickException(in_flags(str(exc), command)) from exc
 
 
 @contextlib.contextmanager
@@ -104,3 +109,93 @@ def storage_timeout_option(command: F) -> F:
         f"request unanswered for SECONDS [env {STORAGE_TIMEOUT_ENV}; "
         f"default {DEFAULT_STORAGE_TIMEOUT_S:g}].",
     )(command)
+
+
+# --- Option groups shared by extract, train, verify and eval -------------------------------------
+# A group is a list of option decorators; ``with_options`` applies groups so that --help lists
+# their options in the order written. Each shared option is declared once, here; a command that
+# needs another default or a sentence of its own passes it, the rest of the help stays shared.
+
+Option = Callable[[Any], Any]
+
+
+def with_options(*groups: list[Option]) -> Callable[[F], F]:
+    """Apply option groups to a command, first group's first option listed first in --help."""
+
+    def apply(command: F) -> F:
+        for group in reversed(groups):
+            for option in reversed(group):
+                command = option(command)
+        return command
+
+    return apply
+
+
+PREPROCESSING_HELP = (
+    "auto (default: the model's timm pretrained_cfg, else the dataset's), dataset, and/or "
+    "overrides, e.g. 'dataset,mean=0.5/0.5/0.5,std=0.5/0.5/0.5,size=224,interpolation=bicubic' "
+    "(docs/training.md)."
+)
+RECIPE_HELP = (
+    "Augmentation recipe (cifar, imagenet, randaugment, none), optionally mixed: +mixup, +cutmix "
+    "or +mixup-cutmix (e.g. imagenet+mixup-cutmix)."
+)
+
+
+def preprocessing_option(flag: str, what: str) -> Option:
+    """``--teacher-preprocessing`` / ``--student-preprocessing``: how a model converts the views."""
+    return click.option(
+        flag, default="auto", show_default=True, help=f"{what}: {PREPROCESSING_HELP}"
+    )
+
+
+def recipe_option(prefix: str = "") -> Option:
+    return click.option("--recipe", default="cifar", show_default=True, help=prefix + RECIPE_HELP)
+
+
+def data_dir_option(purpose: str = "", default_note: str = "") -> Option:
+    """``--data-dir``: the dataset root, also read from $KDCACHE_DATA_DIR."""
+    return click.option(
+        "--data-dir",
+        envvar="KDCACHE_DATA_DIR",
+        default=None,
+        help=f"Dataset root{purpose} [env KDCACHE_DATA_DIR{default_note}].",
+    )
+
+
+def batch_size_option(default: int | None = 256, help: str | None = None) -> Option:
+    return click.option(
+        "--batch-size",
+        type=click.IntRange(1, 1 << 20),
+        default=default,
+        show_default=default is not None,
+        help=help,
+    )
+
+
+WORKERS_OPTION = click.option(
+    "--workers",
+    default=2,
+    show_default=True,
+    type=click.IntRange(0, 1024),
+    help="Data loader worker processes.",
+)
+DEVICE_OPTION = click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto (CUDA when present), cpu, cuda or cuda:N.",
+)
+
+
+def loader_options(batch_size: int | None = 256, batch_help: str | None = None) -> list[Option]:
+    """--batch-size, --workers, --device: how a command feeds a model."""
+    return [batch_size_option(batch_size, batch_help), WORKERS_OPTION, DEVICE_OPTION]
+
+
+def no_progress_option(help: str = "No progress bar.") -> Option:
+    return click.option("--no-progress", is_flag=True, help=help)
+
+
+def teacher_weights_option(flag: str, help: str) -> Option:
+    return click.option(flag, type=click.Path(dir_okay=False), default=None, help=help)

@@ -6,11 +6,15 @@ operating-system errors such as a full disk or a read-only mount, damaged archiv
 gives each one line that says what to do. Anything else is a bug in kdcache: by default it is still
 one line (the exception's type and message, and how to report it); with ``-v`` the traceback is
 shown instead, for the report.
+
+The library's messages name settings as the Python API spells them, in backquotes (```data_dir```);
+:func:`in_flags` is the one place that turns those names into the command's flags (``--data-dir``).
 """
 
 from __future__ import annotations
 
 import errno
+import re
 import zipfile
 
 import click
@@ -30,6 +34,26 @@ class Interrupted(click.ClickException):
             "interrupted; finished work is kept (a cache resumes when `extract` is re-run, a "
             "training run with `train --resume`)"
         )
+
+
+_SETTING = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+
+def _flag(param: click.Parameter) -> str | None:
+    if not isinstance(param, click.Option):
+        return None
+    long = [o for o in param.opts if o.startswith("--")]
+    return max(long, key=len) if long else None
+
+
+def in_flags(message: str, command: click.Command | None) -> str:
+    """``message`` with each backquoted setting that ``command`` takes as an option written as
+    its flag: ```topk``` becomes ``--topk``. Settings the command has no flag for stay as they
+    are (the library's spelling, still backquoted)."""
+    if command is None:
+        return message
+    flags = {p.name: flag for p in command.params if p.name and (flag := _flag(p)) is not None}
+    return _SETTING.sub(lambda m: flags.get(m.group(1), m.group(0)), message)
 
 
 def _where(exc: OSError) -> str:
@@ -62,14 +86,17 @@ def os_error_message(exc: OSError) -> str | None:
     return None
 
 
-def to_click_exception(exc: BaseException, *, debug: bool) -> click.ClickException | None:
-    """The one-line error for ``exc``; None means re-raise it (click's own, or ``-v``'s bugs)."""
+def to_click_exception(
+    exc: BaseException, *, debug: bool, command: click.Command | None = None
+) -> click.ClickException | None:
+    """The one-line error for ``exc``; None means re-raise it (click's own, or ``-v``'s bugs).
+    ``command`` is the command that raised it, whose flags the library's setting names become."""
     if isinstance(exc, click.exceptions.ClickException | click.exceptions.Exit):
         return None
     if isinstance(exc, click.exceptions.Abort | KeyboardInterrupt):
         return Interrupted()
     if isinstance(exc, KdcacheError):
-        return click.ClickException(str(exc))
+        return click.ClickException(in_flags(str(exc), command))
     if isinstance(exc, zipfile.BadZipFile | zipfile.LargeZipFile):
         return click.ClickException(
             f"a .zip cache archive is damaged or truncated ({exc}): fetch or `kdcache pack` it "

@@ -5,7 +5,18 @@ from __future__ import annotations
 import click
 
 from kdcache.cache import bounds
-from kdcache.cli._common import progress_bar, storage_timeout_option, user_errors
+from kdcache.cli._common import (
+    data_dir_option,
+    loader_options,
+    no_progress_option,
+    preprocessing_option,
+    progress_bar,
+    recipe_option,
+    storage_timeout_option,
+    teacher_weights_option,
+    user_errors,
+    with_options,
+)
 
 
 @click.command("extract")
@@ -15,41 +26,21 @@ from kdcache.cli._common import progress_bar, storage_timeout_option, user_error
     required=True,
     help="Teacher architecture (zoo name, timm name or file.py:factory).",
 )
-@click.option(
-    "--weights",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Teacher weights file (state dict, .safetensors, or a training checkpoint).",
+@teacher_weights_option(
+    "--weights", "Teacher weights file (state dict, .safetensors, or a training checkpoint)."
 )
 @click.option(
     "--ema",
     is_flag=True,
     help="Load the checkpoint's EMA weights (timm state_dict_ema / model_ema), not its plain ones.",
 )
-@click.option(
-    "--teacher-preprocessing",
-    default="auto",
-    show_default=True,
-    help="How the teacher converts the uint8 views (recorded in the cache): "
-    + "auto (default: the model's timm pretrained_cfg, else the dataset's), dataset, "
-    "and/or overrides, e.g. 'dataset,mean=0.5/0.5/0.5,std=0.5/0.5/0.5,size=224,"
-    "interpolation=bicubic' (docs/training.md).",
+@preprocessing_option(
+    "--teacher-preprocessing", "How the teacher converts the uint8 views (recorded in the cache)"
 )
 @click.option("--dataset", required=True, help="cifar10, cifar100, imagefolder or digits.")
-@click.option(
-    "--data-dir",
-    envvar="KDCACHE_DATA_DIR",
-    default=None,
-    help="Dataset root [env KDCACHE_DATA_DIR].",
-)
+@data_dir_option()
 @click.option("--split", default="train", show_default=True)
-@click.option(
-    "--recipe",
-    default="cifar",
-    show_default=True,
-    help="Augmentation recipe (cifar, imagenet, randaugment, none), optionally mixed: "
-    "+mixup, +cutmix or +mixup-cutmix (e.g. imagenet+mixup-cutmix).",
-)
+@recipe_option()
 @click.option(
     "--exhaustive",
     is_flag=True,
@@ -66,7 +57,7 @@ from kdcache.cli._common import progress_bar, storage_timeout_option, user_error
     default=0,
     show_default=True,
     type=click.IntRange(0, bounds.MAX_SEED),
-    help="Cache seed.",
+    help="The cache's augmentation seed (recorded in the cache; a run's is `train --seed`).",
 )
 @click.option("--out", required=True, help="Cache location (directory).")
 @click.option(
@@ -84,7 +75,7 @@ from kdcache.cli._common import progress_bar, storage_timeout_option, user_error
 )
 @click.option(
     "--sparse-temperature",
-    "sparse_temperatures",
+    "extra_temperatures",
     type=click.FloatRange(min=0, min_open=True, max=1e6),
     multiple=True,
     help="Sparse mode: also store the log-sum-exp at this temperature (repeatable); T = 1 and "
@@ -97,17 +88,9 @@ from kdcache.cli._common import progress_bar, storage_timeout_option, user_error
     type=click.IntRange(1, bounds.MAX_CHUNK_ROWS),
     help="Samples per chunk.",
 )
-@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1, 1 << 20))
-@click.option(
-    "--workers",
-    default=2,
-    show_default=True,
-    type=click.IntRange(0, 1024),
-    help="DataLoader worker processes.",
-)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@with_options(loader_options(256))
 @click.option("--download", is_flag=True, help="Download the dataset if missing (needs internet).")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@no_progress_option()
 def extract_command(
     teacher: str,
     weights: str | None,
@@ -123,7 +106,7 @@ def extract_command(
     out: str,
     dtype: str | None,
     topk: int | None,
-    sparse_temperatures: tuple[float, ...],
+    extra_temperatures: tuple[float, ...],
     chunk_rows: int,
     batch_size: int,
     workers: int,
@@ -154,7 +137,7 @@ def extract_command(
             out=out,
             dtype=dtype,  # type: ignore[arg-type]  # click.Choice guarantees the literal
             topk=topk,
-            extra_temperatures=tuple(sparse_temperatures),
+            extra_temperatures=tuple(extra_temperatures),
             chunk_rows=chunk_rows,
             batch_size=batch_size,
             workers=workers,

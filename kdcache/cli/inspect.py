@@ -7,7 +7,13 @@ import sys
 
 import click
 
-from kdcache.cli._common import remote_cache_dir_option, storage_timeout_option, user_errors
+from kdcache.cli._common import (
+    data_dir_option,
+    remote_cache_dir_option,
+    storage_timeout_option,
+    teacher_weights_option,
+    user_errors,
+)
 
 
 @click.command("info")
@@ -29,12 +35,7 @@ def info_command(cache: str, as_json: bool, remote_cache_dir: str | None) -> Non
 @remote_cache_dir_option
 @storage_timeout_option
 @click.argument("cache")
-@click.option(
-    "--data-dir",
-    envvar="KDCACHE_DATA_DIR",
-    default=None,
-    help="Dataset root, to check the data fingerprint and replay views [env KDCACHE_DATA_DIR].",
-)
+@data_dir_option(", to check the data fingerprint and replay views")
 @click.option(
     "--replay",
     default=64,
@@ -42,11 +43,8 @@ def info_command(cache: str, as_json: bool, remote_cache_dir: str | None) -> Non
     type=click.IntRange(min=0),
     help="Views to regenerate and compare with the recorded input hashes (0: skip).",
 )
-@click.option(
-    "--teacher-weights",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Also re-run the teacher on the replayed views and compare logits.",
+@teacher_weights_option(
+    "--teacher-weights", "Also re-run the teacher on the replayed views and compare logits."
 )
 def verify_command(
     cache: str,

@@ -145,6 +145,15 @@ def default_temperatures() -> set[float]:
     return temps
 
 
+def sparse_temperatures(extra: tuple[float, ...] = ()) -> tuple[float, ...]:
+    """Temperatures a sparse cache records: T = 1, each registered loss's default T, ``extra``.
+
+    Kept with the losses because it is their registry that decides which temperatures a sparse
+    teacher must carry for each loss to be exact; extraction and the online top-K both read it.
+    """
+    return tuple(sorted({1.0, *default_temperatures(), *(float(t) for t in extra)}))
+
+
 def check_hparams(name: str, hparams: dict[str, Any]) -> None:
     """Raise :class:`ConfigError` for a hyper-parameter that loss ``name`` does not take."""
     allowed = loss_info(name).defaults

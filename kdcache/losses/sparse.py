@@ -17,13 +17,31 @@ is measured in ``docs/losses.md``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from kdcache.cache.sparse import SparseRows
 from kdcache.errors import ConfigError
+
+
+class SparseRowArrays(Protocol):
+    """Sparse teacher rows as numpy arrays, as a cache stores them (the cache's ``SparseRows``
+    is one). Declared here, not imported, so the losses need only tensors and arrays."""
+
+    @property
+    def values(self) -> np.ndarray: ...  # [R, K]
+    @property
+    def indices(self) -> np.ndarray: ...  # [R, K]
+    @property
+    def temperatures(self) -> tuple[float, ...]: ...
+    @property
+    def lse(self) -> np.ndarray: ...  # [R, nT]
+    @property
+    def tail_lse(self) -> np.ndarray | None: ...  # [R, nT]; None for format 1.0/1.1
+    @property
+    def label_logit(self) -> np.ndarray | None: ...  # [R]
 
 
 @dataclass(frozen=True)
@@ -39,7 +57,7 @@ class SparseTeacher:
     num_classes: int
 
     @classmethod
-    def from_rows(cls, rows: SparseRows, num_classes: int) -> SparseTeacher:
+    def from_rows(cls, rows: SparseRowArrays, num_classes: int) -> SparseTeacher:
         """Tensors of ``rows`` (format >= 1.2; 1.0/1.1 sparse rows cannot distil exactly)."""
         if rows.tail_lse is None or rows.label_logit is None:
             raise ConfigError(

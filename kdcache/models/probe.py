@@ -15,8 +15,9 @@ def probe_forward(
 ) -> torch.Tensor:
     """The model's output on zeros ``[2, in_chans, H, W]`` in eval mode (its mode is restored).
 
-    ``role`` names the model in the error ("student", "teacher"), ``flag`` the option that sets its
-    input size. Raises ConfigError when the forward fails on that shape."""
+    ``role`` names the model in the error ("student", "teacher"), ``flag`` the setting that sets its
+    input size, as the library spells it in backquotes (```teacher_preprocessing```; the CLI
+    writes it as its flag). Raises ConfigError when the forward fails on that shape."""
     x = torch.zeros(2, in_chans, *input_size)
     was_training = model.training
     model.eval()

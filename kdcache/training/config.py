@@ -126,22 +126,22 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if (self.cache is None) == (self.dataset is None):
-            raise ConfigError("give either --cache (train from a cache) or --dataset (online / CE)")
+            raise ConfigError("give either `cache` (train from a cache) or `dataset` (online / CE)")
         if self.cache is not None and self.teacher is not None:
-            raise ConfigError("--cache and --teacher are exclusive: the cache replaces the teacher")
+            raise ConfigError("`cache` and `teacher` are exclusive: the cache replaces the teacher")
         self._check_view_settings()
         if self.teacher is not None and not self.teacher_weights:
-            raise ConfigError("--teacher needs --teacher-weights (kdcache never downloads weights)")
+            raise ConfigError("`teacher` needs `teacher_weights` (kdcache never downloads weights)")
         if self.teacher_topk is not None and self.teacher is None:
             raise ConfigError(
-                "--teacher-topk sparsifies a live --teacher's logits; a cache is sparse or not "
-                "as it was extracted (`kdcache extract --topk K`): drop --teacher-topk"
+                "`teacher_topk` sparsifies a live `teacher`'s logits; a cache is sparse or not "
+                "as it was extracted (`kdcache extract --topk K`): drop `teacher_topk`"
                 if self.cache is not None
-                else "--teacher-topk needs a live --teacher (with --teacher-weights)"
+                else "`teacher_topk` needs a live `teacher` (with `teacher_weights`)"
             )
         if self.protocol is not None and self.protocol not in PROTOCOLS:
             raise ConfigError(
-                f"--protocol must be one of {sorted(PROTOCOLS)}, got {self.protocol!r}"
+                f"`protocol` must be one of {sorted(PROTOCOLS)}, got {self.protocol!r}"
             )
         for name in (
             "epochs",
@@ -155,7 +155,7 @@ class TrainConfig:
         ):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+                raise ConfigError(f"`{name}` must be >= 1, got {value}")
         for name in (
             "lr",
             "momentum",
@@ -170,40 +170,40 @@ class TrainConfig:
             # NaN compares false with everything: test finiteness first, or it slips through.
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ConfigError(
-                    f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}"
+                    f"`{name}` must be a finite number >= 0, got {value}"
                 )
         self._check_optimization()
         if self.workers < 0:
-            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+            raise ConfigError(f"`workers` must be >= 0, got {self.workers}")
         if self.checkpoint_every < 0:
             raise ConfigError(
-                f"--checkpoint-every must be >= 0 (0: at epoch ends only), got "
+                f"`checkpoint_every` must be >= 0 (0: at epoch ends only), got "
                 f"{self.checkpoint_every}"
             )
         if self.eval_every < 0:
-            raise ConfigError(f"--eval-every must be >= 0 (0: never), got {self.eval_every}")
+            raise ConfigError(f"`eval_every` must be >= 0 (0: never), got {self.eval_every}")
         for name in ("seed", "aug_seed"):
             if not 0 <= getattr(self, name) <= MAX_SEED:
                 raise ConfigError(
-                    f"--{name.replace('_', '-')} must be in 0..2**63-1, got {getattr(self, name)}"
+                    f"`{name}` must be in 0..2**63-1, got {getattr(self, name)}"
                 )
         if self.views is not None and (not self.views or min(self.views) < 0):
-            raise ConfigError(f"--views must name view numbers >= 0, got {list(self.views)}")
+            raise ConfigError(f"`views` must name view numbers >= 0, got {list(self.views)}")
         if self.stream not in ("auto", "host", "device"):
-            raise ConfigError(f"--stream must be auto, host or device, got {self.stream!r}")
+            raise ConfigError(f"`stream` must be auto, host or device, got {self.stream!r}")
         if self.time_limit is not None and not (
             math.isfinite(self.time_limit) and self.time_limit > 0
         ):
             raise ConfigError(
-                f"--time-limit must be a number of seconds > 0, got {self.time_limit}"
+                f"`time_limit` must be a number of seconds > 0, got {self.time_limit}"
             )
         if self.verify_replay not in ("all", "sample", "off"):
             raise ConfigError(
-                f"--verify-replay must be all, sample or off, got {self.verify_replay!r}"
+                f"`verify_replay` must be all, sample or off, got {self.verify_replay!r}"
             )
         if self.cache is not None and (self.teacher_preprocessing != "auto" or self.teacher_ema):
             raise ConfigError(
-                "--teacher-preprocessing / --teacher-ema are for a live teacher: a cache records "
+                "`teacher_preprocessing` / `teacher_ema` are for a live teacher: a cache records "
                 "its teacher's preprocessing and weights"
             )
         from kdcache.models.preprocess import check_preprocessing_text
@@ -211,7 +211,7 @@ class TrainConfig:
         check_preprocessing_text(self.teacher_preprocessing)
         check_preprocessing_text(self.student_preprocessing)
         if self.resume and self.force:
-            raise ConfigError("--resume and --force are exclusive")
+            raise ConfigError("`resume` and `force` are exclusive")
 
     def _check_view_settings(self) -> None:
         """A cache brings its own split, recipe, seed and views: the flags that would set them
@@ -222,45 +222,45 @@ class TrainConfig:
         given = [
             flag
             for flag, value, default in (
-                ("--split", self.split, None),
-                ("--recipe", self.recipe, "cifar"),
+                ("`split`", self.split, None),
+                ("`recipe`", self.recipe, "cifar"),
                 ("recipe_params", self.recipe_params, {}),
-                ("--aug-seed", self.aug_seed, 0),
-                ("--num-views", self.num_views, 1),
-                ("--block-rows", self.block_rows, None),
+                ("`aug_seed`", self.aug_seed, 0),
+                ("`num_views`", self.num_views, 1),
+                ("`block_rows`", self.block_rows, None),
             )
             if value != default
         ]
         if given:
             one = len(given) == 1
             raise ConfigError(
-                f"{', '.join(given)} only appl{'ies' if one else 'y'} without --cache: a cache "
+                f"{', '.join(given)} only appl{'ies' if one else 'y'} without `cache`: a cache "
                 "brings its own split, recipe, seed, views and chunk rows (`kdcache info CACHE` "
-                f"shows them); drop {'it' if one else 'them'}, or use --views to train on a subset "
+                f"shows them); drop {'it' if one else 'them'}, or use `views` to train on a subset "
                 "of the cache's views"
             )
 
     def _check_optimization(self) -> None:
         if self.opt not in ("sgd", "adamw"):
-            raise ConfigError(f"--opt must be sgd or adamw, got {self.opt!r}")
+            raise ConfigError(f"`opt` must be sgd or adamw, got {self.opt!r}")
         if self.sched not in ("step", "cosine"):
-            raise ConfigError(f"--sched must be step or cosine, got {self.sched!r}")
+            raise ConfigError(f"`sched` must be step or cosine, got {self.sched!r}")
         if self.opt == "adamw" and (self.lr is None or self.weight_decay is None):
             # The presets' lr and weight decay are SGD's (0.05 / 5e-4): AdamW at lr 0.05 diverges.
             raise ConfigError(
-                "--opt adamw needs --lr and --weight-decay (the presets' values are SGD's), "
-                "e.g. --lr 0.001 --weight-decay 0.05"
+                "`opt` adamw needs `lr` and `weight_decay` (the presets' values are SGD's), "
+                "e.g. `lr` 0.001 `weight_decay` 0.05"
             )
         if self.min_lr and self.sched != "cosine":
-            raise ConfigError("--min-lr is the floor of --sched cosine; the step schedule has none")
+            raise ConfigError("`min_lr` is the floor of `sched` cosine; the step schedule has none")
         for name in ("label_smoothing", "model_ema_decay"):
             value = getattr(self, name)
             if not (math.isfinite(value) and 0 <= value < 1):
                 raise ConfigError(
-                    f"--{name.replace('_', '-')} must be a number in [0, 1), got {value}"
+                    f"`{name}` must be a number in [0, 1), got {value}"
                 )
         if self.model_ema_decay != DEFAULT_MODEL_EMA_DECAY and not self.model_ema:
-            raise ConfigError("--model-ema-decay sets the decay of --model-ema: add --model-ema")
+            raise ConfigError("`model_ema_decay` sets the decay of `model_ema`: add `model_ema`")
 
     @property
     def uses_teacher(self) -> bool:
@@ -331,7 +331,7 @@ def resolve_schedule(config: TrainConfig, dataset_name: str, num_samples: int = 
         warmup = proto.warmup_fraction * epochs if _warms_up(config.loss) else 0.0
     if config.lr_warmup_epochs and config.lr_warmup_epochs >= epochs:
         raise ConfigError(
-            f"--lr-warmup-epochs {config.lr_warmup_epochs:g} is not shorter than the run "
+            f"`lr_warmup_epochs` {config.lr_warmup_epochs:g} is not shorter than the run "
             f"({epochs} epochs): the lr would never leave its warm-up; give a shorter warm-up "
             "(or 0)"
         )

@@ -55,7 +55,7 @@ def check_views(requested: tuple[int, ...] | None, available: int) -> np.ndarray
     bad = [v for v in requested if not 0 <= v < available]
     if bad or not requested:
         raise ConfigError(
-            f"--views {','.join(map(str, requested))}: the source has views 0..{available - 1}"
+            f"`views` {','.join(map(str, requested))}: the source has views 0..{available - 1}"
         )
     return np.array(sorted(set(requested)), dtype=np.int64)
 
@@ -78,10 +78,10 @@ def load_cache_data(reader: CacheReader, data_dir: str | None) -> SourceDataset:
     local = train.fingerprint()
     if local != ident.dataset.fingerprint:
         raise CacheMismatchError(
-            f"the data in --data-dir is not the data this cache was made from: local "
+            f"the data in `data_dir` is not the data this cache was made from: local "
             f"{ident.dataset.name}/{ident.dataset.split} has fingerprint {local[:16]} "
             f"(N={len(train)}), the cache records {ident.dataset.fingerprint[:16]} "
-            f"(N={ident.dataset.num_samples}). Point --data-dir at the same copy of the dataset."
+            f"(N={ident.dataset.num_samples}). Point `data_dir` at the same copy of the dataset."
         )
     return train
 
@@ -154,7 +154,7 @@ def check_student_classes(model: torch.nn.Module, data: RunData) -> None:
     """The student must output one logit per class of the cache / dataset."""
     spec = data.train.spec
     out = probe_forward(model, spec.in_chans, data.student_input.input_size, role="student",
-                        flag="--student-preprocessing")  # fmt: skip
+                        flag="`student_preprocessing`")  # fmt: skip
     if out.dim() != 2 or out.shape[1] != spec.num_classes:
         where = f"the cache {data.reader.location}" if data.reader else f"dataset {spec.name}"
         raise CacheMismatchError(

@@ -79,17 +79,17 @@ def online_topk(config: TrainConfig, objective: Objective, num_classes: int) -> 
         return None
     if objective.loss is None:
         raise ConfigError(
-            "--teacher-topk sparsifies the teacher for a distillation loss; loss 'ce' uses no "
-            "teacher: give --loss kd (or another loss), or drop --teacher-topk"
+            "`teacher_topk` sparsifies the teacher for a distillation loss; loss 'ce' uses no "
+            "teacher: give `loss` kd (or another loss), or drop `teacher_topk`"
         )
     if k > num_classes:
         raise ConfigError(
-            f"--teacher-topk {k} exceeds the {num_classes} classes: give K <= {num_classes}"
+            f"`teacher_topk` {k} exceeds the {num_classes} classes: give K <= {num_classes}"
         )
-    from kdcache.extract import sparse_temperatures  # the temperatures a cache records
+    from kdcache.losses.registry import sparse_temperatures  # the temperatures a cache records
 
     temperatures = sparse_temperatures((loss_temperature(objective),))
-    check_sparse_objective(f"--teacher-topk {k} keeps a sparse top-{k} teacher", objective,
+    check_sparse_objective(f"`teacher_topk` {k} keeps a sparse top-{k} teacher", objective,
                            temperatures)  # fmt: skip
     log.info("online teacher sparsified to its top-%d logits per row (as a top-%d cache)", k, k)
     return OnlineTopK(k, temperatures, num_classes)

@@ -316,7 +316,7 @@ def test_a_non_finite_learning_rate_is_refused_up_front(cache3, tmp_path, lr):
     code, output = train_cli(cache3, tmp_path / "run", "--lr", lr)
     assert code == 1 and "--lr must be a finite number" in output and "Traceback" not in output
     assert_nothing_saved(tmp_path / "run")
-    with pytest.raises(ConfigError, match="--lr must be a finite number"):
+    with pytest.raises(ConfigError, match="`lr` must be a finite number"):
         config(cache3, tmp_path / "x", lr=float(lr))
 
 

@@ -1,0 +1,123 @@
+"""The options of ``kdcache train`` that say how the run trains, runs and writes.
+
+Named as their :class:`~kdcache.training.config.TrainConfig` fields, like every option of
+:mod:`kdcache.cli.train_options`, which lists these groups in the command's --help order.
+"""
+
+from __future__ import annotations
+
+import click
+
+from kdcache.cli._common import Option, loader_options, no_progress_option
+
+
+def _preset(field: str) -> str:
+    """A protocol preset's value of ``field`` for --help, e.g. ``cifar 240, imagenet 100``."""
+    from kdcache.training.config import PROTOCOLS
+
+    return ", ".join(f"{name} {getattr(p, field):g}" for name, p in PROTOCOLS.items())
+
+
+def float_option(flag: str, default: float | None, help: str) -> Option:
+    return click.option(
+        flag, type=float, default=default, show_default=default is not None, help=help
+    )
+
+
+OPTIMISER: list[Option] = [
+    click.option(
+        "--protocol",
+        type=click.Choice(["cifar", "imagenet"]),
+        default=None,
+        help="Training recipe preset (default: by dataset).",
+    ),
+    click.option(
+        "--epochs",
+        type=click.IntRange(1, 1_000_000),
+        default=None,
+        help=f"Training epochs [default: the protocol's: {_preset('epochs')}]; lr milestones and "
+        "warm-up scale with it. With --resume, a larger value extends a finished run.",
+    ),
+    float_option(
+        "--lr",
+        None,
+        f"Initial learning rate [default (SGD): {_preset('lr')}; cifar MobileNet/ShuffleNet "
+        "students 0.01]; --sched step: x0.1 at 62.5/75/87.5% of the run (cifar) or 30/60/90% "
+        "(imagenet). Required with --opt adamw.",
+    ),
+    float_option("--momentum", 0.9, "SGD momentum (not AdamW's)."),
+    float_option(
+        "--weight-decay",
+        None,
+        f"Weight decay [default (SGD): {_preset('weight_decay')}]; required with --opt adamw "
+        "(decoupled, not on biases and norm layers).",
+    ),
+    click.option(
+        "--opt",
+        type=click.Choice(["sgd", "adamw"]),
+        default="sgd",
+        show_default=True,
+        help="Optimiser (timm's create_optimizer_v2): sgd, the papers' (classical momentum, "
+        "weight decay on all parameters), or adamw.",
+    ),
+    click.option(
+        "--sched",
+        type=click.Choice(["step", "cosine"]),
+        default="step",
+        show_default=True,
+        help="lr schedule (timm's MultiStepLRScheduler / CosineLRScheduler, set every update): "
+        "step, the papers' (x0.1 at the protocol's milestones), or cosine to --min-lr.",
+    ),
+    float_option(
+        "--lr-warmup-epochs",
+        0.0,
+        "Linear lr warm-up from 1e-5, in epochs (per update). Not --warmup-epochs, which warms "
+        "up the distillation term.",
+    ),
+    float_option("--min-lr", 0.0, "--sched cosine: the final lr."),
+    float_option("--label-smoothing", 0.0, "Label smoothing of the cross-entropy term."),
+    click.option(
+        "--model-ema",
+        is_flag=True,
+        help="Keep an EMA of the student's weights (timm's ModelEmaV3), evaluated beside it and "
+        "saved as model_ema in the checkpoints. Not --teacher-ema (a live teacher's EMA weights).",
+    ),
+    float_option("--model-ema-decay", 0.9998, "Decay of --model-ema per update."),
+]
+
+RUNTIME: list[Option] = [
+    *loader_options(None, f"Global batch size [default: {_preset('batch_size')}]."),
+    click.option("--amp/--no-amp", default=True, show_default=True, help="bf16 autocast on CUDA."),
+    click.option("--compile", is_flag=True, help="torch.compile the student."),
+    click.option("--channels-last/--no-channels-last", default=True, show_default=True),
+]
+
+OUTPUT: list[Option] = [
+    click.option("--out", default=None, help="Run directory."),
+    click.option("--resume", is_flag=True, help="Continue the run in --out."),
+    click.option("--force", is_flag=True, help="Replace the run in --out."),
+    click.option(
+        "--eval-every",
+        default=1,
+        show_default=True,
+        type=int,
+        help="Evaluate every N epochs and after the last; 0: never (benchmarks).",
+    ),
+    click.option(
+        "--checkpoint-every",
+        default=0,
+        show_default=True,
+        type=click.IntRange(0, None),
+        help="Also write last.pt every N optimiser steps inside an epoch (long epochs: a crash "
+        "loses minutes); --resume continues from the step. 0: at the end of each epoch only.",
+    ),
+    click.option(
+        "--tensorboard",
+        is_flag=True,
+        help="Also log every step's loss and lr and every epoch's metrics to OUT/tensorboard "
+        "(needs pip install 'kdcache[tensorboard]').",
+    ),
+    no_progress_option(
+        "No progress bars or lines (the schedule and epoch summaries are still printed)."
+    ),
+]

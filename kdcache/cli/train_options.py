@@ -1,0 +1,184 @@
+"""The options of ``kdcache train``, declared in groups.
+
+Every option whose value reaches the run is named as its :class:`~kdcache.training.config.
+TrainConfig` field (``--batch-size`` is ``batch_size``), so the command reads flags and a YAML
+file into the config in one loop (:func:`kdcache.cli.train.train_settings`) and a new setting is
+one option here plus its field. The few options that are the command's own (not settings a YAML
+file may give) are listed in :data:`COMMAND_ONLY`. Where the teacher, the data, the student and
+the loss come from is declared here; how the run trains, runs and writes, in
+:mod:`kdcache.cli.run_options`.
+"""
+
+from __future__ import annotations
+
+import click
+
+from kdcache.cache import bounds
+from kdcache.cli._common import (
+    Option,
+    data_dir_option,
+    preprocessing_option,
+    recipe_option,
+    remote_cache_dir_option,
+    storage_timeout_option,
+    teacher_weights_option,
+)
+from kdcache.cli.run_options import OPTIMISER, OUTPUT, RUNTIME, float_option
+
+# Options read by the command itself, not TrainConfig fields a YAML file may set.
+COMMAND_ONLY = frozenset({"config_file", "loss_params", "resume", "force", "no_progress"})
+
+
+CONFIG: list[Option] = [
+    click.option(
+        "--config",
+        "config_file",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="YAML file of option: value; flags given on the command line override it.",
+    ),
+]
+
+TEACHER: list[Option] = [
+    click.option("--cache", default=None, help="Teacher-logit cache (directory, .zip or URL)."),
+    remote_cache_dir_option,
+    storage_timeout_option,
+    click.option(
+        "--teacher", default=None, help="Online KD: live teacher architecture instead of a cache."
+    ),
+    teacher_weights_option(
+        "--teacher-weights",
+        "Online KD: the live teacher's weights (a state dict or a teacher checkpoint).",
+    ),
+    click.option(
+        "--teacher-ema", is_flag=True, help="Online: load the teacher checkpoint's EMA weights."
+    ),
+    click.option(
+        "--teacher-topk",
+        type=click.IntRange(min=1),
+        default=None,
+        metavar="K",
+        help="Online: keep only the live teacher's top K logits per row, exactly as a top-K "
+        "cache (`kdcache extract --topk K`) stores them: the online twin of training from it.",
+    ),
+    preprocessing_option(
+        "--teacher-preprocessing",
+        "Online: how the live teacher converts the views (a cache records its own)",
+    ),
+]
+
+DATA: list[Option] = [
+    click.option("--dataset", default=None, help="Without --cache: the dataset to train on."),
+    click.option("--split", default=None, help="Without --cache: training split (default train)."),
+    data_dir_option(),
+    recipe_option("Without --cache: "),
+    click.option(
+        "--aug-seed",
+        default=0,
+        show_default=True,
+        type=click.IntRange(0, bounds.MAX_SEED),
+        help="Without --cache: the augmentation seed of the views (a cache records its own).",
+    ),
+    click.option(
+        "--num-views",
+        default=1,
+        show_default=True,
+        type=click.IntRange(1, bounds.MAX_VIEWS),
+        help="Without --cache: views per sample.",
+    ),
+    click.option("--views", default=None, help="Train on a subset of the cache's views, e.g. 0,1."),
+    click.option(
+        "--max-samples",
+        type=click.IntRange(1, bounds.MAX_SAMPLES),
+        default=None,
+        help="Train on the first N samples only.",
+    ),
+    click.option(
+        "--verify-replay",
+        type=click.Choice(["all", "sample", "off"]),
+        default="sample",
+        show_default=True,
+        help="Check regenerated images against the cache's input hashes.",
+    ),
+    click.option(
+        "--window-blocks",
+        default=4,
+        show_default=True,
+        type=click.IntRange(1, 4096),
+        help="Cache blocks shuffled together.",
+    ),
+    click.option(
+        "--block-rows",
+        type=click.IntRange(1, bounds.MAX_CHUNK_ROWS),
+        default=None,
+        help="Without --cache: samples per shuffling block (match a cache's chunk rows to "
+        "reproduce its order).",
+    ),
+]
+
+STUDENT: list[Option] = [
+    click.option(
+        "--student",
+        default=None,
+        help="Student architecture: a zoo name (kdcache models), timm:NAME, or file.py:factory.",
+    ),
+    preprocessing_option("--student-preprocessing", "How the student converts the views"),
+    click.option(
+        "--seed",
+        default=0,
+        show_default=True,
+        type=click.IntRange(0, bounds.MAX_SEED),
+        help="The run's seed (student init, view choice, order); not the cache's --aug-seed.",
+    ),
+]
+
+LOSS: list[Option] = [
+    click.option(
+        "--loss",
+        default="ce",
+        show_default=True,
+        help="ce (labels only), kd, dkd, rld or ldrld (kdcache losses).",
+    ),
+    click.option(
+        "--loss-param",
+        "loss_params",
+        multiple=True,
+        metavar="NAME=VALUE",
+        help="Loss hyper-parameter, repeatable (e.g. temperature=4, k=7, alpha=10.5).",
+    ),
+    click.option(
+        "--sparse-approx",
+        is_flag=True,
+        default=False,
+        help="From a sparse (top-K) cache, train dkd, rld or ldrld through their named "
+        "approximation (docs/losses.md); kd is exact from sparse caches without it.",
+    ),
+    float_option(
+        "--warmup-epochs",
+        None,
+        "Linear warm-up of the distillation term, in epochs [default: DKD/RLD 20 of 240 "
+        "(cifar) or 1 of 100 (imagenet), scaled with --epochs; KD/LDRLD 0].",
+    ),
+    float_option(
+        "--ce-weight",
+        None,
+        "Weight of the cross-entropy term [default: the loss's: KD 0.1, others 1].",
+    ),
+    float_option(
+        "--distill-weight",
+        None,
+        "Outer weight of the distillation term [default: the loss's: KD 0.9, others 1].",
+    ),
+]
+
+# In --help order.
+TRAIN_OPTIONS: tuple[list[Option], ...] = (
+    CONFIG,
+    TEACHER,
+    DATA,
+    STUDENT,
+    LOSS,
+    OPTIMISER,
+    RUNTIME,
+    OUTPUT,
+)
