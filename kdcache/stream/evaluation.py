@@ -8,6 +8,7 @@ once for the whole run (so a run, or an array of students, decodes the test set 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import numpy as np
@@ -50,6 +51,13 @@ class EvaluationBatches:
 
     def __len__(self) -> int:
         return self.plan.steps
+
+    def with_input(self, student_input: Preprocessing | None) -> EvaluationBatches:
+        """The same batches (the same resident images) converted by another model's
+        preprocessing: an array's students share one decode of the test set."""
+        other = copy.copy(self)
+        other.convert = student_input or Preprocessing.from_dataset(self.source.spec)
+        return other
 
     def __iter__(self) -> Iterator[Batch]:
         for images in self.images.batches(self.plan):

@@ -29,6 +29,7 @@ from kdcache.runtime import DistContext, init_distributed, rank_device, resolve_
 from kdcache.stream.batch import Batch
 from kdcache.stream.epoch import EpochBatches, EpochSource, epoch_batches
 from kdcache.stream.evaluation import EvaluationBatches
+from kdcache.stream.live_teacher import LiveTeacher
 from kdcache.training import finite, outputs, provenance, run_state, tracking
 from kdcache.training.config import Schedule, TrainConfig, resolve_schedule
 from kdcache.training.evaluation import evaluate_batches
@@ -177,9 +178,11 @@ class _Run:
     evaluated: bool = False
     step_losses: list[float] = field(default_factory=list)
     epochs_done: int = 0
+    # The global RNG state the run continues from (an array's students take turns)
+    rng: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
 
-def _check_loss_vs_source(config: TrainConfig) -> None:
+def check_loss_vs_source(config: TrainConfig) -> None:
     if config.loss not in list_objectives():
         raise unknown_objective(config.loss)
     if config.loss != "ce" and not config.uses_teacher:
@@ -190,7 +193,7 @@ def _check_loss_vs_source(config: TrainConfig) -> None:
 
 
 @contextlib.contextmanager
-def _distributed(config: TrainConfig) -> Iterator[tuple[DistContext, torch.device]]:
+def distributed(config: TrainConfig) -> Iterator[tuple[DistContext, torch.device]]:
     device = resolve_device(config.device)
     ctx = init_distributed(device)
     try:
@@ -234,19 +237,37 @@ def _build_teacher(
     return prepare_teacher(teacher, device), teacher_input
 
 
-def _set_up(
-    config: TrainConfig, ctx: DistContext, device: torch.device, reporter: TrainReporter
-) -> _Run:
-    """Data, schedule, student, teacher, objective, optimiser; restored state on --resume.
+@dataclass(frozen=True)
+class SharedStream:
+    """What the runs of one stream share (one run, or every student of an array): the data, the
+    resident views and logits or the chunk reader, the live teacher, the test set's decode."""
 
-    Every setting is checked (the objective even runs once) before the run folder is touched, so
-    a bad setting leaves nothing behind and the corrected command runs in the same folder."""
-    out = Path(config.out)
+    data: RunData  # the students' own preprocessing is set per run
+    source: EpochSource
+    eval_batches: EvaluationBatches
+    teacher: nn.Module | None  # the live teacher (online KD)
+
+
+def share_stream(config: TrainConfig, device: torch.device) -> SharedStream:
+    """The stream of ``config``'s data, built once (the data's fingerprint is checked here)."""
     data = resolve_run_data(config)
+    with torch.random.fork_rng(devices=[]):  # the teacher's init never moves the student's RNG
+        teacher, teacher_input = _build_teacher(config, data, device)
+    data = replace(data, teacher_input=teacher_input)
+    source = stream_source(config, data, device, teacher, None)
+    return SharedStream(data, source, evaluation_source(config, data, device), teacher)
+
+
+def prepare(
+    config: TrainConfig, ctx: DistContext, device: torch.device, shared: SharedStream
+) -> _Run:
+    """Schedule, objective, student, optimiser and step of one run over ``shared``: every setting
+    is checked (the objective even runs once) and nothing is written."""
+    data = shared.data
     schedule = resolve_schedule(config, data.train.spec.name, data.num_samples)
     if schedule.batch_size % ctx.world_size:
         raise ConfigError(
-            f"--batch-size {schedule.batch_size} must divide evenly over {ctx.world_size} ranks"
+            f"`batch_size` {schedule.batch_size} must divide evenly over {ctx.world_size} ranks"
         )
     objective = build_objective(
         config.loss,
@@ -259,21 +280,15 @@ def _set_up(
     ).to(device)
     teacher_topk = prepare_sparse_teacher(config, data, objective)
     model, student_input = _build_student(config, data, device)
-    teacher, teacher_input = _build_teacher(config, data, device)
-    data = replace(data, student_input=student_input, teacher_input=teacher_input)  # frozen now
+    data = replace(data, student_input=student_input)  # frozen from here on
     run_state.check_objective(objective, data.train.spec.num_classes, config.uses_teacher)
     if config.tensorboard and ctx.is_main:
         tracking.require_tensorboard()
-    source = stream_source(config, data, device, teacher, teacher_topk)
-    if ctx.is_main:  # every setting is checked: only now touch the run folder
-        outputs.prepare_run_dir(out, resume=config.resume, force=config.force)
-        reporter.run_started(describe_run(config, schedule, objective))
-    ctx.barrier()
+    teacher = shared.source.teacher
+    if shared.teacher is not None:
+        teacher = LiveTeacher(shared.teacher, data.teacher_input, teacher_topk)
+    source = replace(shared.source, student_input=student_input, teacher=teacher)
     optim = build_optimization(model, schedule)
-    start_epoch, best, resumed = 0, 0.0, None
-    if config.resume:
-        provenance.check_resume(out, config, data)
-        start_epoch, best, resumed = run_state.restore(out, config, model, optim, schedule)
     train_model: nn.Module = model
     if ctx.enabled:
         train_model = nn.parallel.DistributedDataParallel(
@@ -281,31 +296,46 @@ def _set_up(
         )
     step = TrainStep(train_model, objective, optim.optimizer, amp=config.amp,
                      compile=config.compile)  # fmt: skip
+    return _Run(config=config, ctx=ctx, device=device, out=Path(config.out), data=data,
+                schedule=schedule, source=source,
+                eval_batches=shared.eval_batches.with_input(student_input), model=model,
+                train_model=train_model, step=step, objective=objective, optim=optim,
+                rng=_rng_state(device))  # fmt: skip
+
+
+def open_run(run: _Run, reporter: TrainReporter) -> None:
+    """The run's folder: made (or, with --resume, read back: weights, optimiser, served steps),
+    run.json written, TensorBoard opened."""
+    config, ctx, out = run.config, run.ctx, run.out
+    if ctx.is_main:  # every setting is checked: only now touch the run folder
+        outputs.prepare_run_dir(out, resume=config.resume, force=config.force)
+        reporter.run_started(describe_run(config, run.schedule, run.objective))
+    ctx.barrier()
+    if config.resume:
+        provenance.check_resume(out, config, run.data)
+        restored = run_state.restore(out, config, run.model, run.optim, run.schedule)
+        run.start_epoch, run.best, run.resumed = restored
+    run.epochs_done = run.start_epoch
     if ctx.is_main and not config.resume:
-        run_state.write_run_json(out, config, schedule, data, ctx)
-    tensorboard = None
+        run_state.write_run_json(out, config, run.schedule, run.data, ctx)
     if config.tensorboard and ctx.is_main:
-        served = resumed.served if resumed else 0
-        tensorboard = tracking.TensorBoardLog(out, optim.update_index(start_epoch, served, 0))
-    return _Run(
-        config=config,
-        ctx=ctx,
-        device=device,
-        out=out,
-        data=data,
-        schedule=schedule,
-        source=source,
-        eval_batches=evaluation_source(config, data, device),
-        model=model,
-        train_model=train_model,
-        step=step,
-        objective=objective,
-        optim=optim,
-        start_epoch=start_epoch,
-        best=best,
-        tensorboard=tensorboard,
-        resumed=resumed,
-    )
+        served = run.resumed.served if run.resumed else 0
+        first = run.optim.update_index(run.start_epoch, served, 0)
+        run.tensorboard = tracking.TensorBoardLog(out, first)
+
+
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The global RNG state a run continues from (CPU, and the device's on CUDA)."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.random.get_rng_state(), cuda
+
+
+def _set_rng_state(run: _Run) -> None:
+    assert run.rng is not None
+    cpu, cuda = run.rng
+    torch.random.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, run.device)
 
 
 def _save_mid_epoch(run: _Run, epoch: int, served: int, tally: EpochTally) -> None:
@@ -396,9 +426,11 @@ def _end_epoch(
     reporter.epoch_finished(record)
 
 
-def _train_epoch(run: _Run, epoch: int, reporter: TrainReporter) -> float:
+def train_epoch(run: _Run, epoch: int, reporter: TrainReporter) -> float:
     """Train and record 0-based ``epoch``; returns its seconds."""
     config, ctx = run.config, run.ctx
+    if run.rng is not None:  # as if the run had the process to itself
+        _set_rng_state(run)
     tally = run.resumed if epoch == run.start_epoch and run.resumed else EpochTally()
     batches = _epoch_batches(run, epoch).skip(tally.served)
     started = time.perf_counter()
@@ -416,17 +448,18 @@ def _train_epoch(run: _Run, epoch: int, reporter: TrainReporter) -> float:
         _end_epoch(run, epoch, stats, lr, seconds, reporter)
     ctx.barrier()
     run.epochs_done = epoch + 1
+    run.rng = _rng_state(run.device)
     return seconds
 
 
-def _out_of_time(config: TrainConfig, started: float, last_epoch: float | None) -> bool:
+def out_of_time(config: TrainConfig, started: float, last_epoch: float | None) -> bool:
     """Whether another epoch (as long as the last one) would end past ``--time-limit``."""
     if config.time_limit is None or last_epoch is None:
         return False
     return time.perf_counter() - started + last_epoch > config.time_limit
 
 
-def _result(run: _Run, finished: bool) -> TrainResult:
+def train_result(run: _Run, finished: bool) -> TrainResult:
     return TrainResult(run.out, run.schedule.epochs, run.best if run.evaluated else None,
                        run.top1, run.top5, run.data.cache_fingerprint, run.step_losses,
                        finished, run.epochs_done)  # fmt: skip
@@ -436,24 +469,24 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> TrainR
     """Train a student; writes checkpoints, metrics.jsonl, steps.jsonl, run.json and
     curves.png under ``out``. With ``config.time_limit`` it may stop early (``finished`` False;
     ``--resume`` goes on)."""
-    _check_loss_vs_source(config)
+    check_loss_vs_source(config)
     reporter = as_reporter(progress)
     started = time.perf_counter()
-    with _distributed(config) as (ctx, device):
-        run = _set_up(config, ctx, device, reporter)
-        run.epochs_done = run.start_epoch
+    with distributed(config) as (ctx, device):
+        run = prepare(config, ctx, device, share_stream(config, device))
+        open_run(run, reporter)
         last: float | None = None
         finished = True
         for epoch in range(run.start_epoch, run.schedule.epochs):
-            if _out_of_time(config, started, last):
+            if out_of_time(config, started, last):
                 finished = False
                 log.warning("--time-limit %gs: stopped after epoch %d of %d (resume to go on)",
                             config.time_limit, epoch, run.schedule.epochs)  # fmt: skip
                 break
-            last = _train_epoch(run, epoch, reporter)
+            last = train_epoch(run, epoch, reporter)
         if run.tensorboard is not None:
             run.tensorboard.close()
-        return _result(run, finished)
+        return train_result(run, finished)
 
 
 def _reduce_stats(stats: EpochStats, ctx: DistContext) -> EpochStats:

@@ -118,8 +118,36 @@ def format_epoch(record: dict[str, Any], epochs: int | None = None) -> str:
         test = f"test top-1 {record['test_top1']:.2f}% top-5 {record['test_top5']:.2f}%"
         if record.get("test_top1_ema") is not None:
             test += f" (EMA {record['test_top1_ema']:.2f}% / {record['test_top5_ema']:.2f}%)"
+    run = f"{record['run']}: " if record.get("run") else ""  # a student of an array
     return (
-        f"epoch {record['epoch']}{of}: loss {record['train_loss']:.4f} ({', '.join(parts)}), "
+        f"{run}epoch {record['epoch']}{of}: loss {record['train_loss']:.4f} ({', '.join(parts)}), "
         f"{test}, lr {record['lr']:g}, {record['epoch_seconds']:.1f} s "
         f"({record['images_per_second']:.0f} img/s)"
     )
+
+
+class _NamedReporter:
+    """Forwards to ``inner`` with the run's name in its description and epoch lines."""
+
+    def __init__(self, inner: TrainReporter, name: str) -> None:
+        self.inner, self.name = inner, name
+
+    def run_started(self, description: str) -> None:
+        self.inner.run_started(f"{self.name}: {description}")
+
+    def epoch_started(self, epoch: int, epochs: int, samples: int) -> None:
+        self.inner.epoch_started(epoch, epochs, samples)
+
+    def step(self, samples: int, loss: float, lr: float) -> None:
+        self.inner.step(samples, loss, lr)
+
+    def evaluating(self, epoch: int, samples: int) -> None:
+        self.inner.evaluating(epoch, samples)
+
+    def epoch_finished(self, record: dict[str, Any]) -> None:
+        self.inner.epoch_finished({**record, "run": self.name})
+
+
+def named_reporter(inner: TrainReporter, name: str) -> TrainReporter:
+    """``inner`` reporting for the array student ``name``."""
+    return _NamedReporter(inner, name)
