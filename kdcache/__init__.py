@@ -50,6 +50,10 @@ _EXPORTS: dict[str, str] = {
     "train_one_epoch": "kdcache.training.loop",
     "TrainResult": "kdcache.training.loop",
     "TrainConfig": "kdcache.training.config",
+    "StudentArray": "kdcache.training.array",
+    "ArrayResult": "kdcache.training.array",
+    "expand_array": "kdcache.training.array",
+    "run_array": "kdcache.training.array",
     "evaluate": "kdcache.training.evaluation",
     "VerifyReport": "kdcache.verify",
     "KdcacheError": "kdcache.errors",
@@ -102,6 +106,8 @@ __all__ = [
     "open_cache",
     "resolve_preprocessing",
     "rld_loss",
+    "expand_array",
+    "run_array",
     "run_extract",
     "run_train",
     "sparse_kd_loss",
@@ -142,6 +148,7 @@ if TYPE_CHECKING:
     from kdcache.models.preprocess import Preprocessing, resolve_preprocessing
     from kdcache.stream.batch import Batch
     from kdcache.stream.epoch import EpochBatches
+    from kdcache.training.array import ArrayResult, StudentArray, expand_array, run_array
     from kdcache.training.config import TrainConfig
     from kdcache.training.evaluation import evaluate
     from kdcache.training.loop import TrainResult, run_train, train_one_epoch

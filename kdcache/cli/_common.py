@@ -199,3 +199,22 @@ def no_progress_option(help: str = "No progress bar.") -> Option:
 
 def teacher_weights_option(flag: str, help: str) -> Option:
     return click.option(flag, type=click.Path(dir_okay=False), default=None, help=help)
+
+
+class ListOf(click.ParamType):
+    """One value, or a comma list of them: a list makes a student array (``--loss ce,kd``)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = click.types.convert_type(inner)
+        self.name = f"{self.inner.name}[,...]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        parts = [part.strip() for part in value.split(",")]
+        if not all(parts):
+            self.fail(f"{value!r} has an empty item: give NAME or NAME1,NAME2,...", param, ctx)
+        values = tuple(self.inner.convert(part, param, ctx) for part in parts)
+        if len(set(values)) != len(values):
+            self.fail(f"{value!r} lists a value twice", param, ctx)
+        return values[0] if len(values) == 1 else values

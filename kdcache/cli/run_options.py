@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from kdcache.cli._common import Option, loader_options, no_progress_option
+from kdcache.cli._common import ListOf, Option, loader_options, no_progress_option
 
 
 def _preset(field: str) -> str:
@@ -38,12 +38,14 @@ OPTIMISER: list[Option] = [
         help=f"Training epochs [default: the protocol's: {_preset('epochs')}]; lr milestones and "
         "warm-up scale with it. With --resume, a larger value extends a finished run.",
     ),
-    float_option(
+    click.option(
         "--lr",
-        None,
+        type=ListOf(float),
+        default=None,
+        help=
         f"Initial learning rate [default (SGD): {_preset('lr')}; cifar MobileNet/ShuffleNet "
         "students 0.01]; --sched step: x0.1 at 62.5/75/87.5% of the run (cifar) or 30/60/90% "
-        "(imagenet). Required with --opt adamw.",
+        "(imagenet). Required with --opt adamw. A comma list trains a student array.",
     ),
     float_option("--momentum", 0.9, "SGD momentum (not AdamW's)."),
     float_option(
@@ -88,7 +90,20 @@ OPTIMISER: list[Option] = [
 RUNTIME: list[Option] = [
     *loader_options(None, f"Global batch size [default: {_preset('batch_size')}]."),
     click.option("--amp/--no-amp", default=True, show_default=True, help="bf16 autocast on CUDA."),
-    click.option("--compile", is_flag=True, help="torch.compile the student."),
+    click.option(
+        "--compile",
+        is_flag=True,
+        help="torch.compile the whole step (forward, loss, backward); the first steps compile.",
+    ),
+    click.option(
+        "--stream",
+        type=click.Choice(["auto", "host", "device"]),
+        default="auto",
+        show_default=True,
+        help="Where the views are made: device (the images and a dense cache's logits held on "
+        "--device, views cut by batched tensor ops), host (--workers DataLoader processes, any "
+        "recipe), auto (device where the data and recipe allow). Same batches either way.",
+    ),
     click.option("--channels-last/--no-channels-last", default=True, show_default=True),
 ]
 
@@ -96,6 +111,14 @@ OUTPUT: list[Option] = [
     click.option("--out", default=None, help="Run directory."),
     click.option("--resume", is_flag=True, help="Continue the run in --out."),
     click.option("--force", is_flag=True, help="Replace the run in --out."),
+    click.option(
+        "--time-limit",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        metavar="SECONDS",
+        help="Start no epoch that would end past this budget (estimated from the last one): the "
+        "run stops cleanly, says it is unfinished, and --resume goes on.",
+    ),
     click.option(
         "--eval-every",
         default=1,

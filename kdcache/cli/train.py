@@ -14,6 +14,7 @@ from kdcache.cli._common import user_errors, with_options
 from kdcache.cli.train_options import COMMAND_ONLY, TRAIN_OPTIONS
 
 if TYPE_CHECKING:
+    from kdcache.training.array import ArrayResult, StudentArray
     from kdcache.training.config import TrainConfig
     from kdcache.training.loop import TrainResult
 
@@ -58,20 +59,40 @@ def train_settings(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any
     return settings
 
 
-def train_config(ctx: click.Context, options: dict[str, Any]) -> TrainConfig:
-    """The TrainConfig of one ``kdcache train`` command line (the one reading of its options)."""
+def _sweep(path: str | None) -> list[dict[str, Any]]:
+    """The --sweep file's entries (per-student overrides, option names as in --config)."""
+    from kdcache.errors import ConfigError
+    from kdcache.training.config import load_yaml_list
+
+    if path is None:
+        return []
+    entries = load_yaml_list(path)
+    if not entries:
+        raise ConfigError(f"--sweep {path} lists no student")
+    return entries
+
+
+def train_config(ctx: click.Context, options: dict[str, Any]) -> TrainConfig | StudentArray:
+    """The TrainConfig of one ``kdcache train`` command line (the one reading of its options),
+    or the student array its lists (``--loss ce,kd``) and ``--sweep`` describe."""
+    from kdcache.training.array import LIST_FIELDS, expand_array
     from kdcache.training.config import TrainConfig
 
     settings = train_settings(ctx, options)
     for required in REQUIRED:
         if not settings.get(required):
             raise click.UsageError(f"--{required} is required (on the command line or in --config)")
-    return TrainConfig.from_dict(
-        {**settings, "resume": options["resume"], "force": options["force"]}
-    )
+    settings |= {"resume": options["resume"], "force": options["force"]}
+    sweep = _sweep(options["sweep"])
+    if sweep or any(isinstance(settings.get(k), list | tuple) for k in LIST_FIELDS):
+        return expand_array(settings, sweep)
+    return TrainConfig.from_dict(settings)
 
 
 def _report(config: TrainConfig, result: TrainResult) -> None:
+    if not result.finished:
+        click.echo(f"stopped by --time-limit after epoch {result.epochs_done} of {result.epochs}: "
+                   "unfinished (--resume goes on)")  # fmt: skip
     epochs = f"{result.epochs} epoch{'s' if result.epochs != 1 else ''}"
     if result.final_top1 is None or result.best_top1 is None or result.final_top5 is None:
         click.echo(f"trained {config.student} for {epochs} (not evaluated)")
@@ -85,6 +106,33 @@ def _report(config: TrainConfig, result: TrainResult) -> None:
     click.echo(f"outputs in {result.out}")
 
 
+def _report_array(result: ArrayResult) -> None:
+    """Each student's top-1 and status, then each setting's mean +- std over its seeds."""
+    from kdcache.training.array import write_array_table
+
+    path = write_array_table(result)
+    click.echo(f"\n{'student':<40} {'top-1':>7} {'best':>7}  status")
+    for m in result.members:
+        r = m.result
+        status = "FAILED" if m.error else "finished"
+        if r is not None and not r.finished:
+            status = f"unfinished ({r.epochs_done} epochs)"
+        top1 = f"{r.final_top1:.2f}" if r and r.final_top1 is not None else "-"
+        best = f"{r.best_top1:.2f}" if r and r.best_top1 is not None else "-"
+        click.echo(f"{m.name:<40} {top1:>7} {best:>7}  {status}")
+    if any(row["evaluated"] > 1 for row in result.table):
+        click.echo(f"\n{'setting':<40} {'seeds':>5} {'top-1 mean +- std':>18} {'best':>16}")
+        for row in result.table:
+            final = f"{row['final_top1_mean']:.2f} +- {row['final_top1_std']:.2f}"
+            best = f"{row['best_top1_mean']:.2f} +- {row['best_top1_std']:.2f}"
+            click.echo(f"{row['setting']:<40} {row['evaluated']:>5} {final:>18} {best:>16}")
+    click.echo(f"array of {len(result.members)} students in {result.seconds:.1f} s: {path}")
+    for m in result.failed:
+        click.echo(f"Error: student {m.name} failed: {m.error}", err=True)
+    if result.failed:
+        raise SystemExit(1)
+
+
 @click.command("train")
 @with_options(*TRAIN_OPTIONS)
 @click.pass_context
@@ -93,6 +141,7 @@ def train_command(ctx: click.Context, **options: Any) -> None:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from kdcache.cli.progress import TrainProgress
+    from kdcache.training.array import StudentArray, run_array
     from kdcache.training.loop import run_train
 
     with user_errors():
@@ -100,7 +149,13 @@ def train_command(ctx: click.Context, **options: Any) -> None:
         progress = TrainProgress(bars=not options["no_progress"])
         try:
             with logging_redirect_tqdm():  # -v log lines print above the bars, not into them
-                result = run_train(config, progress=progress)
+                if isinstance(config, StudentArray):
+                    array = run_array(config, progress=progress)
+                else:
+                    result = run_train(config, progress=progress)
         finally:
             progress.close()
-    _report(config, result)
+    if isinstance(config, StudentArray):
+        _report_array(array)
+    else:
+        _report(config, result)

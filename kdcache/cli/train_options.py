@@ -15,6 +15,7 @@ import click
 
 from kdcache.cache import bounds
 from kdcache.cli._common import (
+    ListOf,
     Option,
     data_dir_option,
     preprocessing_option,
@@ -26,7 +27,10 @@ from kdcache.cli._common import (
 from kdcache.cli.run_options import OPTIMISER, OUTPUT, RUNTIME, float_option
 
 # Options read by the command itself, not TrainConfig fields a YAML file may set.
-COMMAND_ONLY = frozenset({"config_file", "loss_params", "resume", "force", "no_progress"})
+COMMAND_ONLY = frozenset(
+    {"config_file", "sweep", "loss_params", "resume", "force", "no_progress"}
+)
+ARRAY_HELP = " A comma list (and --sweep) trains a student array: one run per combination."
 
 
 CONFIG: list[Option] = [
@@ -36,6 +40,13 @@ CONFIG: list[Option] = [
         type=click.Path(dir_okay=False),
         default=None,
         help="YAML file of option: value; flags given on the command line override it.",
+    ),
+    click.option(
+        "--sweep",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="YAML list of per-student overrides (option: value, optional name:): a student "
+        "array over one stream, one run folder each under --out (docs/training.md).",
     ),
 ]
 
@@ -120,15 +131,18 @@ STUDENT: list[Option] = [
     click.option(
         "--student",
         default=None,
-        help="Student architecture: a zoo name (kdcache models), timm:NAME, or file.py:factory.",
+        type=ListOf(str),
+        help="Student architecture: a zoo name (kdcache models), timm:NAME, or file.py:factory."
+        + ARRAY_HELP,
     ),
     preprocessing_option("--student-preprocessing", "How the student converts the views"),
     click.option(
         "--seed",
         default=0,
         show_default=True,
-        type=click.IntRange(0, bounds.MAX_SEED),
-        help="The run's seed (student init, view choice, order); not the cache's --aug-seed.",
+        type=ListOf(click.IntRange(0, bounds.MAX_SEED)),
+        help="The run's seed (student init, view choice, order); not the cache's --aug-seed."
+        + ARRAY_HELP,
     ),
 ]
 
@@ -137,7 +151,8 @@ LOSS: list[Option] = [
         "--loss",
         default="ce",
         show_default=True,
-        help="ce (labels only), kd, dkd, rld or ldrld (kdcache losses).",
+        type=ListOf(str),
+        help="ce (labels only), kd, dkd, rld or ldrld (kdcache losses)." + ARRAY_HELP,
     ),
     click.option(
         "--loss-param",

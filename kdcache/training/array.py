@@ -169,6 +169,7 @@ def run_array(array: StudentArray, progress: TrainReporter | None = None) -> Arr
 
     reporter = as_reporter(progress)
     started = time.perf_counter()
+    array = _resumable(array)
     first = array.members[0].config
     for member in array.members:
         loop.check_loss_vs_source(member.config)
@@ -218,6 +219,16 @@ def run_array(array: StudentArray, progress: TrainReporter | None = None) -> Arr
         )
     result = ArrayResult(array.root, members, time.perf_counter() - started, finished)
     return replace(result, table=array_table(result))
+
+
+def _resumable(array: StudentArray) -> StudentArray:
+    """With ``resume``: a student stopped before its first checkpoint starts again (the others
+    resume), as a separate run of it would be started again without --resume."""
+    members = []
+    for m in array.members:
+        fresh = m.config.resume and not (Path(m.config.out) / "last.pt").is_file()
+        members.append(replace(m, config=replace(m.config, resume=False)) if fresh else m)
+    return replace(array, members=tuple(members))
 
 
 def _setting(member: MemberResult) -> str:

@@ -377,3 +377,21 @@ def load_yaml_settings(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of option: value, got {type(data).__name__}")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def load_yaml_list(path: str) -> list[dict[str, Any]]:
+    """A YAML list of mappings (a sweep: per-student settings); option names as in
+    :func:`load_yaml_settings`."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataNotFoundError(f"no sweep file at {path}")
+    try:
+        data = yaml.safe_load(p.read_text()) or []
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, list) or not all(isinstance(e, dict) for e in data):
+        raise ConfigError(f"{path} must hold a list of mappings (one per student), e.g. "
+                          "'- {loss: kd, seed: 1}'")  # fmt: skip
+    return [{str(k).replace("-", "_"): v for k, v in e.items()} for e in data]
