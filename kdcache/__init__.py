@@ -70,6 +70,8 @@ _EXPORTS: dict[str, str] = {
 # Spelled out (not derived from _EXPORTS) so that linters and type checkers see it.
 __all__ = [
     "__version__",
+    "ArrayResult",
+    "StudentArray",
     "Batch",
     "Cache",
     "CacheCorruptError",
