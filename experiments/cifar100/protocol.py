@@ -77,7 +77,8 @@ def solver_args(config_dir: Path = CONFIG_DIR, pair: str = PAIR) -> list[str]:
         values = {str(c[key]) for c in configs.values() if key in c}
         if len(values) > 1:
             raise ProtocolError(
-                f"the {pair} configs in {config_dir} disagree on {key} ({', '.join(sorted(values))})"
+                f"the {pair} configs in {config_dir} disagree on {key} "
+                f"({', '.join(sorted(values))})"
             )
         if values:
             args += [f"--{key}", values.pop()]

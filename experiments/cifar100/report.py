@@ -1,6 +1,7 @@
 """Write the protocol sections of docs/results.md (and a curves PNG) from the kept runs.
 
-    python experiments/cifar100/report.py [--runs experiments/cifar100/runs] [--report docs/results.md]
+    python experiments/cifar100/report.py [--runs experiments/cifar100/runs]
+                                          [--report docs/results.md]
 
 Every figure comes from the kept runs' own files (run.json, metrics.jsonl) and the runner's
 records (runner.json, commands.jsonl), or from published.json (the papers' figures). A run with
@@ -180,7 +181,9 @@ def _table(methods: dict[str, MethodRuns], published: dict[str, Any] | None) -> 
             statistics.mean(last) - ce_last
         )  # fmt: skip
         pub_top1 = f"{pub[name]:.2f}" if name in pub else "-"
-        pub_gain = _signed(pub[name] - pub["ce"]) if name in pub and "ce" in pub and name != "ce" else "-"
+        pub_gain = "-"
+        if name in pub and "ce" in pub and name != "ce":
+            pub_gain = _signed(pub[name] - pub["ce"])
         lines.append(
             f"| {name} | {len(entry.finished)} | {mean_std(last)} | {mean_std(entry.best())} | "
             f"{gain} | {pub_top1} | {pub_gain} |"
@@ -252,6 +255,7 @@ def accuracy_section(runs_dir: Path, png_dir: Path) -> str:
         published = published_for(setup, tables)
         used = {c for e in methods.values() for c, _ in [*e.finished, *e.partial]}
         first = next(iter(methods.values()))
+        schedule = _schedule((first.finished or first.partial)[0][1].run)
         seeds = sorted({r.seed for e in methods.values() for _, r in [*e.finished, *e.partial]})
         plot(methods, setup, png_dir / _png_name(setup))
         out += [
@@ -259,7 +263,7 @@ def accuracy_section(runs_dir: Path, png_dir: Path) -> str:
             "",
             _teacher_line(setup, cards, used, published),
             _cache_line(cards, used),
-            f"- **Schedule** (from the runs' run.json): {_schedule((first.finished or first.partial)[0][1].run)}.",
+            f"- **Schedule** (from the runs' run.json): {schedule}.",
             f"- **Loss settings**: {_settings(methods)}.",
             f"- **Seeds**: {', '.join(map(str, seeds))}.",
             "",

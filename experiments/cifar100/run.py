@@ -155,8 +155,8 @@ class Runner:
             if not cache_complete(out):
                 self.unfinished_steps.append(f"extract {name}: incomplete (re-run to resume)")
                 return False
-        self._runner_json(cache=cache_summary(self.work / "cache"),
-                          teacher_test_top1=teacher_test_top1(self.work / "teacher_test"))  # fmt: skip
+        top1 = teacher_test_top1(self.work / "teacher_test")
+        self._runner_json(cache=cache_summary(self.work / "cache"), teacher_test_top1=top1)
         return True
 
     # -- step 2: students ------------------------------------------------------------------
@@ -202,8 +202,9 @@ class Runner:
             if left < 1:
                 self.unfinished_steps.append(f"seed {seed} {','.join(names)}: not started")
                 continue
+            limit = int(left) if has_time_limit else None
             args = commands.train_args(setup, group, seed=seed, out=folder, resume=resume,
-                                       time_limit=int(left) if has_time_limit else None)  # fmt: skip
+                                       time_limit=limit)  # fmt: skip
             outcome = self._run("train", args, seed=seed, methods=names)
             if outcome.code and not outcome.cut and len(group) > 1:
                 print("run.py: if this kdcache has no student arrays yet, re-run with "
@@ -224,7 +225,8 @@ class Runner:
                 if best is None:
                     state = "not started"
                 elif best.finished:
-                    state = f"finished {best.epochs_done}/{epochs} epochs, top-1 {best.last_top1:.2f}"
+                    top1 = "-" if best.last_top1 is None else f"{best.last_top1:.2f}"
+                    state = f"finished {best.epochs_done}/{epochs} epochs, top-1 {top1}"
                 else:
                     state = f"UNFINISHED {best.epochs_done}/{epochs} epochs"
                 lines.append(f"  seed {seed} {m.name:6s} {state}")
@@ -283,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         has_time_limit = commands.train_has_option("--time-limit")
         if not has_time_limit:
             print("run.py: this kdcache train has no --time-limit: commands are interrupted "
-                  "at the end of the budget instead (the epoch in progress is lost)", flush=True)  # fmt: skip
+                  "at the end of the budget instead (the epoch in progress is lost)",
+                  flush=True)  # fmt: skip
         for seed in seeds:
             runner.train(seed, methods, has_time_limit)
     print("run.py: runs (kept in " + commands.shown(runner.card_dir) + "):")
