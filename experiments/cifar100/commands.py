@@ -22,7 +22,7 @@ from experiments.cifar100.protocol import Method
 REPO = Path(__file__).resolve().parents[2]
 # After SIGINT, how long a command may take to stop before it is killed. kdcache writes its
 # checkpoints atomically, so a kill loses at most the epoch in progress.
-STOP_GRACE_SECONDS = 60.0
+STOP_GRACE_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
@@ -111,8 +111,8 @@ def kdcache_env() -> dict[str, str]:
 
 def train_has_option(option: str) -> bool:
     """Whether this checkout's ``kdcache train`` knows ``option`` (e.g. ``--time-limit``)."""
-    out = subprocess.run([sys.executable, "-m", "kdcache", "train", "--help"], cwd=REPO,
-                         env=kdcache_env(), capture_output=True, text=True)  # fmt: skip
+    out = subprocess.run(kdcache_command(["train", "--help"]), cwd=REPO, env=kdcache_env(),
+                         capture_output=True, text=True)  # fmt: skip
     return option in out.stdout
 
 
@@ -123,17 +123,23 @@ class Outcome:
     cut: bool  # stopped by the runner's deadline (not by the command's own --time-limit)
 
 
-def run_until(args: list[str], deadline: float) -> Outcome:
+def kdcache_command(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "kdcache", *args]
+
+
+def run_until(
+    args: list[str], deadline: float, stop_grace: float = STOP_GRACE_SECONDS
+) -> Outcome:
     """``kdcache ARGS`` in the checkout; interrupted (SIGINT, then killed) at ``deadline``."""
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "kdcache", *args], cwd=REPO, env=kdcache_env())
+    proc = subprocess.Popen(kdcache_command(args), cwd=REPO, env=kdcache_env())
     try:
         code = proc.wait(timeout=max(1.0, deadline - started))
         cut = False
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGINT)
         try:
-            code = proc.wait(timeout=STOP_GRACE_SECONDS)
+            code = proc.wait(timeout=stop_grace)
         except subprocess.TimeoutExpired:
             proc.kill()
             code = proc.wait()

@@ -189,6 +189,8 @@ class Runner:
         setup = self._setup()
         seed_dir = self.work / f"seed{seed}"
         for group in commands.plan_groups(methods, self.args.sequential):
+            if all(self._finished(seed, m.name, setup) for m in group):
+                continue
             folder = commands.group_folder(seed_dir, group)
             resume = folder.is_dir() and any(folder.rglob("last.pt"))
             if not resume:  # a fresh command: leave out what an earlier slot finished
