@@ -94,9 +94,9 @@ def teacher_test_top1(path: Path) -> float | None:
 
 
 class Runner:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, started: float) -> None:
         self.args = args
-        self.deadline = _STARTED + args.budget_minutes * 60
+        self.deadline = started + args.budget_minutes * 60
         self.work: Path = args.work.resolve()
         self.runs: Path = args.runs.resolve()
         self.card = detect_card()
@@ -273,7 +273,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, started: float | None = None) -> int:
+    """The runner; its budget counts from ``started`` (default: now)."""
+    started = time.monotonic() if started is None else started
     args = parse_args(argv)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -281,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, protocol.ProtocolError) as exc:
         print(f"run.py: {exc}", file=sys.stderr)
         return 2
-    runner = Runner(args)
+    runner = Runner(args, started)
     print(f"run.py: {runner.card['card']}, budget {args.budget_minutes:g} min, seeds "
           f"{', '.join(map(str, seeds))}, methods {', '.join(m.name for m in methods)}",
           flush=True)  # fmt: skip
@@ -307,4 +309,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(started=_STARTED))
