@@ -173,14 +173,18 @@ class Runner:
             solver=tuple(solver), workers=a.workers, stream=a.stream, compile=a.compile,
         )  # fmt: skip
 
-    def _finished(self, seed: int, method: str, setup: commands.TrainSetup) -> bool:
+    def _wanted(self, setup: commands.TrainSetup) -> tuple[str, str, str, int]:
+        """The setup this call trains (records.RunRecord.setup): runs of another are not it."""
         epochs = int(setup.solver[setup.solver.index("--epochs") + 1])
+        return (self.args.dataset, self.args.teacher, setup.student, epochs)
+
+    def _finished(self, seed: int, method: str, setup: commands.TrainSetup) -> bool:
+        wanted = self._wanted(setup)
         return any(
-            r.method == method and r.seed == seed and r.finished and r.planned_epochs == epochs
-            and r.setup[2] == setup.student
+            r.method == method and r.seed == seed and r.finished and r.setup == wanted
             for r in [rec for _, rec in records.kept_runs(self.runs)]
             + records.find_runs(self.work / f"seed{seed}")
-        )  # fmt: skip
+        )
 
     def _keep(self, seed: int) -> None:
         for record in records.find_runs(self.work / f"seed{seed}"):
@@ -217,10 +221,9 @@ class Runner:
 
     # -- step 4: what finished -------------------------------------------------------------
     def status_lines(self, seeds: list[int], methods: list[protocol.Method]) -> list[str]:
-        setup = self._setup()
-        epochs = int(setup.solver[setup.solver.index("--epochs") + 1])
-        kept = [r for _, r in records.kept_runs(self.runs)
-                if r.planned_epochs == epochs and r.setup[2] == setup.student]  # fmt: skip
+        wanted = self._wanted(self._setup())
+        epochs = wanted[3]
+        kept = [r for _, r in records.kept_runs(self.runs) if r.setup == wanted]
         lines = []
         for seed in seeds:
             for m in methods:
