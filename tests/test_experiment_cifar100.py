@@ -174,6 +174,17 @@ def test_report_table_is_computed_from_metrics_and_marks_partial_runs(tmp_path: 
     assert (doc.parent / "results_cifar100_resnet56_resnet20_240ep.png").stat().st_size > 0
 
 
+def test_report_names_the_card_a_run_records(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    _kept_run(runs, 0, "kd", _curve(0, 0.0, epochs=5))
+    run_json = records.kept_folder(runs, CARD, 0, "kd") / "run.json"
+    data = json.loads(run_json.read_text())
+    run_json.write_text(json.dumps({**data, "device": {"name": "Other GPU"}}))
+    doc = tmp_path / "results.md"
+    report.write_report(runs, doc)
+    assert "kd seed 0 (Other GPU): partial, 5 of 240 epochs" in doc.read_text()
+
+
 def test_report_keeps_other_sections(tmp_path: Path) -> None:
     doc = tmp_path / "results.md"
     doc.write_text("# R\n\n## " + report.ACCURACY + "\n\nold\n\n## CPU budget\n\nkept text\n")

@@ -105,6 +105,15 @@ def _card_names(runs_dir: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def card_of(folder: str, run: records.RunRecord, cards: dict[str, dict[str, Any]]) -> str:
+    """The device a run trained on: its run.json's record when it has one, else the runner's
+    record for the card folder it was kept in, else that folder's name."""
+    device = run.run.get("device")
+    if isinstance(device, dict) and device.get("name"):
+        return str(device["name"])
+    return str(cards.get(folder, {}).get("card", folder))
+
+
 def _title(setup: Setup) -> str:
     dataset, teacher, student, epochs = setup
     return f"{dataset}: {teacher} -> {student}, {epochs} epochs"
@@ -208,7 +217,7 @@ def _partial(methods: dict[str, MethodRuns], cards: dict[str, dict[str, Any]]) -
         for card, run in entry.partial:
             top1 = f", top-1 at its last epoch {run.last_top1:.2f}%" if run.last_top1 else ""
             lines.append(
-                f"- {name} seed {run.seed} ({cards.get(card, {}).get('card', card)}): partial, "
+                f"- {name} seed {run.seed} ({card_of(card, run, cards)}): partial, "
                 f"{run.epochs_done} of {run.planned_epochs} epochs{top1}"
             )
     if not lines:
@@ -303,7 +312,7 @@ def cost_section(runs_dir: Path) -> str:
         ]
         for name, entry in methods.items():
             runs = [*entry.finished, *entry.partial]
-            names = ", ".join(sorted({cards.get(c, {}).get("card", c) for c, _ in runs}))
+            names = ", ".join(sorted({card_of(c, r, cards) for c, r in runs}))
             done = [r.train_seconds / 60 for _, r in entry.finished]
             per_run = f"{statistics.mean(done):.1f}" if done else "-"
             total = sum(r.train_seconds for _, r in runs) / 60
