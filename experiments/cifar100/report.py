@@ -327,8 +327,8 @@ def cost_section(runs_dir: Path) -> str:
     for folder, info in cards.items():
         log = records.read_jsonl(runs_dir / folder / records.COMMANDS)
         by_step: dict[str, float] = defaultdict(float)
-        for entry in log:
-            by_step[entry["step"].split()[0]] += entry["seconds"]
+        for command in log:
+            by_step[command["step"].split()[0]] += command["seconds"]
         total = sum(by_step.values())
         steps = ", ".join(f"{step} {seconds / 60:.1f}" for step, seconds in sorted(by_step.items()))
         out += [
