@@ -185,6 +185,14 @@ def test_report_names_the_card_a_run_records(tmp_path: Path) -> None:
     assert "kd seed 0 (Other GPU): partial, 5 of 240 epochs" in doc.read_text()
 
 
+def test_an_arrays_own_record_is_not_a_run(tmp_path: Path) -> None:
+    _kept_run(tmp_path, 0, "kd", [50.0])
+    (tmp_path / "run.json").write_text(json.dumps({"config": {"loss": "ce,kd", "seed": 0}}))
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "run.json").write_text(json.dumps({"students": 2}))
+    assert [r.method for r in records.find_runs(tmp_path)] == ["kd"]
+
+
 def test_report_keeps_other_sections(tmp_path: Path) -> None:
     doc = tmp_path / "results.md"
     doc.write_text("# R\n\n## " + report.ACCURACY + "\n\nold\n\n## CPU budget\n\nkept text\n")

@@ -85,10 +85,21 @@ def read_run(path: Path) -> RunRecord:
 
 
 def find_runs(root: Path) -> list[RunRecord]:
-    """Every run folder under ``root`` (at any depth), sorted by path."""
+    """Every run folder under ``root`` (at any depth), sorted by path.
+
+    A ``run.json`` that is not one student's (an array's own record, say: several losses, or
+    none of a run's fields) is not a run folder and is passed over."""
     if not root.is_dir():
         return []
-    return [read_run(p.parent) for p in sorted(root.rglob("run.json"))]
+    found = []
+    for path in sorted(root.rglob("run.json")):
+        try:
+            record = read_run(path.parent)
+        except (KeyError, TypeError, ValueError):
+            continue
+        if "," not in record.method:
+            found.append(record)
+    return found
 
 
 def card_slug(name: str) -> str:
