@@ -5,7 +5,8 @@ Row ``k`` of :meth:`DeviceViews.views` is bit-identical to item ``k`` of
 :class:`kdcache.views.SeededViews` over the same (view, index) pairs: the geometry of each row comes
 from the recipe's own :meth:`~kdcache.augment.PadCropFlip.geometry` on the host, seeded by
 :func:`kdcache.seeding.sample_seed` (torch's RNG is never re-implemented), and the crop reads the
-same pixels of the same zero-padded image. Only the cutting moves to the device.
+same pixels of the same zero-padded image. Only the cutting moves to the device. The replay check
+hashes rows of :meth:`DeviceViews.views` with :func:`kdcache.seeding.input_hashes` (on the host).
 
 The host work per row is one ``geometry`` call (a sha256 and three draws, tens of microseconds) the
 first time a (view, index) pair is asked for; a table keeps the answer, so later epochs look it up.
@@ -27,18 +28,9 @@ from kdcache.augment.geometric import EvalTransform, PadCropFlip
 from kdcache.augment.mix import MixedRecipe
 from kdcache.data.source import SourceDataset
 from kdcache.errors import ConfigError
-from kdcache.seeding import input_hash, sample_seed
+from kdcache.seeding import sample_seed
 
 _COPY_ROWS = 8192  # images copied to the device per step: bounds the host's transient copy
-
-
-def input_hashes(rows: torch.Tensor) -> np.ndarray:
-    """int64 ``[b]``: :func:`kdcache.seeding.input_hash` of each uint8 image of ``rows`` ``[b, C,
-    S, S]`` (moved to the host first), the values ``SeededViews`` items carry."""
-    if rows.dtype != torch.uint8 or rows.dim() != 4:
-        raise TypeError(f"input_hashes expects uint8 [b, C, S, S], got {rows.dtype} {rows.shape}")
-    host = rows.detach().cpu()
-    return np.fromiter((input_hash(image) for image in host), dtype=np.int64, count=len(host))
 
 
 def _padding(recipe: Recipe) -> int:

@@ -13,7 +13,8 @@ from kdcache.augment.base import Recipe
 from kdcache.data import ArrayDataset, SourceDataset, load_dataset
 from kdcache.data.datasets import DIGITS
 from kdcache.errors import ConfigError
-from kdcache.stream.device_views import DeviceViews, input_hashes
+from kdcache.seeding import input_hash, input_hashes
+from kdcache.stream.device_views import DeviceViews
 from kdcache.views import SeededViews
 from tests.conftest import require_shared_data
 
@@ -204,3 +205,17 @@ def test_cuda_views_and_labels_are_the_cpu_ones(digits):
     images, labels, hashes = expected(digits, recipe, 5, items)
     assert torch.equal(got.cpu(), images) and torch.equal(cuda.labels(items).cpu(), labels)
     np.testing.assert_array_equal(input_hashes(got), hashes)
+
+
+def test_batched_input_hashes_are_input_hash_of_each_row():
+    gen = torch.Generator().manual_seed(0)
+    for shape in ((5, 1, 8, 8), (3, 3, 32, 32), (0, 3, 32, 32)):
+        batch = torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen)
+        for layout in (batch, batch.flip(-1), batch.contiguous(memory_format=torch.channels_last)):
+            want = [input_hash(image) for image in layout]
+            assert input_hashes(layout).dtype == np.int64
+            assert input_hashes(layout).tolist() == want
+    with pytest.raises(TypeError, match="uint8"):
+        input_hashes(torch.zeros((2, 1, 8, 8)))
+    with pytest.raises(TypeError, match="uint8"):
+        input_hashes(torch.zeros((1, 8, 8), dtype=torch.uint8))

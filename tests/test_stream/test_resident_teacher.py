@@ -13,7 +13,8 @@ from kdcache.augment import create_recipe
 from kdcache.cache.store import CacheReader, open_cache
 from kdcache.data import load_dataset
 from kdcache.errors import CacheError, ConfigError
-from kdcache.stream.device_views import DeviceViews, input_hashes
+from kdcache.seeding import input_hashes
+from kdcache.stream.device_views import DeviceViews
 from kdcache.stream.resident_teacher import ResidentTeacher
 from kdcache.training.plan import plan_epoch
 from kdcache.training.teacher_stream import CachedTeacher
