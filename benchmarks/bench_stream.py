@@ -145,12 +145,17 @@ def per_row_costs(source: SourceDataset, recipe: PadCropFlip, rows: int) -> dict
     for start, stop in bounds_of(rows, 512):
         warm.views(items[start:stop])
     gather = (time.perf_counter() - started) / rows * 1e6
+    batch = warm.views(items[:512])
+    started = time.perf_counter()
+    input_hashes(batch)
+    hashes = (time.perf_counter() - started) / len(batch) * 1e6
     return {
         "sample_seed (sha256)": per_row(lambda i: sample_seed(0, 0, i)),
         "geometry draw (sample_seed + recipe.geometry)": per_row(
             lambda i: recipe.geometry(sample_seed=sample_seed(0, 0, i), view=0)
         ),
         "input_hash of one 3x32x32 view": per_row(lambda i: input_hash(image)),
+        "input_hashes of a batch of 512 views, per view": hashes,
         "SeededViews item (image, crop, flip, hash)": per_row(lambda k: seeded[k % rows]),
         "DeviceViews gather, batch 512, table filled": gather,
     }
