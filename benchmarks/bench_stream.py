@@ -145,10 +145,11 @@ def per_row_costs(source: SourceDataset, recipe: PadCropFlip, rows: int) -> dict
     for start, stop in bounds_of(rows, 512):
         warm.views(items[start:stop])
     gather = (time.perf_counter() - started) / rows * 1e6
-    batch = warm.views(items[:512])
+    batches = [warm.views(items[start:stop]) for start, stop in bounds_of(rows, 512)]
     started = time.perf_counter()
-    input_hashes(batch)
-    hashes = (time.perf_counter() - started) / len(batch) * 1e6
+    for batch in batches:
+        input_hashes(batch)
+    hashes = (time.perf_counter() - started) / rows * 1e6
     return {
         "sample_seed (sha256)": per_row(lambda i: sample_seed(0, 0, i)),
         "geometry draw (sample_seed + recipe.geometry)": per_row(
