@@ -74,12 +74,12 @@ class DeviceViews:
                 self.device
             )
         self._labels = torch.from_numpy(source.labels.copy()).to(self.device)  # int64 [N]
-        # The seeded geometry per (view, index), filled as batches ask for it: [V, N] each.
-        self._offset_dtype = np.int16 if 2 * pad < 2**15 else np.int64
-        self._dy = np.zeros((0, n), self._offset_dtype)
-        self._dx = np.zeros((0, n), self._offset_dtype)
-        self._flip = np.zeros((0, n), bool)
-        self._filled = np.zeros((0, n), bool)
+        # The seeded geometry per (view, index) as its exhaustive view code
+        # (dy * positions + dx) * 2 + flip, -1 until a batch asks for it: [V, N], grown by view.
+        self._positions = 2 * pad + 1
+        self._code_dtype = np.int32 if self._positions**2 * 2 < 2**31 else np.int64
+        self._codes = np.full((0, n), -1, self._code_dtype)
+        self._columns = np.arange(s, dtype=np.int64)  # [S]
         #: How many rows' geometry was drawn from the recipe (each once; tests and benchmarks).
         self.geometry_calls = 0
 
@@ -128,7 +128,7 @@ class DeviceViews:
 
     def _check(self, items: np.ndarray) -> np.ndarray:
         items = np.asarray(items)
-        if items.ndim != 2 or items.shape[1] != 2 or not np.issubdtype(items.dtype, np.integer):
+        if items.ndim != 2 or items.shape[1] != 2 or items.dtype.kind not in "iu":
             raise ValueError(f"items must be integer (view, index) pairs [B, 2], got {items.shape}")
         items = items.astype(np.int64, copy=False)
         if len(items) and (items.min() < 0 or items[:, 1].max() >= self.num_samples):
@@ -143,65 +143,62 @@ class DeviceViews:
             )
         return items
 
-    def geometry(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(dy, dx, flip), int64 / int64 / bool ``[B]``: each row's crop offset in the padded
-        image and whether it is mirrored, as the recipe draws them for (view, index) ``items``.
-
-        Seeded ``cifar``: drawn once per pair by the recipe's ``geometry`` and kept; ``none``:
-        zeros; exhaustive: computed from the view.
-        """
-        items = self._check(items)
+    def _geometry_codes(self, items: np.ndarray) -> np.ndarray:
+        """int64 [B]: each checked row's geometry as its exhaustive view code."""
         views, index = items[:, 0], items[:, 1]
-        if not isinstance(self.recipe, PadCropFlip):
-            zeros = np.zeros(len(items), np.int64)
-            return zeros, zeros.copy(), np.zeros(len(items), bool)
-        positions = 2 * self.padding + 1
-        if self.exhaustive:  # v = (dy * positions + dx) * 2 + flip, as PadCropFlip.geometry
-            return views // 2 // positions, views // 2 % positions, views % 2 == 1
-        if len(items) and views.max() >= len(self._filled):
-            self._grow(int(views.max()) + 1)
-        missing = ~self._filled[views, index]
+        if self.exhaustive or not isinstance(self.recipe, PadCropFlip):
+            return views if self.exhaustive else np.zeros(len(items), np.int64)
+        if len(items) and views.max() >= len(self._codes):
+            grown = np.full((int(views.max()) + 1, self.num_samples), -1, self._code_dtype)
+            grown[: len(self._codes)] = self._codes
+            self._codes = grown
+        codes = self._codes[views, index].astype(np.int64)
+        missing = codes < 0
         if missing.any():
             for v, i in np.unique(items[missing], axis=0).tolist():
                 dy, dx, flip = self.recipe.geometry(
                     sample_seed=sample_seed(self.cache_seed, v, i), view=v
                 )
-                self._dy[v, i], self._dx[v, i], self._flip[v, i] = dy, dx, flip
-                self._filled[v, i] = True
+                self._codes[v, i] = (dy * self._positions + dx) * 2 + int(flip)
                 self.geometry_calls += 1
-        return (
-            self._dy[views, index].astype(np.int64),
-            self._dx[views, index].astype(np.int64),
-            self._flip[views, index],
-        )
+            codes = self._codes[views, index].astype(np.int64)
+        return codes
 
-    def _grow(self, views: int) -> None:
-        extra = views - len(self._filled)
-        n = self.num_samples
-        self._dy = np.concatenate([self._dy, np.zeros((extra, n), self._offset_dtype)])
-        self._dx = np.concatenate([self._dx, np.zeros((extra, n), self._offset_dtype)])
-        self._flip = np.concatenate([self._flip, np.zeros((extra, n), bool)])
-        self._filled = np.concatenate([self._filled, np.zeros((extra, n), bool)])
+    def geometry(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(dy, dx, flip), int64 / int64 / bool ``[B]``: each row's crop offset in the padded
+        image and whether it is mirrored, as the recipe draws them for (view, index) ``items``.
+
+        Seeded ``cifar``: drawn once per pair by the recipe's ``geometry`` and kept (calling this
+        on an epoch's items ahead of its batches draws them all at once); ``none``: zeros;
+        exhaustive: computed from the view.
+        """
+        codes = self._geometry_codes(self._check(items))
+        return codes // 2 // self._positions, codes // 2 % self._positions, codes % 2 == 1
 
     def views(self, items: np.ndarray) -> torch.Tensor:
         """uint8 ``[B, C, S, S]`` on the device: the views of (view, index) ``items`` [B, 2],
         bit-identical to ``SeededViews(source, recipe, cache_seed, items)[k]["image"]``."""
-        dy, dx, flip = self.geometry(items)
-        index = np.asarray(items, dtype=np.int64)[:, 1]
-        # One host-to-device copy per batch: index and geometry packed together.
-        packed = torch.from_numpy(np.stack([index, dy, dx, flip.astype(np.int64)])).to(self.device)
-        rows = self._padded.index_select(0, packed[0])  # [B, C, P, P]
-        if self.padding == 0 and not flip.any():  # `none`, or a crop that is the image itself
-            return rows
-        b, c, side = rows.shape[0], rows.shape[1], rows.shape[2]
-        s = self.size
-        j = torch.arange(s, device=self.device)
-        # Flat offsets in each padded P x P plane: row (dy + y), column dx + (S - 1 - x if flip).
-        ys = (packed[1, :, None] + j) * side  # [B, S]
-        xs = packed[2, :, None] + torch.where(packed[3, :, None] == 1, s - 1 - j, j)  # [B, S]
-        offsets = (ys[:, :, None] + xs[:, None, :]).view(b, 1, s * s).expand(b, c, s * s)
+        items = self._check(items)
+        if self.padding == 0 and isinstance(self.recipe, EvalTransform):  # the identity
+            return self._padded.index_select(0, torch.from_numpy(items[:, 1]).to(self.device))
+        codes = self._geometry_codes(items)
+        dy, dx, flip = codes // 2 // self._positions, codes // 2 % self._positions, codes % 2
+        s, j = self.size, self._columns
+        side = s + 2 * self.padding
+        # Per row, on the host (a few small numpy ops; a device would pay a launch for each):
+        # the sample, then the flat offsets in its padded P x P plane of the crop's rows (dy + y)
+        # and columns dx + (S - 1 - x if flipped else x). One host-to-device copy of [B, 1 + 2S].
+        packed = np.empty((len(items), 1 + 2 * s), np.int64)
+        packed[:, 0] = items[:, 1]
+        packed[:, 1 : 1 + s] = (dy[:, None] + j) * side
+        packed[:, 1 + s :] = dx[:, None] + np.where(flip[:, None] == 1, s - 1 - j, j)
+        on_device = torch.from_numpy(packed).to(self.device)
+        rows = self._padded.index_select(0, on_device[:, 0])  # [B, C, P, P]
+        b, c = rows.shape[0], rows.shape[1]
+        offsets = on_device[:, 1 : 1 + s, None] + on_device[:, None, 1 + s :]  # [B, S, S]
         # A gather per row's plane: measured 4x faster on CPU than one flat gather of B*C*S*S.
-        return rows.view(b, c, side * side).gather(2, offsets).view(b, c, s, s)
+        planes = rows.view(b, c, side * side)
+        return planes.gather(2, offsets.view(b, 1, s * s).expand(b, c, s * s)).view(b, c, s, s)
 
     def labels(self, items: np.ndarray) -> torch.Tensor:
         """int64 ``[B]`` on the device: the label of each (view, index) row of ``items``."""
