@@ -66,6 +66,7 @@ def test_digits_views_are_seeded_views_bytes(digits, name, params, cache_seed):
         got = device_views.views(items)
         assert got.dtype == torch.uint8 and got.device == CPU
         assert torch.equal(got, images)
+        assert torch.equal(device_views.views(items.astype(np.uint32)), images)
         assert torch.equal(device_views.labels(items), labels)
         np.testing.assert_array_equal(input_hashes(got), hashes)
 
@@ -110,6 +111,11 @@ def test_geometry_is_drawn_once_per_view_and_sample(digits):
     assert device_views.geometry_calls == 5  # only the new pair (1, 5)
     images, _, _ = expected(digits, recipe, 7, items)
     assert torch.equal(first, images)
+    epoch = np.stack([np.full(100, 3), np.arange(100)], axis=1)
+    device_views.geometry(epoch)  # an epoch's geometry drawn ahead of its batches
+    assert device_views.geometry_calls == 105
+    device_views.views(epoch[:37])
+    assert device_views.geometry_calls == 105
 
 
 def test_exhaustive_and_identity_views_draw_no_geometry(digits):
