@@ -71,6 +71,10 @@ def forked_global_rng(seed: int) -> Iterator[None]:
         torch.random.set_rng_state(torch_state)
 
 
+def _hash_header(shape: tuple[int, ...]) -> bytes:
+    return ("u8:" + ",".join(str(d) for d in shape) + ";").encode()
+
+
 def input_hash(image: torch.Tensor) -> int:
     """64-bit fingerprint of an augmented uint8 image ``[C, H, W]`` (before normalisation).
 
@@ -81,8 +85,24 @@ def input_hash(image: torch.Tensor) -> int:
     """
     if image.dtype != torch.uint8:
         raise TypeError(f"input_hash expects a uint8 image, got {image.dtype}")
-    header = ("u8:" + ",".join(str(d) for d in image.shape) + ";").encode()
-    digest = hashlib.blake2b(header, digest_size=8)
+    digest = hashlib.blake2b(_hash_header(tuple(image.shape)), digest_size=8)
     # The array's buffer itself: no bytes copy of the image, and no second one to join the header.
     digest.update(image.detach().cpu().contiguous().numpy().data)
     return int.from_bytes(digest.digest(), "little", signed=True)
+
+
+def input_hashes(images: torch.Tensor) -> np.ndarray:
+    """int64 ``[B]``: :func:`input_hash` of each image of a uint8 batch ``[B, C, H, W]`` (any
+    device, any memory layout), with one copy to the host for the whole batch and the header
+    hashed once."""
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise TypeError(f"input_hashes expects uint8 [B, C, H, W], got {images.dtype} "
+                        f"{tuple(images.shape)}")  # fmt: skip
+    host = images.detach().cpu().contiguous().numpy()  # [B, C, H, W]
+    header = hashlib.blake2b(_hash_header(tuple(images.shape[1:])), digest_size=8)
+    out = np.empty(len(host), np.int64)
+    for k in range(len(host)):
+        digest = header.copy()
+        digest.update(host[k].data)
+        out[k] = int.from_bytes(digest.digest(), "little", signed=True)
+    return out

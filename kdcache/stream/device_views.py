@@ -5,7 +5,8 @@ Row ``k`` of :meth:`DeviceViews.views` is bit-identical to item ``k`` of
 :class:`kdcache.views.SeededViews` over the same (view, index) pairs: the geometry of each row comes
 from the recipe's own :meth:`~kdcache.augment.PadCropFlip.geometry` on the host, seeded by
 :func:`kdcache.seeding.sample_seed` (torch's RNG is never re-implemented), and the crop reads the
-same pixels of the same zero-padded image. Only the cutting moves to the device.
+same pixels of the same zero-padded image. Only the cutting moves to the device. The replay check
+hashes rows of :meth:`DeviceViews.views` with :func:`kdcache.seeding.input_hashes` (on the host).
 
 The host work per row is one ``geometry`` call (a sha256 and three draws, tens of microseconds) the
 first time a (view, index) pair is asked for; a table keeps the answer, so later epochs look it up.
@@ -27,18 +28,9 @@ from kdcache.augment.geometric import EvalTransform, PadCropFlip
 from kdcache.augment.mix import MixedRecipe
 from kdcache.data.source import SourceDataset
 from kdcache.errors import ConfigError
-from kdcache.seeding import input_hash, sample_seed
+from kdcache.seeding import sample_seed
 
 _COPY_ROWS = 8192  # images copied to the device per step: bounds the host's transient copy
-
-
-def input_hashes(rows: torch.Tensor) -> np.ndarray:
-    """int64 ``[b]``: :func:`kdcache.seeding.input_hash` of each uint8 image of ``rows`` ``[b, C,
-    S, S]`` (moved to the host first), the values ``SeededViews`` items carry."""
-    if rows.dtype != torch.uint8 or rows.dim() != 4:
-        raise TypeError(f"input_hashes expects uint8 [b, C, S, S], got {rows.dtype} {rows.shape}")
-    host = rows.detach().cpu()
-    return np.fromiter((input_hash(image) for image in host), dtype=np.int64, count=len(host))
 
 
 def _padding(recipe: Recipe) -> int:
@@ -82,17 +74,16 @@ class DeviceViews:
                 self.device
             )
         self._labels = torch.from_numpy(source.labels.copy()).to(self.device)  # int64 [N]
-        # The seeded geometry per (view, index), filled as batches ask for it: [V, N] each.
-        self._offset_dtype = np.int16 if 2 * pad < 2**15 else np.int64
-        self._dy = np.zeros((0, n), self._offset_dtype)
-        self._dx = np.zeros((0, n), self._offset_dtype)
-        self._flip = np.zeros((0, n), bool)
-        self._filled = np.zeros((0, n), bool)
+        # The seeded geometry per (view, index) as its exhaustive view code
+        # (dy * positions + dx) * 2 + flip, -1 until a batch asks for it: [V, N], grown by view.
+        self._positions = 2 * pad + 1
+        self._code_dtype = np.int32 if self._positions**2 * 2 < 2**31 else np.int64
+        self._codes = np.full((0, n), -1, self._code_dtype)
+        self._columns = np.arange(s, dtype=np.int64)  # [S]
         #: How many rows' geometry was drawn from the recipe (each once; tests and benchmarks).
         self.geometry_calls = 0
-        self._arange = torch.arange(s, device=self.device)
-        # `none` never flips: its crop is the image itself (only `cifar` draws flips).
-        self._identity = not isinstance(recipe, PadCropFlip)
+        # `none` without padding: the view is the image itself.
+        self._identity = pad == 0 and isinstance(recipe, EvalTransform)
 
     @staticmethod
     def unsupported_reason(source: SourceDataset, recipe: Recipe) -> str | None:
@@ -139,7 +130,7 @@ class DeviceViews:
 
     def _check(self, items: np.ndarray) -> np.ndarray:
         items = np.asarray(items)
-        if items.ndim != 2 or items.shape[1] != 2 or not np.issubdtype(items.dtype, np.integer):
+        if items.ndim != 2 or items.shape[1] != 2 or items.dtype.kind not in "iu":
             raise ValueError(f"items must be integer (view, index) pairs [B, 2], got {items.shape}")
         items = items.astype(np.int64, copy=False)
         if len(items) and (items.min() < 0 or items[:, 1].max() >= self.num_samples):
@@ -154,45 +145,37 @@ class DeviceViews:
             )
         return items
 
-    def geometry(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(dy, dx, flip), int64 / int64 / bool ``[B]``: each row's crop offset in the padded
-        image and whether it is mirrored, as the recipe draws them for (view, index) ``items``.
-
-        Seeded ``cifar``: drawn once per pair by the recipe's ``geometry`` and kept; ``none``:
-        zeros; exhaustive: computed from the view.
-        """
-        items = self._check(items)
+    def _geometry_codes(self, items: np.ndarray) -> np.ndarray:
+        """int64 [B]: each checked row's geometry as its exhaustive view code."""
         views, index = items[:, 0], items[:, 1]
-        if not isinstance(self.recipe, PadCropFlip):
-            zeros = np.zeros(len(items), np.int64)
-            return zeros, zeros.copy(), np.zeros(len(items), bool)
-        positions = 2 * self.padding + 1
-        if self.exhaustive:  # v = (dy * positions + dx) * 2 + flip, as PadCropFlip.geometry
-            return views // 2 // positions, views // 2 % positions, views % 2 == 1
-        if len(items) and views.max() >= len(self._filled):
-            self._grow(int(views.max()) + 1)
-        missing = ~self._filled[views, index]
+        if self.exhaustive or not isinstance(self.recipe, PadCropFlip):
+            return views if self.exhaustive else np.zeros(len(items), np.int64)
+        if len(items) and views.max() >= len(self._codes):
+            grown = np.full((int(views.max()) + 1, self.num_samples), -1, self._code_dtype)
+            grown[: len(self._codes)] = self._codes
+            self._codes = grown
+        codes = self._codes[views, index].astype(np.int64)
+        missing = codes < 0
         if missing.any():
             for v, i in np.unique(items[missing], axis=0).tolist():
                 dy, dx, flip = self.recipe.geometry(
                     sample_seed=sample_seed(self.cache_seed, v, i), view=v
                 )
-                self._dy[v, i], self._dx[v, i], self._flip[v, i] = dy, dx, flip
-                self._filled[v, i] = True
+                self._codes[v, i] = (dy * self._positions + dx) * 2 + int(flip)
                 self.geometry_calls += 1
-        return (
-            self._dy[views, index].astype(np.int64),
-            self._dx[views, index].astype(np.int64),
-            self._flip[views, index],
-        )
+            codes = self._codes[views, index].astype(np.int64)
+        return codes
 
-    def _grow(self, views: int) -> None:
-        extra = views - len(self._filled)
-        n = self.num_samples
-        self._dy = np.concatenate([self._dy, np.zeros((extra, n), self._offset_dtype)])
-        self._dx = np.concatenate([self._dx, np.zeros((extra, n), self._offset_dtype)])
-        self._flip = np.concatenate([self._flip, np.zeros((extra, n), bool)])
-        self._filled = np.concatenate([self._filled, np.zeros((extra, n), bool)])
+    def geometry(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(dy, dx, flip), int64 / int64 / bool ``[B]``: each row's crop offset in the padded
+        image and whether it is mirrored, as the recipe draws them for (view, index) ``items``.
+
+        Seeded ``cifar``: drawn once per pair by the recipe's ``geometry`` and kept (calling this
+        on an epoch's items ahead of its batches draws them all at once); ``none``: zeros;
+        exhaustive: computed from the view.
+        """
+        codes = self._geometry_codes(self._check(items))
+        return codes // 2 // self._positions, codes // 2 % self._positions, codes % 2 == 1
 
     def views(self, items: np.ndarray) -> torch.Tensor:
         """uint8 ``[B, C, S, S]`` on the device: the views of (view, index) ``items`` [B, 2],
@@ -200,30 +183,40 @@ class DeviceViews:
         return self.cut(self.pack(items))
 
     def pack(self, items: np.ndarray) -> torch.Tensor:
-        """int64 ``[4, B]`` on the device: each row's index, dy, dx and flip (one host-to-device
-        copy). Pack a whole epoch's items once and :meth:`cut` slices of it: no copy per batch."""
-        dy, dx, flip = self.geometry(items)
-        index = np.asarray(items, dtype=np.int64)[:, 1]
-        return torch.from_numpy(np.stack([index, dy, dx, flip.astype(np.int64)])).to(self.device)
+        """int64 ``[B, 1 + 2S]`` on the device, one host-to-device copy: each row's sample index
+        and the flat offsets of its crop's rows (dy + y) and columns (dx + (S - 1 - x if flipped
+        else x)) in its padded P x P plane. Pack a whole epoch's items once and :meth:`cut`
+        slices of it: no copy per batch."""
+        items = self._check(items)
+        s, j = self.size, self._columns
+        side = s + 2 * self.padding
+        # A few small numpy ops per row, on the host (a device would pay a launch for each).
+        packed = np.zeros((len(items), 1 + 2 * s), np.int64)
+        packed[:, 0] = items[:, 1]
+        if not self._identity:
+            codes = self._geometry_codes(items)
+            dy, dx, flip = codes // 2 // self._positions, codes // 2 % self._positions, codes % 2
+            packed[:, 1 : 1 + s] = (dy[:, None] + j) * side
+            packed[:, 1 + s :] = dx[:, None] + np.where(flip[:, None] == 1, s - 1 - j, j)
+        return torch.from_numpy(packed).to(self.device)
 
     def cut(self, packed: torch.Tensor) -> torch.Tensor:
         """uint8 ``[B, C, S, S]``: the views of the rows ``packed`` (a slice of :meth:`pack`),
         by tensor ops on the device alone."""
-        rows = self._padded.index_select(0, packed[0])  # [B, C, P, P]
-        if self.padding == 0 and self._identity:  # `none`: the crop is the image itself
+        rows = self._padded.index_select(0, packed[:, 0])  # [B, C, P, P]
+        if self._identity:  # `none` on images of the right size: the view is the image
             return rows
-        b, c, side = rows.shape[0], rows.shape[1], rows.shape[2]
         s = self.size
-        j = self._arange
-        # Flat offsets in each padded P x P plane: row (dy + y), column dx + (S - 1 - x if flip).
-        ys = (packed[1, :, None] + j) * side  # [B, S]
-        xs = packed[2, :, None] + torch.where(packed[3, :, None] == 1, s - 1 - j, j)  # [B, S]
-        offsets = (ys[:, :, None] + xs[:, None, :]).view(b, 1, s * s).expand(b, c, s * s)
+        side = s + 2 * self.padding
+        b, c = rows.shape[0], rows.shape[1]
+        offsets = packed[:, 1 : 1 + s, None] + packed[:, None, 1 + s :]  # [B, S, S]
         # A gather per row's plane: measured 4x faster on CPU than one flat gather of B*C*S*S.
-        return rows.view(b, c, side * side).gather(2, offsets).view(b, c, s, s)
+        planes = rows.view(b, c, side * side)
+        return planes.gather(2, offsets.view(b, 1, s * s).expand(b, c, s * s)).view(b, c, s, s)
 
     def labels_at(self, index: torch.Tensor) -> torch.Tensor:
-        """int64 ``[B]`` on the device: the labels of the sample ``index`` (a device tensor)."""
+        """int64 ``[B]`` on the device: the labels of the sample ``index`` (a device tensor, e.g.
+        ``pack(items)[:, 0]``)."""
         return self._labels.index_select(0, index)
 
     def labels(self, items: np.ndarray) -> torch.Tensor:

@@ -116,11 +116,11 @@ class DeviceImages:
 
     def batches(self, plan: EpochPlan) -> Iterator[ImageBatch]:
         # The epoch's rows and their geometry go to the device once; each batch is a slice.
-        packed = self.views.pack(plan.items)  # [4, M]
-        labels = self.views.labels_at(packed[0])  # [M]
+        packed = self.views.pack(plan.items)  # [M, 1 + 2S]
+        labels = self.views.labels_at(packed[:, 0])  # [M]
         items = torch.from_numpy(plan.items)
         for part in plan.batch_slices():
-            yield ImageBatch(self.views.cut(packed[:, part]), labels[part], items[part, 0],
+            yield ImageBatch(self.views.cut(packed[part]), labels[part], items[part, 0],
                              items[part, 1], None)  # fmt: skip
 
 

@@ -94,6 +94,9 @@ class ResidentTeacher:
         # view -> its position in allowed_views, -1 for a view not held.
         self._position = np.full(int(views.max()) + 1, -1, np.int64)
         self._position[views] = np.arange(len(views))
+        # Flattened [V' * N] views of both, so a batch is one index_select and one take.
+        self._flat_logits = self._logits.view(-1, classes)
+        self._flat_hashes = self._hashes.reshape(-1)
 
     @staticmethod
     def nbytes(reader: CacheReader, allowed_views: np.ndarray, num_samples: int) -> int:
@@ -115,30 +118,36 @@ class ResidentTeacher:
         """The dtype the logits are held in: the cache's own."""
         return self._logits.dtype
 
-    def _positions(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _rows(self, items: np.ndarray) -> np.ndarray:
+        """int64 [B]: the rows of ``items`` in the flattened ``[V' * N]`` arrays, checked.
+
+        Few and cheap numpy calls: this runs once per step, ahead of a GPU step of a few ms.
+        """
         items = np.asarray(items)
-        if items.ndim != 2 or items.shape[1] != 2 or not np.issubdtype(items.dtype, np.integer):
+        if items.ndim != 2 or items.shape[1] != 2 or items.dtype.kind not in "iu":
             raise ValueError(f"items must be integer (view, index) pairs [B, 2], got {items.shape}")
-        views, index = items[:, 0].astype(np.int64), items[:, 1].astype(np.int64)
-        if len(items) and (index.min() < 0 or index.max() >= self.num_samples):
+        if len(items) == 0:
+            return np.zeros(0, np.int64)
+        items = items.astype(np.int64, copy=False)  # uint64 would turn the arithmetic to float
+        views, index = items[:, 0], items[:, 1]
+        if index.min() < 0 or index.max() >= self.num_samples:
             raise ConfigError(f"items hold indices outside [0, {self.num_samples})")
-        held = (views >= 0) & (views < len(self._position))
-        positions = np.full(len(views), -1, np.int64)
-        positions[held] = self._position[views[held]]
-        if (positions < 0).any():
-            bad = int(views[positions < 0][0])
+        low, high = int(views.min()), int(views.max())
+        positions = self._position[views] if low >= 0 and high < len(self._position) else None
+        if positions is None or positions.min() < 0:
+            held = np.isin(views, self.allowed_views)
             raise ConfigError(
-                f"view {bad} is not among the views held ({self.allowed_views.tolist()})"
+                f"view {int(views[~held][0])} is not among the views held "
+                f"({self.allowed_views.tolist()})"
             )
-        return positions, index
+        return positions * self.num_samples + index
 
     def batch(self, items: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """(float32 logits ``[B, C]`` on the device, int64 input hashes ``[B]`` on the host) of the
         (view, index) rows ``items`` [B, 2]: the values ``CachedTeacher.batches`` yields."""
-        positions, index = self._positions(items)
-        flat = torch.from_numpy(positions * self.num_samples + index).to(self.device)
-        logits = self._logits.view(-1, self._logits.shape[-1]).index_select(0, flat)
-        return logits.float(), self._hashes[positions, index]
+        rows = self._rows(items)
+        logits = self._flat_logits.index_select(0, torch.from_numpy(rows).to(self.device))
+        return logits.float(), self._flat_hashes[rows]
 
     def batches(
         self, items: np.ndarray, bounds: np.ndarray
@@ -156,11 +165,10 @@ class ResidentTeacher:
 
 class _ResidentFeed:
     def __init__(self, teacher: ResidentTeacher, plan: EpochPlan) -> None:
-        positions, index = teacher._positions(plan.items)
-        flat = positions * teacher.num_samples + index
+        rows = teacher._rows(plan.items)
         self.teacher = teacher
-        self.flat = torch.from_numpy(flat).to(teacher.device)  # [M]: one copy for the epoch
-        self.hashes = teacher._hashes[positions, index]  # [M] on the host
+        self.rows = torch.from_numpy(rows).to(teacher.device)  # [M]: one copy for the epoch
+        self.hashes = teacher._flat_hashes[rows]  # [M] on the host
         self.bounds = plan.bounds.tolist()
         self.k = 0
 
@@ -169,8 +177,8 @@ class _ResidentFeed:
     ) -> tuple[torch.Tensor, np.ndarray]:
         start, stop = self.bounds[self.k], self.bounds[self.k + 1]
         self.k += 1
-        logits = self.teacher._logits.view(-1, self.teacher._logits.shape[-1])
-        return logits.index_select(0, self.flat[start:stop]).float(), self.hashes[start:stop]
+        logits = self.teacher._flat_logits.index_select(0, self.rows[start:stop])
+        return logits.float(), self.hashes[start:stop]
 
     def close(self) -> None:
         pass

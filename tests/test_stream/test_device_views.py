@@ -13,7 +13,8 @@ from kdcache.augment.base import Recipe
 from kdcache.data import ArrayDataset, SourceDataset, load_dataset
 from kdcache.data.datasets import DIGITS
 from kdcache.errors import ConfigError
-from kdcache.stream.device_views import DeviceViews, input_hashes
+from kdcache.seeding import input_hash, input_hashes
+from kdcache.stream.device_views import DeviceViews
 from kdcache.views import SeededViews
 from tests.conftest import require_shared_data
 
@@ -65,6 +66,7 @@ def test_digits_views_are_seeded_views_bytes(digits, name, params, cache_seed):
         got = device_views.views(items)
         assert got.dtype == torch.uint8 and got.device == CPU
         assert torch.equal(got, images)
+        assert torch.equal(device_views.views(items.astype(np.uint32)), images)
         assert torch.equal(device_views.labels(items), labels)
         np.testing.assert_array_equal(input_hashes(got), hashes)
 
@@ -109,6 +111,11 @@ def test_geometry_is_drawn_once_per_view_and_sample(digits):
     assert device_views.geometry_calls == 5  # only the new pair (1, 5)
     images, _, _ = expected(digits, recipe, 7, items)
     assert torch.equal(first, images)
+    epoch = np.stack([np.full(100, 3), np.arange(100)], axis=1)
+    device_views.geometry(epoch)  # an epoch's geometry drawn ahead of its batches
+    assert device_views.geometry_calls == 105
+    device_views.views(epoch[:37])
+    assert device_views.geometry_calls == 105
 
 
 def test_exhaustive_and_identity_views_draw_no_geometry(digits):
@@ -204,3 +211,17 @@ def test_cuda_views_and_labels_are_the_cpu_ones(digits):
     images, labels, hashes = expected(digits, recipe, 5, items)
     assert torch.equal(got.cpu(), images) and torch.equal(cuda.labels(items).cpu(), labels)
     np.testing.assert_array_equal(input_hashes(got), hashes)
+
+
+def test_batched_input_hashes_are_input_hash_of_each_row():
+    gen = torch.Generator().manual_seed(0)
+    for shape in ((5, 1, 8, 8), (3, 3, 32, 32), (0, 3, 32, 32)):
+        batch = torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen)
+        for layout in (batch, batch.flip(-1), batch.contiguous(memory_format=torch.channels_last)):
+            want = [input_hash(image) for image in layout]
+            assert input_hashes(layout).dtype == np.int64
+            assert input_hashes(layout).tolist() == want
+    with pytest.raises(TypeError, match="uint8"):
+        input_hashes(torch.zeros((2, 1, 8, 8)))
+    with pytest.raises(TypeError, match="uint8"):
+        input_hashes(torch.zeros((1, 8, 8), dtype=torch.uint8))

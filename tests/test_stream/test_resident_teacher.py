@@ -13,8 +13,9 @@ from kdcache.augment import create_recipe
 from kdcache.cache.store import CacheReader, open_cache
 from kdcache.data import load_dataset
 from kdcache.errors import CacheError, ConfigError
+from kdcache.seeding import input_hashes
 from kdcache.stream.cached_teacher import CachedTeacher
-from kdcache.stream.device_views import DeviceViews, input_hashes
+from kdcache.stream.device_views import DeviceViews
 from kdcache.stream.plan import plan_epoch
 from kdcache.stream.resident_teacher import ResidentTeacher
 
@@ -68,6 +69,8 @@ def test_batches_are_cached_teachers_bit_for_bit(request, cache_name, views, num
             assert torch.equal(logits, cached)  # bit for bit: fp16 -> fp32 is exact either way
             assert hashes.dtype == np.int64
             np.testing.assert_array_equal(hashes, cached_hashes)
+        unsigned = resident.batch(p.items[: p.bounds[1]].astype(np.uint64))  # any integer dtype
+        assert torch.equal(unsigned[0], served[0][0])
 
 
 def test_each_chunk_is_read_once_for_the_whole_run(digits_cache):
