@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from kdcache.errors import ReplayMismatchError
-from kdcache.seeding import input_hash
+from kdcache.seeding import input_hashes
 
 ReplayMode = Literal["all", "sample", "off"]
 SAMPLE_REPLAY_EVERY = 16  # "sample" checks rows with index % 16 == 0, and each batch's first
@@ -116,5 +116,5 @@ class DeferredReplay:
             self._check(item)
 
     def _check(self, item: _Pending) -> None:
-        got = np.array([input_hash(image) for image in item.images], dtype=np.int64)
+        got = input_hashes(item.images)
         compare_hashes(item.views, item.indices, got, item.cached, self.versions)
