@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from experiments.cifar100 import commands, protocol, records, report, run, split_data
 
@@ -61,25 +62,28 @@ def _setup(tmp_path: Path, **kw: object) -> commands.TrainSetup:
                                **kw)  # type: ignore[arg-type]  # fmt: skip
 
 
-def test_array_command_follows_the_contract(tmp_path: Path) -> None:
+def test_one_array_command_per_seed_carries_each_methods_settings(tmp_path: Path) -> None:
     methods = protocol.load_methods(list(protocol.METHODS))
     groups = commands.plan_groups(methods, sequential=False)
-    assert [[m.name for m in g] for g in groups] == [["ce", "kd", "rld"], ["dkd"], ["ldrld"]]
+    assert [[m.name for m in g] for g in groups] == [list(protocol.METHODS)]
     setup = _setup(tmp_path, stream="auto", compile=True)
     args = commands.train_args(setup, groups[0], seed=2, out=tmp_path / "o", time_limit=300,
                                resume=True)  # fmt: skip
     assert args[0] == "train"
     opts = " ".join(args)
-    for part in ("--loss ce,kd,rld", "--seed 2", "--student resnet20", "--time-limit 300",
+    for part in ("--sweep", "--seed 2", "--student resnet20", "--time-limit 300",
                  "--stream auto", "--compile", "--resume", "--epochs 240"):  # fmt: skip
         assert part in opts
-    assert "--loss-param" not in args
-    dkd = commands.train_args(setup, groups[1], seed=2, out=tmp_path / "d", time_limit=None,
+    assert "--loss" not in args and "--loss-param" not in args
+    entries = {e["name"]: e for e in yaml.safe_load((tmp_path / "o" / "sweep.yaml").read_text())}
+    assert list(entries) == list(protocol.METHODS)
+    assert entries["dkd"]["loss_params"]["beta"] == _config("dkd")["loss_params"]["beta"]
+    assert entries["ldrld"]["lr_warmup_epochs"] == _config("ldrld")["lr-warmup-epochs"]
+    assert entries["kd"] == {"name": "kd", "loss": "kd"}
+    dkd = commands.train_args(setup, [methods[2]], seed=2, out=tmp_path / "d", time_limit=None,
                               resume=False)  # fmt: skip
     assert "--loss dkd " in " ".join(dkd) and "--loss-param beta=" in " ".join(dkd)
     assert "--time-limit" not in dkd and "--resume" not in dkd
-    with pytest.raises(ValueError, match="dkd"):
-        commands.train_args(setup, methods, seed=0, out=tmp_path, time_limit=None, resume=False)
     assert [len(g) for g in commands.plan_groups(methods, sequential=True)] == [1] * 5
 
 

@@ -1,9 +1,9 @@
 """The ``kdcache`` command lines of the experiment, and running one inside a wall-clock deadline.
 
-A student array is one ``kdcache train --loss a,b,c`` command (one run folder per student under
-its ``--out``). Methods whose published setting is not their loss's defaults (protocol.py) get a
-command of their own, which is the same command with one loss and its extra flags; so is every
-method under ``--sequential``.
+A seed's five methods are one student array: one ``kdcache train --sweep FILE`` command, the file
+listing each method with its published settings (protocol.py), one run folder per method under
+its ``--out``. Under ``--sequential`` every method is a command of its own (``--loss NAME`` and its
+extra flags).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from experiments.cifar100.protocol import Method
 
@@ -62,12 +64,11 @@ def extract_args(
 
 
 def plan_groups(methods: Sequence[Method], sequential: bool) -> list[list[Method]]:
-    """The commands of one seed: one array for the methods that ``--loss`` alone expresses,
-    one command each for the others (and for every method when ``sequential``)."""
+    """The commands of one seed: one array of every method, or one command each when
+    ``sequential``."""
     if sequential:
         return [[m] for m in methods]
-    shared = [m for m in methods if not m.needs_own_command]
-    return ([shared] if shared else []) + [[m] for m in methods if m.needs_own_command]
+    return [list(methods)] if methods else []
 
 
 def group_folder(seed_dir: Path, group: Sequence[Method]) -> Path:
@@ -78,20 +79,20 @@ def train_args(
     setup: TrainSetup, group: Sequence[Method], *, seed: int, out: Path,
     time_limit: int | None, resume: bool,
 ) -> list[str]:  # fmt: skip
-    """``kdcache train`` for ``group``: a student array when it holds several methods.
-
-    The array contract: ``--loss a,b,c`` trains one student per loss, each in its own folder
-    under ``--out``; ``--time-limit SECONDS`` stops at an epoch boundary before the budget runs
+    """``kdcache train`` for ``group``: a student array (``--sweep``, written to
+    ``out/sweep.yaml``: one entry per method, its folder named by the method) when it holds
+    several methods. ``--time-limit SECONDS`` stops at an epoch boundary before the budget runs
     out (exit 0, resumable with ``--resume``)."""
-    if len(group) > 1 and any(m.needs_own_command for m in group):
-        own = ", ".join(m.name for m in group if m.needs_own_command)
-        raise ValueError(f"{own} need flags of their own and cannot share an array command")
     args = ["train", "--cache", shown(setup.cache), "--data-dir", shown(setup.data_dir),
-            "--student", setup.student, "--loss", ",".join(m.name for m in group),
-            "--seed", str(seed), "--out", shown(out), *setup.solver,
+            "--student", setup.student, "--seed", str(seed), "--out", shown(out), *setup.solver,
             "--workers", str(setup.workers), "--no-progress"]  # fmt: skip
     if len(group) == 1:
-        args += group[0].extra_args
+        args += ["--loss", group[0].name, *group[0].extra_args]
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        sweep = out / "sweep.yaml"
+        sweep.write_text(yaml.safe_dump([m.sweep_entry for m in group], sort_keys=False))
+        args += ["--sweep", shown(sweep)]
     if time_limit is not None:
         args += ["--time-limit", str(time_limit)]
     if setup.stream is not None:

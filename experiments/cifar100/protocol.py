@@ -42,6 +42,20 @@ class Method:
     extra_args: tuple[str, ...]
 
     @property
+    def sweep_entry(self) -> dict[str, Any]:
+        """The method as one entry of a ``kdcache train --sweep`` file: its folder name, its loss
+        and the settings of :attr:`extra_args` (TrainConfig field names)."""
+        entry: dict[str, Any] = {"name": self.name, "loss": self.name}
+        flags = self.extra_args
+        for flag, value in zip(flags[::2], flags[1::2], strict=True):
+            if flag == "--loss-param":
+                key, _, raw = value.partition("=")
+                entry.setdefault("loss_params", {})[key] = yaml.safe_load(raw)
+            else:
+                entry[flag.removeprefix("--").replace("-", "_")] = yaml.safe_load(value)
+        return entry
+
+    @property
     def needs_own_command(self) -> bool:
         """True when ``--loss NAME`` with the loss's defaults is not this method's setting."""
         return bool(self.extra_args)
