@@ -79,7 +79,7 @@ def _setup(work: Path, epochs: int, views: int, timings: dict[str, float]) -> st
         f"on {os.cpu_count()} CPU cores, no GPU; runs started "
         f"{_run_json(work, 'ldrld')['started'][:10]}.",
         "",
-        f"- **Teacher**: the real ResNet-56 in `../shared/data`: **{teacher_test[0]:.2f}%** top-1 "
+        f"- **Teacher**: the real ResNet-56 in `DATA`: **{teacher_test[0]:.2f}%** top-1 "
         f"on the test split (`kdcache extract --split test --recipe none`, then `kdcache info`); "
         f"on the cached training views ({ident.augmentation.recipe} recipe): {per_view}.",
         f"- **Cache**: {ident.augmentation.num_views} views x {ident.dataset.num_samples:,} "
@@ -170,21 +170,40 @@ def _online(work: Path, runs: dict[str, list[dict[str, Any]]]) -> str:
     )
 
 
-def write_report(work: Path, report: Path, epochs: int, views: int) -> None:
+def readable_commands(text: str, work: Path, data_dir: Path) -> str:
+    """The logged commands as a reader can run them in a checkout: the dataset root written as
+    ``DATA``, the work folder relative to the repository (``WORK`` when it lies outside it)."""
+    inside = work.resolve().is_relative_to(REPO)
+    work_as = os.path.relpath(work.resolve(), REPO) if inside else "WORK"
+    for path, name in ((data_dir, "DATA"), (work, work_as)):
+        for spelling in sorted({str(path), str(path.resolve())}, key=len, reverse=True):
+            text = text.replace(spelling, name)
+    return text
+
+
+def _commands_note(commands: str) -> str:
+    note = "`DATA` is the dataset root (`--data-dir`; by default `../shared/data`, beside the "
+    note += "repository)"
+    if "WORK" in commands:
+        note += ", `WORK` the experiment's folder (`--work`)"
+    return note + ". As run (in order; `--resume` lines are continued runs):"
+
+
+def write_report(
+    work: Path, report: Path, epochs: int, views: int, data_dir: Path | None = None
+) -> None:
+    data_dir = data_dir if data_dir is not None else REPO.parent / "shared" / "data"
     timings = json.loads((work / "timings.json").read_text())
     runs = _runs(work)
     png = report.parent / "results_cifar100.png"
     _plot(work, runs, png)
     log = work / "commands.log"
-    # Paths as a reader's checkout sees them: the shared data beside the repository.
-    shared = str(REPO.parent / "shared")
-    commands = log.read_text().strip().replace(shared, "../shared") if log.exists() else ""
+    commands = readable_commands(log.read_text().strip(), work, data_dir) if log.exists() else ""
     sections = {
         "Setup": _setup(work, epochs, views, timings),
         "Accuracy and time": _table(runs) + f"\n\n![test top-1 and LDRLD step losses]({png.name})",
         "Cached vs online teacher": _online(work, runs),
-        "Exact commands": "As run (in order; `--resume` lines are continued runs):\n\n```\n"
-        + commands
+        "Exact commands": _commands_note(commands) + "\n\n```\n" + commands
         + "\n```",
     }
     for title, body in sections.items():

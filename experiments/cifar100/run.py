@@ -131,7 +131,7 @@ def main() -> None:
 
     from experiments.cifar100.report import write_report
 
-    write_report(args.work, args.report, args.epochs, args.views)
+    write_report(args.work, args.report, args.epochs, args.views, args.data_dir)
 
 
 if __name__ == "__main__":
