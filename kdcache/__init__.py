@@ -7,6 +7,7 @@ The public API (``docs/api.md``)::
     for batch in cache.loader(data_dir, batch_size=64, seed=0, epoch=e):
         batch.images, batch.labels, batch.teacher_logits   # [B, C, H, W], [B], [B, K]
     loss_fn = kdcache.create_loss("ldrld")    # or kdcache.build_objective("ldrld")
+    student = kdcache.create_model("resnet8x4", num_classes=cache.classes)  # the CIFAR zoo, timm
     kdcache.run_extract(kdcache.ExtractConfig(...)); kdcache.run_train(kdcache.TrainConfig(...))
 
 Names are imported on first use, so that ``import kdcache`` (and ``kdcache --help``) stays instant.
@@ -41,6 +42,8 @@ _EXPORTS: dict[str, str] = {
     "ldrld_loss": "kdcache.losses",
     "SparseTeacher": "kdcache.losses.sparse",
     "sparse_kd_loss": "kdcache.losses.sparse",
+    "create_model": "kdcache.models",
+    "list_models": "kdcache.models",
     "Preprocessing": "kdcache.models.preprocess",
     "resolve_preprocessing": "kdcache.models.preprocess",
     "run_extract": "kdcache.extract",
@@ -99,11 +102,13 @@ __all__ = [
     "VerifyReport",
     "build_objective",
     "create_loss",
+    "create_model",
     "dkd_loss",
     "evaluate",
     "kd_loss",
     "ldrld_loss",
     "list_losses",
+    "list_models",
     "loss_info",
     "open_cache",
     "resolve_preprocessing",
@@ -147,6 +152,7 @@ if TYPE_CHECKING:
         rld_loss,
     )
     from kdcache.losses.sparse import SparseTeacher, sparse_kd_loss
+    from kdcache.models import create_model, list_models
     from kdcache.models.preprocess import Preprocessing, resolve_preprocessing
     from kdcache.stream.batch import Batch
     from kdcache.stream.epoch import EpochBatches

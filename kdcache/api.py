@@ -70,10 +70,6 @@ class Cache:
             run's seed, which ``loader(seed=...)`` takes and which picks a view per epoch.
         seed: the same as ``augmentation_seed`` (its first name, kept for existing code).
         views: V, views per sample.
-
-    The attributes use short names where the cache's metadata nests them; docs/api.md
-    §Cache attributes and the schema maps each one to its field (``classes`` is
-    ``dataset.num_classes``, ``views`` is ``augmentation.num_views``).
         storage: ``"dense"`` (every logit) or ``"sparse"`` (top-``topk`` + log-sum-exp).
         dtype: ``"float16"`` or ``"float32"``.
         chunk_rows: samples per chunk (the unit of reading and of the epoch order).
@@ -81,6 +77,10 @@ class Cache:
         teacher_top1: the teacher's top-1 accuracy (%) on each view, ``[V]`` (None: incomplete).
         versions: library versions that wrote it (torch, torchvision, Pillow, kdcache).
         reader: the low-level :class:`~kdcache.cache.store.CacheReader`.
+
+    The attributes use short names where the cache's metadata nests them; the table in
+    docs/api.md (Cache attributes) maps each one to its field (``classes`` is
+    ``dataset.num_classes``, ``views`` is ``augmentation.num_views``).
     """
 
     def __init__(self, reader: CacheReader) -> None:

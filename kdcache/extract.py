@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -28,7 +26,13 @@ from kdcache.cache.store import CacheWriter, open_for_writing
 from kdcache.cache.zarr_stores import check_writable
 from kdcache.data import SourceDataset, load_dataset
 from kdcache.errors import ConfigError
-from kdcache.extract_writer import BackgroundBlockWriter, BlockAssembler
+from kdcache.extract_config import ExtractConfig, ExtractResult, ProgressFn
+from kdcache.extract_writer import (
+    BackgroundBlockWriter,
+    BlockAssembler,
+    block_items,
+    pending_blocks,
+)
 from kdcache.losses.registry import sparse_temperatures
 from kdcache.models import build_model, count_parameters, resolve_model_name, weights_sha256
 from kdcache.models.inference import (
@@ -38,107 +42,25 @@ from kdcache.models.inference import (
     teacher_forward,
     teacher_inference,
 )
-from kdcache.models.preprocess import Preprocessing, check_preprocessing_text, resolve_preprocessing
+from kdcache.models.names import ModelRef
+from kdcache.models.preprocess import Preprocessing, resolve_preprocessing
 from kdcache.models.probe import check_teacher_io
 from kdcache.runtime import init_distributed, library_versions, rank_device, resolve_device
 from kdcache.views import SeededViews
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[int], None]
-
 
 @dataclass(frozen=True)
-class ExtractConfig:
-    """Everything ``kdcache extract`` needs. Only the identity fields change the cache's bytes."""
+class _Teacher:
+    """What the extraction runs: the data, its recipe and the teacher, checked and built."""
 
-    teacher: str
-    out: str
-    dataset: str
-    weights: str | None = None  # required; Optional only so the error message can explain
-    ema: bool = False  # load the checkpoint's EMA weights (state_dict_ema / model_ema)
-    # auto | dataset [,key=value...]: kdcache.models.preprocess; recorded in the cache
-    teacher_preprocessing: str = "auto"
-    data_dir: str | None = None
-    split: str = "train"
-    recipe: str = "cifar"
-    recipe_params: dict[str, Any] = field(default_factory=dict)
-    views: int | None = None  # None: all distinct views of an exhaustive recipe, else 1
-    seed: int = 0
-    # None: float16 for dense logits, float32 for sparse rows (the only precision they take)
-    dtype: Literal["float16", "float32"] | None = None
-    topk: int | None = None  # None: dense logits; K: sparse top-K + exact normalisers
-    # Sparse mode: temperatures whose log-sum-exp each row stores, beside T = 1 and every
-    # registered loss's default temperature (see kdcache.losses.registry.sparse_temperatures).
-    extra_temperatures: tuple[float, ...] = ()
-    chunk_rows: int = 1024
-    batch_size: int = 256
-    workers: int = 2
-    device: str = "auto"
-    download: bool = False
-
-    def __post_init__(self) -> None:
-        if self.views is not None and not 1 <= self.views <= bounds.MAX_VIEWS:
-            raise ConfigError(f"`views` must be in 1..{bounds.MAX_VIEWS}, got {self.views}")
-        if not 0 <= self.seed <= bounds.MAX_SEED:
-            raise ConfigError(f"`seed` must be in 0..2**63-1, got {self.seed}")
-        if not 1 <= self.chunk_rows <= bounds.MAX_CHUNK_ROWS:
-            raise ConfigError(
-                f"`chunk_rows` must be in 1..{bounds.MAX_CHUNK_ROWS}, got {self.chunk_rows}"
-            )
-        if self.batch_size < 1:
-            raise ConfigError(f"`batch_size` must be >= 1, got {self.batch_size}")
-        if self.workers < 0:
-            raise ConfigError(f"`workers` must be >= 0, got {self.workers}")
-        if not self.weights:
-            raise ConfigError(
-                "`weights` is required: a teacher without weights would be randomly initialised "
-                "(kdcache never downloads weights). Give the teacher's checkpoint file."
-            )
-        if self.topk is not None and self.topk < 1:
-            raise ConfigError(f"`topk` must be >= 1, got {self.topk}")
-        if self.topk is not None and self.dtype == "float16":
-            raise ConfigError(
-                "sparse caches store float32 top-K values (float16 values would make the kept "
-                "probabilities sum to more than 1 in ~28% of rows): leave `dtype` unset with `topk`"
-            )
-        if self.topk is None and self.extra_temperatures:
-            raise ConfigError("`extra_temperatures` are only meaningful with `topk`")
-        bad = [t for t in self.extra_temperatures if not (0 < t < float("inf"))]
-        if bad:
-            raise ConfigError(f"`extra_temperatures` must be finite numbers > 0, got {bad[0]}")
-        check_preprocessing_text(self.teacher_preprocessing)
-
-    @property
-    def storage_dtype(self) -> Literal["float16", "float32"]:
-        if self.dtype is not None:
-            return self.dtype
-        return "float16" if self.topk is None else "float32"
-
-
-@dataclass(frozen=True)
-class ExtractResult:
-    location: str
-    fingerprint: str
-    blocks_written: int
-    images: int
-    seconds: float
-    complete: bool
-    teacher_top1: list[float] | None
-
-    @property
-    def images_per_second(self) -> float:
-        return self.images / self.seconds if self.seconds > 0 else 0.0
-
-
-def _pending_items(meta: schema.CacheMeta, blocks: list[tuple[int, int]]) -> np.ndarray:
-    """(view, index) pairs of the given blocks, block after block: int64 [M, 2]."""
-    parts = []
-    for view, block in blocks:
-        rows = meta.block_rows(block)
-        idx = np.arange(rows.start, rows.stop, dtype=np.int64)
-        parts.append(np.stack([np.full_like(idx, view), idx], axis=1))
-    return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
+    source: SourceDataset
+    recipe: Recipe
+    num_views: int
+    model: torch.nn.Module
+    ref: ModelRef
+    preprocessing: Preprocessing
 
 
 def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> ExtractResult:
@@ -151,102 +73,30 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
     padding = padded_batch_note(config.batch_size, device)
     if padding is not None:  # the bytes do not depend on it, the speed does
         log.warning(padding)
-
-    source = load_dataset(config.dataset, config.data_dir, config.split, download=config.download)
-    spec = source.spec
-    if config.topk is not None and config.topk > spec.num_classes:  # before the teacher loads
-        raise ConfigError(
-            f"`topk` {config.topk} exceeds the {spec.num_classes} classes of {spec.name}: "
-            f"give K <= {spec.num_classes}"
-        )
-    recipe = create_recipe(config.recipe, spec, **config.recipe_params)
-    num_views = views_to_store(recipe, config.views)
-    teacher_ref = resolve_model_name(config.teacher)
-    teacher = build_model(
-        config.teacher,
-        spec.num_classes,
-        in_chans=spec.in_chans,
-        weights=config.weights,
-        ema=config.ema,
-    )
-    preprocessing = resolve_preprocessing(teacher, spec, config.teacher_preprocessing)
-    check_teacher_io(teacher, spec.in_chans, preprocessing.input_size, spec.num_classes,
-                     "`teacher_preprocessing`")  # fmt: skip  # before the cache is created
-    identity = schema.CacheIdentity(
-        teacher=schema.TeacherInfo(
-            name=teacher_ref.spec,  # canonical: "RESNET56" and "resnet56" make the same cache
-            weights_sha256=weights_sha256(config.weights) if config.weights else None,
-            num_params=count_parameters(teacher),
-            preprocessing=preprocessing.to_dict(),
-            weights_ema=config.ema,
-        ),
-        dataset=schema.DatasetInfo(
-            name=spec.name,
-            split=source.split,
-            num_samples=len(source),
-            num_classes=spec.num_classes,
-            fingerprint=source.fingerprint(),
-            spec=spec.to_dict(),
-        ),
-        augmentation=schema.AugmentationInfo(
-            recipe=recipe.name, params=recipe.params(), seed=config.seed, num_views=num_views
-        ),
-        storage=schema.StorageInfo(
-            mode="sparse" if config.topk else "dense",
-            dtype=config.storage_dtype,
-            chunk_rows=config.chunk_rows,
-            topk=config.topk,
-            temperatures=sparse_temperatures(config.extra_temperatures) if config.topk else None,
-        ),
-    )
-    # Before the cache is created: a layout this machine cannot hold is refused, not attempted.
-    bounds.check_layout(
-        num_views=num_views,
-        num_samples=len(source),
-        num_classes=spec.num_classes,
-        chunk_rows=config.chunk_rows,
-    )
-    meta = schema.CacheMeta(
-        identity=identity,
-        versions=library_versions(),
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
-        producers=(forward_description(device),),
-        teacher_model=teacher_ref.to_dict(),
-    )
+    job = _load(config)
+    meta = _cache_meta(config, job, device)
 
     # Rank 0 creates (or validates) the cache before the others join it.
     writer = None
     if ctx.is_main:
-        writer = open_for_writing(out, meta, source.labels, create=True)
+        writer = open_for_writing(out, meta, job.source.labels, create=True)
     ctx.barrier()
     if writer is None:
-        writer = open_for_writing(out, meta, source.labels, create=False)
-
-    done = writer.done_mask()
+        writer = open_for_writing(out, meta, job.source.labels, create=False)
+    pending = pending_blocks(writer, job.num_views)
     # Every rank must read the record before any rank writes, or their pending lists differ.
     ctx.barrier()
-    pending = [
-        (v, b) for v in range(num_views) for b in range(writer.meta.num_blocks) if not done[v, b]
-    ]
     mine = pending[ctx.rank :: ctx.world_size]
-    items = _pending_items(writer.meta, mine)
-    log.info(
-        "rank %d: %d of %d pending blocks (%d images)",
-        ctx.rank,
-        len(mine),
-        len(pending),
-        len(items),
-    )
+    items = block_items(writer.meta, mine)
+    log.info("rank %d: %d of %d pending blocks", ctx.rank, len(mine), len(pending))
 
     start_bar = getattr(progress, "start", None)
     if start_bar is not None:  # a CLI bar: show the total and what earlier runs wrote
-        written = num_views * len(source) - sum(_block_len(writer.meta, b) for _, b in pending)
+        written = job.num_views * len(job.source) - len(block_items(writer.meta, pending))
         start_bar(total=written + len(items), done=written)
     start = time.perf_counter()
     if len(items):
-        _stream_blocks(
-            config, source, recipe, teacher, preprocessing, writer, mine, items, device, progress
-        )
+        _stream_blocks(config, job, writer, mine, items, device, progress)
     seconds = time.perf_counter() - start
 
     ctx.barrier()
@@ -265,24 +115,91 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
     )
 
 
-def _block_len(meta: schema.CacheMeta, block: int) -> int:
-    rows = meta.block_rows(block)
-    return rows.stop - rows.start
+def _load(config: ExtractConfig) -> _Teacher:
+    """The data, the recipe and the teacher, each checked before the cache is created."""
+    source = load_dataset(config.dataset, config.data_dir, config.split, download=config.download)
+    spec = source.spec
+    if config.topk is not None and config.topk > spec.num_classes:  # before the teacher loads
+        raise ConfigError(
+            f"`topk` {config.topk} exceeds the {spec.num_classes} classes of {spec.name}: "
+            f"give K <= {spec.num_classes}"
+        )
+    recipe = create_recipe(config.recipe, spec, **config.recipe_params)
+    num_views = views_to_store(recipe, config.views)
+    ref = resolve_model_name(config.teacher)
+    teacher = build_model(
+        config.teacher,
+        spec.num_classes,
+        in_chans=spec.in_chans,
+        weights=config.weights,
+        ema=config.ema,
+    )
+    preprocessing = resolve_preprocessing(teacher, spec, config.teacher_preprocessing)
+    check_teacher_io(teacher, spec.in_chans, preprocessing.input_size, spec.num_classes,
+                     "`teacher_preprocessing`")  # fmt: skip
+    # Before the cache is created: a layout this machine cannot hold is refused, not attempted.
+    bounds.check_layout(
+        num_views=num_views,
+        num_samples=len(source),
+        num_classes=spec.num_classes,
+        chunk_rows=config.chunk_rows,
+    )
+    return _Teacher(source, recipe, num_views, teacher, ref, preprocessing)
+
+
+def _cache_meta(config: ExtractConfig, job: _Teacher, device: torch.device) -> schema.CacheMeta:
+    """The metadata the cache is created with (or must already have, to resume)."""
+    source, spec = job.source, job.source.spec
+    identity = schema.CacheIdentity(
+        teacher=schema.TeacherInfo(
+            name=job.ref.spec,  # canonical: "RESNET56" and "resnet56" make the same cache
+            weights_sha256=weights_sha256(config.weights) if config.weights else None,
+            num_params=count_parameters(job.model),
+            preprocessing=job.preprocessing.to_dict(),
+            weights_ema=config.ema,
+        ),
+        dataset=schema.DatasetInfo(
+            name=spec.name,
+            split=source.split,
+            num_samples=len(source),
+            num_classes=spec.num_classes,
+            fingerprint=source.fingerprint(),
+            spec=spec.to_dict(),
+        ),
+        augmentation=schema.AugmentationInfo(
+            recipe=job.recipe.name,
+            params=job.recipe.params(),
+            seed=config.seed,
+            num_views=job.num_views,
+        ),
+        storage=schema.StorageInfo(
+            mode="sparse" if config.topk else "dense",
+            dtype=config.storage_dtype,
+            chunk_rows=config.chunk_rows,
+            topk=config.topk,
+            temperatures=sparse_temperatures(config.extra_temperatures) if config.topk else None,
+        ),
+    )
+    return schema.CacheMeta(
+        identity=identity,
+        versions=library_versions(),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        producers=(forward_description(device),),
+        teacher_model=job.ref.to_dict(),
+    )
 
 
 def _stream_blocks(
     config: ExtractConfig,
-    source: SourceDataset,
-    recipe: Recipe,
-    teacher: torch.nn.Module,
-    preprocessing: Preprocessing,
+    job: _Teacher,
     writer: CacheWriter,
     blocks: list[tuple[int, int]],
     items: np.ndarray,
     device: torch.device,
     progress: ProgressFn | None,
 ) -> None:
-    views = SeededViews(source, recipe, config.seed, items)
+    views = SeededViews(job.source, job.recipe, config.seed, items)
+    preprocessing = job.preprocessing
     loader = DataLoader(
         views,
         batch_size=config.batch_size,
@@ -292,7 +209,7 @@ def _stream_blocks(
         persistent_workers=False,
         prefetch_factor=4 if config.workers > 0 else None,
     )
-    teacher = prepare_teacher(teacher, device)
+    teacher = prepare_teacher(job.model, device)
     assembler = BlockAssembler(writer, blocks)
     # The forward runs here while a background thread assembles, digests, compresses and writes
     # the previous batches' blocks (kdcache.extract_writer): the two no longer take turns.

@@ -24,6 +24,7 @@ from types import TracebackType
 import numpy as np
 import torch
 
+from kdcache.cache.schema import CacheMeta
 from kdcache.cache.store import CacheWriter
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,23 @@ def topk_hits(logits: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
     lower = np.arange(logits.shape[1])[None, :] < labels[:, None]  # [R, C]
     rank = (logits > own).sum(axis=1) + ((logits == own) & lower).sum(axis=1)  # [R]
     return int((rank == 0).sum()), int((rank < k).sum())
+
+
+def pending_blocks(writer: CacheWriter, num_views: int) -> list[tuple[int, int]]:
+    """The (view, block) pairs not yet marked written, view after view."""
+    done = writer.done_mask()
+    blocks = range(writer.meta.num_blocks)
+    return [(v, b) for v in range(num_views) for b in blocks if not done[v, b]]
+
+
+def block_items(meta: CacheMeta, blocks: list[tuple[int, int]]) -> np.ndarray:
+    """(view, index) pairs of the given blocks, block after block: int64 [M, 2]."""
+    parts = []
+    for view, block in blocks:
+        rows = meta.block_rows(block)
+        idx = np.arange(rows.start, rows.stop, dtype=np.int64)
+        parts.append(np.stack([np.full_like(idx, view), idx], axis=1))
+    return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
 
 
 class BlockAssembler:

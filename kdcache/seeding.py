@@ -1,4 +1,4 @@
-"""Per-sample seeds: the determinism contract of DESIGN.md §2.
+"""Per-sample seeds: the determinism contract of docs/design.md §Determinism.
 
 Every augmented input is a pure function of ``(cache seed, view, sample index)``. The seed of one
 sample is derived with a named hash so that another implementation can reproduce it

@@ -2,8 +2,9 @@
 
 Item ``(v, i)`` is ``recipe(source.image(i), sample_seed=sample_seed(cache_seed, v, i), view=v)``,
 a pure function of ``(cache_seed, v, i)``: the same bytes whatever the batch size, worker count,
-order or process (DESIGN.md §2). Each item carries the :func:`kdcache.seeding.input_hash` of its
-uint8 image, which the cache stores and ``train`` / ``verify`` compare.
+order or process (docs/design.md §Determinism). Each item carries the
+:func:`kdcache.seeding.input_hash` of its uint8 image, which the cache stores and ``train`` /
+``verify`` compare.
 
 With a mixed recipe (``cifar+mixup`` ...) item ``(v, i)`` is the base view of i mixed with the base
 view of its partner j (same v), as :mod:`kdcache.augment.mix` draws from ``(cache_seed, v, i)``;

@@ -64,6 +64,42 @@ def test_import_kdcache_stays_light_and_every_public_name_resolves():
         kdcache.no_such_name  # noqa: B018
 
 
+def test_create_model_builds_zoo_and_timm_names_as_train_resolves_them(digits_teacher_weights):
+    import timm
+    import torch
+
+    from kdcache.models import build_model
+
+    zoo = kdcache.create_model("resnet8", num_classes=10, in_chans=1)
+    assert type(zoo) is type(build_model("resnet8", 10, in_chans=1))
+    assert type(kdcache.create_model("cifar_resnet8", num_classes=10)) is type(zoo)  # timm name
+    tiny = kdcache.create_model("timm:test_resnet", num_classes=7)
+    assert type(tiny) is type(timm.create_model("test_resnet", num_classes=7))
+    assert tiny.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 7)
+    assert "resnet8" in kdcache.list_models()
+    loaded = kdcache.create_model(
+        "resnet8", num_classes=10, in_chans=1, pretrained=digits_teacher_weights
+    )
+    saved = torch.load(digits_teacher_weights, weights_only=True)
+    assert all(torch.equal(v, saved[k]) for k, v in loaded.state_dict().items())
+    with pytest.raises(kdcache.ConfigError, match="never downloads weights"):
+        kdcache.create_model("resnet8", num_classes=10, pretrained=True)
+
+
+def test_create_model_loads_the_zoo_lazily():
+    code = (
+        "import sys, kdcache; assert 'kdcache.models' not in sys.modules; "
+        "m = kdcache.create_model('resnet8', num_classes=3); "
+        "assert 'kdcache.models' in sys.modules and m.fc.out_features == 3"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
 def test_open_cache_exposes_the_identity_as_typed_attributes(fp32_cache):
     cache = kdcache.open_cache(fp32_cache)
     meta = open_reader(str(fp32_cache)).meta

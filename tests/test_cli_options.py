@@ -100,3 +100,11 @@ def test_in_flags_maps_only_the_commands_own_settings() -> None:
     )
     assert in_flags(message, None) == message
     assert in_flags("`amp` off", train_command) == "--amp off"  # a --x/--no-x pair: its on flag
+
+
+def test_every_extract_option_is_an_extract_config_field_or_the_commands_own() -> None:
+    from kdcache.extract import ExtractConfig
+
+    fields = {f.name for f in dataclasses.fields(ExtractConfig)}
+    names = {p.name for p in _command("extract").params if p.expose_value}
+    assert names - {"exhaustive", "no_progress"} <= fields, sorted(names - fields)

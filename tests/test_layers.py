@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"seeding", "runtime", "cache"},
     {"data", "losses"},
     {"augment", "models", "extract_writer"},
-    {"views", "summary"},
+    {"views", "summary", "extract_config"},
     {"extract", "verify"},
     {"stream"},
     {"training"},

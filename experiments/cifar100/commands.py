@@ -48,6 +48,17 @@ def shown(path: Path) -> str:
         return str(path)
 
 
+def readable_commands(text: str, work: Path, data_dir: Path) -> str:
+    """Logged commands as a reader can run them in a checkout: the dataset root written as
+    ``DATA``, the work folder relative to the repository (``WORK`` when it lies outside it)."""
+    inside = work.resolve().is_relative_to(REPO)
+    work_as = os.path.relpath(work.resolve(), REPO) if inside else "WORK"
+    for path, name in ((data_dir, "DATA"), (work, work_as)):
+        for spelling in sorted({str(path), str(path.resolve())}, key=len, reverse=True):
+            text = text.replace(spelling, name)
+    return text
+
+
 def extract_args(
     *, teacher: str, weights: Path, dataset: str, data_dir: Path, split: str, recipe: str,
     views: int | None, exhaustive: bool, out: Path, batch_size: int, workers: int,

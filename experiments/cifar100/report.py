@@ -26,6 +26,7 @@ if str(REPO) not in sys.path:  # run as a script: the checkout's packages first
 
 from benchmarks._docs import write_section  # noqa: E402
 from experiments.cifar100 import records  # noqa: E402
+from experiments.cifar100.commands import readable_commands  # noqa: E402, F401 (re-exported)
 from experiments.cifar100.protocol import METHODS  # noqa: E402
 
 PUBLISHED = Path(__file__).with_name("published.json")

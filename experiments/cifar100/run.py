@@ -114,7 +114,9 @@ class Runner:
 
     def _log(self, started: str, step: str, args: list[str], outcome: commands.Outcome,
              **extra: Any) -> None:  # fmt: skip
-        entry = {"started": started, "step": step, **extra, "command": "kdcache " + " ".join(args),
+        command = commands.readable_commands("kdcache " + " ".join(args), self.work,
+                                             self.args.data_dir)  # fmt: skip
+        entry = {"started": started, "step": step, **extra, "command": command,
                  "seconds": round(outcome.seconds, 1), "exit": outcome.code,
                  "cut_by_budget": outcome.cut}  # fmt: skip
         with open(self.card_dir / records.COMMANDS, "a") as f:

@@ -1,4 +1,4 @@
-"""Seeded, replayable augmentation recipes (DESIGN.md §2).
+"""Seeded, replayable augmentation recipes (docs/design.md §Determinism).
 
 ======================  ========================================================  ===========
 name                    what                                                      views

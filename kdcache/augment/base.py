@@ -1,9 +1,9 @@
 """The recipe interface and the registry of base recipes (``list_recipes``).
 
 A recipe maps an original uint8 image and a per-sample seed to one augmented uint8 image. It is the
-augmentation half of the determinism contract (DESIGN.md §2): all randomness comes from a
-``torch.Generator`` seeded with ``sample_seed`` (or, for third-party transforms that only use global
-RNGs, from :func:`kdcache.seeding.forked_global_rng`), so a call is a pure function of
+augmentation half of the determinism contract (docs/design.md §Determinism): all randomness comes
+from a ``torch.Generator`` seeded with ``sample_seed`` (or, for third-party transforms that only
+use global RNGs, from :func:`kdcache.seeding.forked_global_rng`), so a call is a pure function of
 ``(image, sample_seed, view)`` and never disturbs the caller's RNG state.
 """
 

@@ -1,5 +1,5 @@
 """Mixed views (``<base>+mixup``, ``<base>+cutmix``, ``<base>+mixup-cutmix``) under the
-determinism contract (DESIGN.md §2; normative text in docs/cache-format.md §5.3.1).
+determinism contract (docs/design.md §Determinism; normative text in docs/cache-format.md §5.3.1).
 
 Mixup (Zhang et al., "mixup: Beyond Empirical Risk Minimization", ICLR 2018) and CutMix (Yun et
 al., "CutMix: Regularization Strategy to Train Strong Classifiers with Localizable Features", ICCV

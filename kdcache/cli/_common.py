@@ -131,6 +131,33 @@ def with_options(*groups: list[Option]) -> Callable[[F], F]:
     return apply
 
 
+def int_option(
+    flag: str, low: int, high: int | None, *names: str, default: int | None = None, **extra: Any
+) -> Option:
+    """An integer option in ``low..high`` (``high`` None: unbounded); the default shown if any."""
+    return click.option(
+        flag,
+        *names,
+        type=click.IntRange(low, high),
+        default=default,
+        show_default=default is not None,
+        **extra,
+    )
+
+
+def choice_option(
+    flag: str, choices: list[str], *, default: str | None = None, help: str | None = None
+) -> Option:
+    """One of ``choices``; the default shown if any."""
+    return click.option(
+        flag,
+        type=click.Choice(choices),
+        default=default,
+        show_default=default is not None,
+        help=help,
+    )
+
+
 PREPROCESSING_HELP = (
     "auto (default: the model's timm pretrained_cfg, else the dataset's), dataset, and/or "
     "overrides, e.g. 'dataset,mean=0.5/0.5/0.5,std=0.5/0.5/0.5,size=224,interpolation=bicubic' "
@@ -164,22 +191,10 @@ def data_dir_option(purpose: str = "", default_note: str = "") -> Option:
 
 
 def batch_size_option(default: int | None = 256, help: str | None = None) -> Option:
-    return click.option(
-        "--batch-size",
-        type=click.IntRange(1, 1 << 20),
-        default=default,
-        show_default=default is not None,
-        help=help,
-    )
+    return int_option("--batch-size", 1, 1 << 20, default=default, help=help)
 
 
-WORKERS_OPTION = click.option(
-    "--workers",
-    default=2,
-    show_default=True,
-    type=click.IntRange(0, 1024),
-    help="Data loader worker processes.",
-)
+WORKERS_OPTION = int_option("--workers", 0, 1024, default=2, help="Data loader worker processes.")
 DEVICE_OPTION = click.option(
     "--device",
     default="auto",

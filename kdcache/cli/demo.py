@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from kdcache.cache import bounds
-from kdcache.cli._common import user_errors
+from kdcache.cli._common import int_option, user_errors
 
 
 @click.command("demo")
@@ -19,9 +19,9 @@ from kdcache.cli._common import user_errors
     help="Working directory (runs/ is in the repository's .gitignore); finished steps are "
     "reused when re-run.",
 )
-@click.option("--teacher-epochs", default=30, show_default=True, type=click.IntRange(1, 10_000))
-@click.option("--student-epochs", default=20, show_default=True, type=click.IntRange(1, 10_000))
-@click.option("--views", default=4, show_default=True, type=click.IntRange(1, bounds.MAX_VIEWS))
+@int_option("--teacher-epochs", 1, 10_000, default=30)
+@int_option("--student-epochs", 1, 10_000, default=20)
+@int_option("--views", 1, bounds.MAX_VIEWS, default=4)
 def demo_command(out: str, teacher_epochs: int, student_epochs: int, views: int) -> None:
     """Teacher -> cache -> students on the bundled digits dataset, then a comparison table."""
     from kdcache.cli.progress import CountProgress, TrainProgress

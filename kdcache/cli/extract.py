@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from kdcache.cache import bounds
 from kdcache.cli._common import (
+    choice_option,
     data_dir_option,
+    int_option,
     loader_options,
     no_progress_option,
     preprocessing_option,
@@ -46,30 +50,29 @@ from kdcache.cli._common import (
     is_flag=True,
     help="Enumerate the recipe's distinct views (cifar: 162) instead of sampling.",
 )
-@click.option(
+@int_option(
     "--views",
-    default=None,
-    type=click.IntRange(1, bounds.MAX_VIEWS),
+    1,
+    bounds.MAX_VIEWS,
     help="Augmented views per sample [default: 1; with --exhaustive, all distinct views].",
 )
-@click.option(
+@int_option(
     "--seed",
+    0,
+    bounds.MAX_SEED,
     default=0,
-    show_default=True,
-    type=click.IntRange(0, bounds.MAX_SEED),
     help="The cache's augmentation seed (recorded in the cache; a run's is `train --seed`).",
 )
 @click.option("--out", required=True, help="Cache location (directory).")
-@click.option(
+@choice_option(
     "--dtype",
-    type=click.Choice(["float16", "float32"]),
-    default=None,
+    ["float16", "float32"],
     help="Dense logits' precision [default: float16; sparse rows are always float32].",
 )
-@click.option(
+@int_option(
     "--topk",
-    type=click.IntRange(min=1),
-    default=None,
+    1,
+    None,
     help="Sparse mode: keep the top-K logits plus the exact normalisers at each stored "
     "temperature, the true-label logit and the row statistics (docs/cache-format.md).",
 )
@@ -81,39 +84,11 @@ from kdcache.cli._common import (
     help="Sparse mode: also store the log-sum-exp at this temperature (repeatable); T = 1 and "
     "every registered loss's default temperature are always stored.",
 )
-@click.option(
-    "--chunk-rows",
-    default=1024,
-    show_default=True,
-    type=click.IntRange(1, bounds.MAX_CHUNK_ROWS),
-    help="Samples per chunk.",
-)
+@int_option("--chunk-rows", 1, bounds.MAX_CHUNK_ROWS, default=1024, help="Samples per chunk.")
 @with_options(loader_options(256))
 @click.option("--download", is_flag=True, help="Download the dataset if missing (needs internet).")
 @no_progress_option()
-def extract_command(
-    teacher: str,
-    weights: str | None,
-    ema: bool,
-    teacher_preprocessing: str,
-    dataset: str,
-    data_dir: str | None,
-    split: str,
-    recipe: str,
-    exhaustive: bool,
-    views: int | None,
-    seed: int,
-    out: str,
-    dtype: str | None,
-    topk: int | None,
-    extra_temperatures: tuple[float, ...],
-    chunk_rows: int,
-    batch_size: int,
-    workers: int,
-    device: str,
-    download: bool,
-    no_progress: bool,
-) -> None:
+def extract_command(exhaustive: bool, no_progress: bool, **options: Any) -> None:
     """Run TEACHER once over a dataset and write its logits into a zarr cache.
 
     Interrupted runs resume when re-run with the same settings; a cache of other settings at --out
@@ -121,29 +96,9 @@ def extract_command(
     """
     from kdcache.extract import ExtractConfig, run_extract
 
+    # Every other option is named as its ExtractConfig field.
     with user_errors():
-        config = ExtractConfig(
-            teacher=teacher,
-            weights=weights,
-            ema=ema,
-            teacher_preprocessing=teacher_preprocessing,
-            dataset=dataset,
-            data_dir=data_dir,
-            split=split,
-            recipe=recipe,
-            recipe_params={"exhaustive": True} if exhaustive else {},
-            views=views,
-            seed=seed,
-            out=out,
-            dtype=dtype,  # type: ignore[arg-type]  # click.Choice guarantees the literal
-            topk=topk,
-            extra_temperatures=tuple(extra_temperatures),
-            chunk_rows=chunk_rows,
-            batch_size=batch_size,
-            workers=workers,
-            device=device,
-            download=download,
-        )
+        config = ExtractConfig(**options, recipe_params={"exhaustive": True} if exhaustive else {})
         with progress_bar("extract", disable=no_progress) as bar:
             result = run_extract(config, progress=bar)
     if result.images:
@@ -161,4 +116,4 @@ def extract_command(
     click.echo(f"cache {result.location}: {state}, fingerprint {result.fingerprint[:16]}")
     if result.teacher_top1:
         top1 = ", ".join(f"{x:.2f}" for x in result.teacher_top1)
-        click.echo(f"teacher top-1 per view (%, on the augmented {split} views): {top1}")
+        click.echo(f"teacher top-1 per view (%, on the augmented {config.split} views): {top1}")

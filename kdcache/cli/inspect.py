@@ -9,6 +9,7 @@ import click
 
 from kdcache.cli._common import (
     data_dir_option,
+    int_option,
     remote_cache_dir_option,
     storage_timeout_option,
     teacher_weights_option,
@@ -36,11 +37,11 @@ def info_command(cache: str, as_json: bool, remote_cache_dir: str | None) -> Non
 @storage_timeout_option
 @click.argument("cache")
 @data_dir_option(", to check the data fingerprint and replay views")
-@click.option(
+@int_option(
     "--replay",
+    0,
+    None,
     default=64,
-    show_default=True,
-    type=click.IntRange(min=0),
     help="Views to regenerate and compare with the recorded input hashes (0: skip).",
 )
 @teacher_weights_option(

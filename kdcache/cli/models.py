@@ -4,24 +4,12 @@ from __future__ import annotations
 
 import click
 
-from kdcache.cli._common import user_errors
+from kdcache.cli._common import int_option, user_errors
 
 
 @click.command("models")
-@click.option(
-    "--num-classes",
-    default=100,
-    show_default=True,
-    type=click.IntRange(1, 1 << 20),
-    help="Classes the parameter counts assume.",
-)
-@click.option(
-    "--in-chans",
-    default=3,
-    show_default=True,
-    type=click.IntRange(1, 1 << 10),
-    help="Input channels the parameter counts assume.",
-)
+@int_option("--num-classes", 1, 1 << 20, default=100, help="Classes the parameter counts assume.")
+@int_option("--in-chans", 1, 1 << 10, default=3, help="Input channels the parameter counts assume.")
 @click.option(
     "--timm",
     "timm_pattern",

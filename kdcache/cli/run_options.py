@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import click
 
-from kdcache.cli._common import ListOf, Option, loader_options, no_progress_option
+from kdcache.cli._common import (
+    ListOf,
+    Option,
+    choice_option,
+    int_option,
+    loader_options,
+    no_progress_option,
+)
 
 
 def _preset(field: str) -> str:
@@ -25,16 +32,13 @@ def float_option(flag: str, default: float | None, help: str) -> Option:
 
 
 OPTIMISER: list[Option] = [
-    click.option(
-        "--protocol",
-        type=click.Choice(["cifar", "imagenet"]),
-        default=None,
-        help="Training recipe preset (default: by dataset).",
+    choice_option(
+        "--protocol", ["cifar", "imagenet"], help="Training recipe preset (default: by dataset)."
     ),
-    click.option(
+    int_option(
         "--epochs",
-        type=click.IntRange(1, 1_000_000),
-        default=None,
+        1,
+        1_000_000,
         help=f"Training epochs [default: the protocol's: {_preset('epochs')}]; lr milestones and "
         "warm-up scale with it. With --resume, a larger value extends a finished run.",
     ),
@@ -54,19 +58,17 @@ OPTIMISER: list[Option] = [
         f"Weight decay [default (SGD): {_preset('weight_decay')}]; required with --opt adamw "
         "(decoupled, not on biases and norm layers).",
     ),
-    click.option(
+    choice_option(
         "--opt",
-        type=click.Choice(["sgd", "adamw"]),
+        ["sgd", "adamw"],
         default="sgd",
-        show_default=True,
         help="Optimiser (timm's create_optimizer_v2): sgd, the papers' (classical momentum, "
         "weight decay on all parameters), or adamw.",
     ),
-    click.option(
+    choice_option(
         "--sched",
-        type=click.Choice(["step", "cosine"]),
+        ["step", "cosine"],
         default="step",
-        show_default=True,
         help="lr schedule (timm's MultiStepLRScheduler / CosineLRScheduler, set every update): "
         "step, the papers' (x0.1 at the protocol's milestones), or cosine to --min-lr.",
     ),
@@ -126,11 +128,11 @@ OUTPUT: list[Option] = [
         type=int,
         help="Evaluate every N epochs and after the last; 0: never (benchmarks).",
     ),
-    click.option(
+    int_option(
         "--checkpoint-every",
+        0,
+        None,
         default=0,
-        show_default=True,
-        type=click.IntRange(0, None),
         help="Also write last.pt every N optimiser steps inside an epoch (long epochs: a crash "
         "loses minutes); --resume continues from the step. 0: at the end of each epoch only.",
     ),

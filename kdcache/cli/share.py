@@ -6,7 +6,12 @@ import json
 
 import click
 
-from kdcache.cli._common import remote_cache_dir_option, storage_timeout_option, user_errors
+from kdcache.cli._common import (
+    int_option,
+    remote_cache_dir_option,
+    storage_timeout_option,
+    user_errors,
+)
 
 
 @click.command("pack")
@@ -44,13 +49,7 @@ def pack_command(
 @click.command("ls")
 @storage_timeout_option
 @click.argument("location")
-@click.option(
-    "--depth",
-    default=4,
-    show_default=True,
-    type=click.IntRange(min=0, max=64),
-    help="Directory levels to search below.",
-)
+@int_option("--depth", 0, 64, default=4, help="Directory levels to search below.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 def ls_command(location: str, depth: int, as_json: bool) -> None:
     """List the caches at or under LOCATION (a directory or an s3://, gs://... prefix), one line

@@ -17,7 +17,9 @@ from kdcache.cache import bounds
 from kdcache.cli._common import (
     ListOf,
     Option,
+    choice_option,
     data_dir_option,
+    int_option,
     preprocessing_option,
     recipe_option,
     remote_cache_dir_option,
@@ -64,10 +66,10 @@ TEACHER: list[Option] = [
     click.option(
         "--teacher-ema", is_flag=True, help="Online: load the teacher checkpoint's EMA weights."
     ),
-    click.option(
+    int_option(
         "--teacher-topk",
-        type=click.IntRange(min=1),
-        default=None,
+        1,
+        None,
         metavar="K",
         help="Online: keep only the live teacher's top K logits per row, exactly as a top-K "
         "cache (`kdcache extract --topk K`) stores them: the online twin of training from it.",
@@ -83,45 +85,29 @@ DATA: list[Option] = [
     click.option("--split", default=None, help="Without --cache: training split (default train)."),
     data_dir_option(),
     recipe_option("Without --cache: "),
-    click.option(
+    int_option(
         "--aug-seed",
+        0,
+        bounds.MAX_SEED,
         default=0,
-        show_default=True,
-        type=click.IntRange(0, bounds.MAX_SEED),
         help="Without --cache: the augmentation seed of the views (a cache records its own).",
     ),
-    click.option(
-        "--num-views",
-        default=1,
-        show_default=True,
-        type=click.IntRange(1, bounds.MAX_VIEWS),
-        help="Without --cache: views per sample.",
+    int_option(
+        "--num-views", 1, bounds.MAX_VIEWS, default=1, help="Without --cache: views per sample."
     ),
     click.option("--views", default=None, help="Train on a subset of the cache's views, e.g. 0,1."),
-    click.option(
-        "--max-samples",
-        type=click.IntRange(1, bounds.MAX_SAMPLES),
-        default=None,
-        help="Train on the first N samples only.",
-    ),
-    click.option(
+    int_option("--max-samples", 1, bounds.MAX_SAMPLES, help="Train on the first N samples only."),
+    choice_option(
         "--verify-replay",
-        type=click.Choice(["all", "sample", "off"]),
+        ["all", "sample", "off"],
         default="sample",
-        show_default=True,
         help="Check regenerated images against the cache's input hashes.",
     ),
-    click.option(
-        "--window-blocks",
-        default=4,
-        show_default=True,
-        type=click.IntRange(1, 4096),
-        help="Cache blocks shuffled together.",
-    ),
-    click.option(
+    int_option("--window-blocks", 1, 4096, default=4, help="Cache blocks shuffled together."),
+    int_option(
         "--block-rows",
-        type=click.IntRange(1, bounds.MAX_CHUNK_ROWS),
-        default=None,
+        1,
+        bounds.MAX_CHUNK_ROWS,
         help="Without --cache: samples per shuffling block (match a cache's chunk rows to "
         "reproduce its order).",
     ),

@@ -5,7 +5,7 @@ Importing this package registers the zoo in timm's registry.
 
 from __future__ import annotations
 
-from kdcache.models.factory import build_model, list_models
+from kdcache.models.factory import build_model, create_model, list_models
 from kdcache.models.names import AmbiguousModelNameError, ModelRef, resolve_model_name
 from kdcache.models.weights import (
     KeyReport,
@@ -23,6 +23,7 @@ __all__ = [
     "ZOO",
     "KeyReport",
     "build_model",
+    "create_model",
     "count_parameters",
     "list_models",
     "load_checkpoint_state_dict",

@@ -39,6 +39,32 @@ def list_models() -> list[str]:
     return list(ZOO)
 
 
+def create_model(
+    name: str,
+    *,
+    num_classes: int,
+    in_chans: int = 3,
+    pretrained: bool | str | Path = False,
+    ema: bool = False,
+    **kwargs: Any,
+) -> nn.Module:
+    """A student or teacher by name, as ``kdcache train --student`` resolves it: a zoo name
+    (``resnet8``, ``cifar_resnet20``), ``timm:NAME`` or any timm name, or ``file.py:factory``.
+
+    timm's spelling (``kdcache.create_model("resnet32x4", num_classes=100)``), on kdcache's
+    terms: ``pretrained`` is ``False`` (untrained, as constructed) or the path of a weights file
+    (a state dict, ``.safetensors`` or a training checkpoint; ``ema`` takes its EMA weights),
+    loaded strictly. ``pretrained=True`` is refused: kdcache never downloads weights.
+    """
+    if pretrained is True:
+        raise ConfigError(
+            "kdcache never downloads weights: give `pretrained` the path of a weights file "
+            "(or leave it False for an untrained model)"
+        )
+    weights = None if pretrained is False else pretrained
+    return build_model(name, num_classes, in_chans=in_chans, weights=weights, ema=ema, **kwargs)
+
+
 def _create_from_file(spec: str, num_classes: int, in_chans: int, **kwargs: Any) -> nn.Module:
     path_text, sep, attr = spec.rpartition(":")
     if not sep or not path_text.endswith(".py") or not attr.isidentifier():

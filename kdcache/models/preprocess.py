@@ -1,10 +1,10 @@
 """Each model's own conversion of the shared uint8 view into its float input.
 
 Teacher and student see the same uint8 augmented view (one input hash, one replay contract); each
-model converts it its own way (DESIGN.md §2): resize to its input size when that differs from the
-view's, scale to [0, 1], normalise with its mean/std. A teacher fed another model's statistics
-(a ViT trained with mean = std = 0.5 given ImageNet's) gives silently degraded logits, which no
-input hash can notice.
+model converts it its own way (docs/design.md §Determinism): resize to its input size when that
+differs from the view's, scale to [0, 1], normalise with its mean/std. A teacher fed another
+model's statistics (a ViT trained with mean = std = 0.5 given ImageNet's) gives silently degraded
+logits, which no input hash can notice.
 
 Where a model's preprocessing comes from (``docs/cache-format.md`` §Teacher preprocessing):
 

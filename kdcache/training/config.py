@@ -143,6 +143,36 @@ class TrainConfig:
             raise ConfigError(
                 f"`protocol` must be one of {sorted(PROTOCOLS)}, got {self.protocol!r}"
             )
+        self._check_ranges()
+        self._check_optimization()
+        if self.views is not None and (not self.views or min(self.views) < 0):
+            raise ConfigError(f"`views` must name view numbers >= 0, got {list(self.views)}")
+        if self.stream not in ("auto", "host", "device"):
+            raise ConfigError(f"`stream` must be auto, host or device, got {self.stream!r}")
+        if self.time_limit is not None and not (
+            math.isfinite(self.time_limit) and self.time_limit > 0
+        ):
+            raise ConfigError(
+                f"`time_limit` must be a number of seconds > 0, got {self.time_limit}"
+            )
+        if self.verify_replay not in ("all", "sample", "off"):
+            raise ConfigError(
+                f"`verify_replay` must be all, sample or off, got {self.verify_replay!r}"
+            )
+        if self.cache is not None and (self.teacher_preprocessing != "auto" or self.teacher_ema):
+            raise ConfigError(
+                "`teacher_preprocessing` / `teacher_ema` are for a live teacher: a cache records "
+                "its teacher's preprocessing and weights"
+            )
+        from kdcache.models.preprocess import check_preprocessing_text
+
+        check_preprocessing_text(self.teacher_preprocessing)
+        check_preprocessing_text(self.student_preprocessing)
+        if self.resume and self.force:
+            raise ConfigError("`resume` and `force` are exclusive")
+
+    def _check_ranges(self) -> None:
+        """Counts >= 1, rates and weights finite and >= 0, seeds within the 63-bit range."""
         for name in (
             "epochs",
             "batch_size",
@@ -169,10 +199,7 @@ class TrainConfig:
             value = getattr(self, name)
             # NaN compares false with everything: test finiteness first, or it slips through.
             if value is not None and not (math.isfinite(value) and value >= 0):
-                raise ConfigError(
-                    f"`{name}` must be a finite number >= 0, got {value}"
-                )
-        self._check_optimization()
+                raise ConfigError(f"`{name}` must be a finite number >= 0, got {value}")
         if self.workers < 0:
             raise ConfigError(f"`workers` must be >= 0, got {self.workers}")
         if self.checkpoint_every < 0:
@@ -184,34 +211,7 @@ class TrainConfig:
             raise ConfigError(f"`eval_every` must be >= 0 (0: never), got {self.eval_every}")
         for name in ("seed", "aug_seed"):
             if not 0 <= getattr(self, name) <= MAX_SEED:
-                raise ConfigError(
-                    f"`{name}` must be in 0..2**63-1, got {getattr(self, name)}"
-                )
-        if self.views is not None and (not self.views or min(self.views) < 0):
-            raise ConfigError(f"`views` must name view numbers >= 0, got {list(self.views)}")
-        if self.stream not in ("auto", "host", "device"):
-            raise ConfigError(f"`stream` must be auto, host or device, got {self.stream!r}")
-        if self.time_limit is not None and not (
-            math.isfinite(self.time_limit) and self.time_limit > 0
-        ):
-            raise ConfigError(
-                f"`time_limit` must be a number of seconds > 0, got {self.time_limit}"
-            )
-        if self.verify_replay not in ("all", "sample", "off"):
-            raise ConfigError(
-                f"`verify_replay` must be all, sample or off, got {self.verify_replay!r}"
-            )
-        if self.cache is not None and (self.teacher_preprocessing != "auto" or self.teacher_ema):
-            raise ConfigError(
-                "`teacher_preprocessing` / `teacher_ema` are for a live teacher: a cache records "
-                "its teacher's preprocessing and weights"
-            )
-        from kdcache.models.preprocess import check_preprocessing_text
-
-        check_preprocessing_text(self.teacher_preprocessing)
-        check_preprocessing_text(self.student_preprocessing)
-        if self.resume and self.force:
-            raise ConfigError("`resume` and `force` are exclusive")
+                raise ConfigError(f"`{name}` must be in 0..2**63-1, got {getattr(self, name)}")
 
     def _check_view_settings(self) -> None:
         """A cache brings its own split, recipe, seed and views: the flags that would set them
@@ -256,9 +256,7 @@ class TrainConfig:
         for name in ("label_smoothing", "model_ema_decay"):
             value = getattr(self, name)
             if not (math.isfinite(value) and 0 <= value < 1):
-                raise ConfigError(
-                    f"`{name}` must be a number in [0, 1), got {value}"
-                )
+                raise ConfigError(f"`{name}` must be a number in [0, 1), got {value}")
         if self.model_ema_decay != DEFAULT_MODEL_EMA_DECAY and not self.model_ema:
             raise ConfigError("`model_ema_decay` sets the decay of `model_ema`: add `model_ema`")
 
