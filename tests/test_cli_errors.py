@@ -21,8 +21,7 @@ import pytest
 import zarr.storage
 from click.testing import CliRunner
 
-from kdcache.cache import bounds
-from kdcache.cache.schema import CacheMeta
+from kdcache.cache import bounds, schema
 from kdcache.cli import main
 from kdcache.errors import ConfigError
 from kdcache.training.config import TrainConfig
@@ -230,8 +229,8 @@ def test_info_refuses_a_cache_claiming_sizes_it_cannot_hold(cache, tmp_path, sec
     doc = json.loads((edited / "zarr.json").read_text())
     attrs = doc["attributes"]["kdcache"]
     attrs[section][field] = value
-    attrs.pop("fingerprint")
-    attrs["fingerprint"] = CacheMeta.from_dict(dict(attrs)).fingerprint  # a consistent edit
+    identity = {key: attrs[key] for key in schema.IDENTITY_SECTIONS}
+    attrs["fingerprint"] = schema.identity_fingerprint(identity)  # a consistent edit
     (edited / "zarr.json").write_text(json.dumps(doc))
     result = cli(["info", edited])
     assert result.exit_code == 1
