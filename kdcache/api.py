@@ -18,7 +18,7 @@ views, order, batches, prefetch and replay checks. Details and a full loop: ``do
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -231,23 +231,49 @@ class Cache:
         device: str | torch.device = "cpu",
         channels_last: bool = False,
         preprocessing: Preprocessing | None = None,
-    ) -> Iterator[Batch]:
+    ) -> EvalBatches:
         """The dataset's evaluation split (default: its test / val split), no augmentation:
         :class:`~kdcache.training.stream.Batch` es of ``images`` float32 ``[B, C, H, W]``
         converted by ``preprocessing`` as in :meth:`loader`, ``labels`` ``[B]``,
-        ``teacher_logits`` None."""
+        ``teacher_logits`` None. ``len()`` is the number of batches, as for :meth:`loader`.
+
+        Raises:
+            ConfigError: ``batch_size`` < 1 or ``workers`` < 0.
+        """
         from kdcache.data import load_dataset
 
+        _check_batching(batch_size, workers)
         path = os.fspath(data_dir) if data_dir is not None else None
         source = load_dataset(self.dataset, path, split or self.spec.eval_split)
-        return evaluation_batches(
-            source,
-            batch_size=batch_size,
-            workers=workers,
-            device=device if isinstance(device, torch.device) else resolve_device(device),
-            channels_last=channels_last,
-            student_input=preprocessing,
-        )
+        run = torch.device(device) if isinstance(device, torch.device) else resolve_device(device)
+        return EvalBatches(
+            lambda: evaluation_batches(source, batch_size=batch_size, workers=workers, device=run,
+                                       channels_last=channels_last, student_input=preprocessing),
+            -(-len(source) // batch_size),
+        )  # fmt: skip
+
+
+class EvalBatches:
+    """The evaluation split's batches (:meth:`Cache.eval_loader`); ``len()`` is their number, and
+    iterating again goes over the split again."""
+
+    def __init__(self, batches: Callable[[], Iterator[Batch]], count: int) -> None:
+        self._batches = batches
+        self._count = count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self._batches()
+
+
+def _check_batching(batch_size: int, workers: int) -> None:
+    """The loaders' shared argument checks: a clear ConfigError, not torch's ValueError."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"workers must be an integer >= 0, got {workers!r}")
 
 
 def _shard(rank: int | None, world_size: int | None) -> tuple[int, int]:

@@ -22,8 +22,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from kdcache.augment import Recipe, create_recipe, views_to_store
-from kdcache.cache import bounds, schema
-from kdcache.cache.location import parse_location
+from kdcache.cache import bounds, layout, schema
+from kdcache.cache.location import CacheLocation, parse_location
 from kdcache.cache.store import CacheWriter, open_for_writing
 from kdcache.cache.zarr_stores import check_writable
 from kdcache.data import SourceDataset, load_dataset
@@ -101,6 +101,11 @@ class ExtractConfig:
                 "sparse caches store float32 top-K values (float16 values would make the kept "
                 "probabilities sum to more than 1 in ~28% of rows): omit --dtype with --topk"
             )
+        if self.topk is not None and self.dtype is not None:  # float32: accepted, no effect
+            raise ConfigError(
+                f"--dtype {self.dtype} has no effect with --topk: sparse caches always store "
+                "float32 values. Omit --dtype (it chooses the precision of dense logits)"
+            )
         if self.topk is None and self.extra_temperatures:
             raise ConfigError("--sparse-temperature is only meaningful with --topk")
         bad = [t for t in self.extra_temperatures if not (0 < t < float("inf"))]
@@ -128,6 +133,19 @@ class ExtractResult:
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def _remove_interrupted_writes(out: CacheLocation) -> None:
+    """Delete the temporary files a killed writer left in a local cache (zarr writes each object
+    to ``<key>.<uuid>.partial`` and renames it): a resume rewrites their blocks whole, and zarr
+    never reads them, so they are only litter (a 0-byte one is what a kill at open leaves)."""
+    if out.path is None or out.is_remote or out.is_zip or not out.path.is_dir():
+        return
+    stale = [p for p in out.path.rglob("*.partial") if layout.is_interrupted_write(p.name)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d temporary file(s) of an interrupted write in %s", len(stale), out)
 
 
 def _pending_items(meta: schema.CacheMeta, blocks: list[tuple[int, int]]) -> np.ndarray:
@@ -223,6 +241,7 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
     # Rank 0 creates (or validates) the cache before the others join it.
     writer = None
     if ctx.is_main:
+        _remove_interrupted_writes(out)
         writer = open_for_writing(out, meta, source.labels, create=True)
     ctx.barrier()
     if writer is None:

@@ -37,7 +37,7 @@ from kdcache.cache.location import CacheLocation, parse_location
 from kdcache.cache.sparse import KEPT_MASS_TOLERANCE, kept_mass_violations
 from kdcache.cache.store import CacheReader, open_cache
 from kdcache.data import SourceDataset
-from kdcache.errors import KdcacheError
+from kdcache.errors import ConfigError, KdcacheError
 from kdcache.seeding import derived_seed
 from kdcache.views import SeededViews
 
@@ -147,7 +147,13 @@ def verify_cache(
     replay: int = 64,
     teacher_weights: str | None = None,
 ) -> VerifyReport:
-    """Run every check that the given inputs allow; see the module docstring."""
+    """Run every check that the given inputs allow; see the module docstring.
+
+    Raises:
+        ConfigError: ``replay`` < 0 (the checks' own failures are reported, never raised).
+    """
+    if isinstance(replay, bool) or not isinstance(replay, int) or replay < 0:
+        raise ConfigError(f"replay must be a number of views >= 0 (0: none), got {replay!r}")
     where = parse_location(location)
     report = VerifyReport(where.raw)
     try:

@@ -302,9 +302,10 @@ def extract(
 ) -> Path:
     from kdcache.cli import main
 
+    dtype = [] if "--topk" in extra else ["--dtype", "float32"]  # sparse: always float32
     args = [
         "extract", "--teacher", teacher[0], "--weights", str(teacher[1]), *dataset,
-        "--recipe", recipe, "--views", "2", "--seed", "11", "--dtype", "float32",
+        "--recipe", recipe, "--views", "2", "--seed", "11", *dtype,
         "--chunk-rows", "4096", "--batch-size", "512", "--workers", "0", "--no-progress",
         *extra, "--out", str(out),
     ]  # fmt: skip
