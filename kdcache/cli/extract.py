@@ -73,7 +73,8 @@ from kdcache.cli._common import progress_bar, storage_timeout_option, user_error
     "--dtype",
     type=click.Choice(["float16", "float32"]),
     default=None,
-    help="Dense logits' precision [default: float16; sparse rows are always float32].",
+    help="Dense logits' precision [default: float16]; not with --topk (sparse rows are always "
+    "float32).",
 )
 @click.option(
     "--topk",
