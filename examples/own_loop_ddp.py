@@ -2,11 +2,14 @@
 
     torchrun --nproc_per_node 2 examples/own_loop_ddp.py CACHE [--data-dir DIR] [--epochs 2]
 
-gloo on CPU, nccl on CUDA (one GPU per rank). ``--batch-size`` is per rank.
+gloo on CPU, nccl on CUDA (one GPU per rank). ``--batch-size`` is per rank. ``--timeout``
+bounds how long a rank waits in a collective for a peer that hangs (stopped, not killed: a killed
+peer is noticed in seconds); the process group's default is 30 minutes.
 """
 
 import argparse
 import os
+from datetime import timedelta
 
 import timm
 import torch
@@ -27,10 +30,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds (default 5 min)")
     args = parser.parse_args(argv)
 
     cuda = torch.cuda.is_available()
-    dist.init_process_group("nccl" if cuda else "gloo")
+    # A hung peer fails the other ranks' collectives after `timeout` instead of 30 minutes.
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=args.timeout))
     rank, local_rank = dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     cache = kdcache.open_cache(args.cache)

@@ -218,8 +218,7 @@ class Cache:
         train = self._source(os.fspath(data_dir) if data_dir is not None else None)
         if not isinstance(window_blocks, int) or window_blocks < 1:
             raise ConfigError(f"window_blocks must be an integer >= 1, got {window_blocks!r}")
-        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
-            raise ConfigError(f"workers must be an integer >= 0, got {workers!r}")
+        _check_batching(batch_size, workers)
         target = device if isinstance(device, torch.device) else resolve_device(device)
         source = EpochSource(train, cache_recipe(self.reader, train), self.seed, allowed,
                              self.chunk_rows, self.num_samples,
@@ -275,9 +274,14 @@ class Cache:
         """The dataset's evaluation split (default: its test / val split), no augmentation:
         :class:`~kdcache.stream.batch.Batch` es of ``images`` float32 ``[B, C, H, W]``
         converted by ``preprocessing`` as in :meth:`loader`, ``labels`` ``[B]``,
-        ``teacher_logits`` None."""
+        ``teacher_logits`` None. ``len()`` is the number of batches, as for :meth:`loader`.
+
+        Raises:
+            ConfigError: ``batch_size`` < 1 or ``workers`` < 0.
+        """
         from kdcache.data import load_dataset
 
+        _check_batching(batch_size, workers)
         path = os.fspath(data_dir) if data_dir is not None else None
         source = load_dataset(self.dataset, path, split or self.spec.eval_split)
         return EvaluationBatches(
@@ -288,6 +292,14 @@ class Cache:
             channels_last=channels_last,
             student_input=preprocessing,
         )
+
+
+def _check_batching(batch_size: int, workers: int) -> None:
+    """The loaders' shared argument checks: a clear ConfigError, not torch's ValueError."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"workers must be an integer >= 0, got {workers!r}")
 
 
 def _shard(rank: int | None, world_size: int | None) -> tuple[int, int]:

@@ -20,8 +20,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from kdcache.augment import Recipe, create_recipe, views_to_store
-from kdcache.cache import bounds, schema
-from kdcache.cache.location import parse_location
+from kdcache.cache import bounds, layout, schema
+from kdcache.cache.location import CacheLocation, parse_location
 from kdcache.cache.store import CacheWriter, open_for_writing
 from kdcache.cache.zarr_stores import check_writable
 from kdcache.data import SourceDataset, load_dataset
@@ -63,6 +63,19 @@ class _Teacher:
     preprocessing: Preprocessing
 
 
+def _remove_interrupted_writes(out: CacheLocation) -> None:
+    """Delete the temporary files a killed writer left in a local cache (zarr writes each object
+    to ``<key>.<uuid>.partial`` and renames it): a resume rewrites their blocks whole, and zarr
+    never reads them, so they are only litter (a 0-byte one is what a kill at open leaves)."""
+    if out.path is None or out.is_remote or out.is_zip or not out.path.is_dir():
+        return
+    stale = [p for p in out.path.rglob("*.partial") if layout.is_interrupted_write(p.name)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d temporary file(s) of an interrupted write in %s", len(stale), out)
+
+
 def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> ExtractResult:
     """Create or resume the cache ``config.out``; returns what was done."""
     out = parse_location(config.out)
@@ -79,6 +92,7 @@ def run_extract(config: ExtractConfig, progress: ProgressFn | None = None) -> Ex
     # Rank 0 creates (or validates) the cache before the others join it.
     writer = None
     if ctx.is_main:
+        _remove_interrupted_writes(out)
         writer = open_for_writing(out, meta, job.source.labels, create=True)
     ctx.barrier()
     if writer is None:

@@ -69,6 +69,11 @@ class ExtractConfig:
                 "sparse caches store float32 top-K values (float16 values would make the kept "
                 "probabilities sum to more than 1 in ~28% of rows): leave `dtype` unset with `topk`"
             )
+        if self.topk is not None and self.dtype is not None:  # float32: accepted, no effect
+            raise ConfigError(
+                f"`dtype` {self.dtype} has no effect with `topk`: sparse caches always store "
+                "float32 values. Leave `dtype` unset (it chooses the precision of dense logits)"
+            )
         if self.topk is None and self.extra_temperatures:
             raise ConfigError("`extra_temperatures` are only meaningful with `topk`")
         bad = [t for t in self.extra_temperatures if not (0 < t < float("inf"))]

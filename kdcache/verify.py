@@ -10,6 +10,8 @@ Checks, in order (each yields a :class:`Check`; one failing does not stop the ot
    a sparse cache, each row's kept probabilities sum to at most 1 (within the stored precision) at
    every recorded temperature.
 4. ``figures``: the teacher top-1 / top-5 in the attributes equal the per-block hit counts.
+   ``labels``: the labels array hashes to its recorded ``labels_sha256`` (format 1.3); an older
+   cache's labels are reported unchecked unless the data is given (then compared with it).
 5. ``dataset``: the local data's fingerprint equals the cache's (needs the data; without
    ``data_dir``, for a dataset that needs one, 5-7 are reported as skipped, which is not a failure).
 6. ``replay``: a sample of (view, index) pairs regenerated here hashes to the recorded input hash.
@@ -35,7 +37,7 @@ from kdcache.cache.location import CacheLocation, parse_location
 from kdcache.cache.sparse import KEPT_MASS_TOLERANCE, kept_mass_violations
 from kdcache.cache.store import CacheReader, open_cache
 from kdcache.data import SourceDataset
-from kdcache.errors import KdcacheError
+from kdcache.errors import ConfigError, KdcacheError
 from kdcache.seeding import derived_seed
 from kdcache.views import SeededViews
 
@@ -145,7 +147,13 @@ def verify_cache(
     replay: int = 64,
     teacher_weights: str | None = None,
 ) -> VerifyReport:
-    """Run every check that the given inputs allow; see the module docstring."""
+    """Run every check that the given inputs allow; see the module docstring.
+
+    Raises:
+        ConfigError: ``replay`` < 0 (the checks' own failures are reported, never raised).
+    """
+    if isinstance(replay, bool) or not isinstance(replay, int) or replay < 0:
+        raise ConfigError(f"replay must be a number of views >= 0 (0: none), got {replay!r}")
     where = parse_location(location)
     report = VerifyReport(where.raw)
     try:
@@ -166,9 +174,34 @@ def verify_cache(
         report.add("complete", False, str(exc))
     _check_chunks(reader, report)
     _check_figures(reader, report)
+    labels = _check_labels(reader, report)
     if replay > 0:
-        _check_replay(reader, report, data_dir, replay, teacher_weights)
+        _check_replay(reader, report, data_dir, replay, teacher_weights, labels)
+    elif labels is not None and reader.meta.labels_sha256 is None:
+        _unchecked_labels(reader, report)
     return report
+
+
+def _check_labels(reader: CacheReader, report: VerifyReport) -> np.ndarray | None:
+    """The labels array against its recorded digest (format 1.3); returns the labels, or None
+    when they are unreadable or wrong (reported). An older cache's labels are returned
+    unchecked: only the data can vouch for them (:func:`_check_replay`)."""
+    try:
+        labels = reader.labels()
+    except KdcacheError as exc:
+        report.add("labels", False, str(exc))
+        return None
+    if reader.meta.labels_sha256 is not None:
+        report.add("labels", True, f"{len(labels)} labels match their recorded sha256")
+    return labels
+
+
+def _unchecked_labels(reader: CacheReader, report: VerifyReport) -> None:
+    report.skip(
+        "labels",
+        f"unchecked: format {reader.meta.format_version} records no digest of the labels; pass "
+        "--data-dir (and --replay > 0) to check them against the data",
+    )
 
 
 def _check_replay(
@@ -177,6 +210,7 @@ def _check_replay(
     data_dir: str | None,
     count: int,
     teacher_weights: str | None,
+    labels: np.ndarray | None,
 ) -> None:
     from kdcache.augment import create_recipe
     from kdcache.data import load_dataset
@@ -185,6 +219,8 @@ def _check_replay(
     try:
         source = load_dataset(ident.dataset.name, data_dir, ident.dataset.split)
     except KdcacheError as exc:
+        if labels is not None and reader.meta.labels_sha256 is None:
+            _unchecked_labels(reader, report)
         if data_dir is None:  # not a fault of the cache: the check was not possible here
             report.skip(
                 "replay",
@@ -202,8 +238,19 @@ def _check_replay(
             f"local {ident.dataset.name}/{ident.dataset.split} has "
             f"fingerprint {local[:16]}, the cache was made from {ident.dataset.fingerprint[:16]}",
         )
+        if labels is not None and reader.meta.labels_sha256 is None:
+            _unchecked_labels(reader, report)
         return
     report.add("dataset", True, f"{ident.dataset.name}/{ident.dataset.split} fingerprint matches")
+    if labels is not None:  # the data's labels are the ones its fingerprint covers
+        same = bool(np.array_equal(labels, source.labels))
+        report.add(
+            "labels",
+            same,
+            "the cache's labels equal the data's"
+            if same
+            else "the cache's labels array differs from the data's labels (edited or damaged)",
+        )
     recipe = create_recipe(ident.augmentation.recipe, source.spec, **ident.augmentation.params)
     items = replay_sample(reader, count)
     views = SeededViews(source, recipe, ident.augmentation.seed, items)

@@ -198,6 +198,7 @@ def block_digits() -> str:
     lines.append(
         "train sample 0, row 3 of its 8x8 uint8 pixels: " + _fmt(train.pixels[0, 0, 3].tolist())
     )
+    lines.append("dataset.spec " + json.dumps(train.spec.to_dict(), sort_keys=True))
     lines.append("```")
     lines.append("")
     lines += _recipe_rows(train, _RECIPES)
@@ -209,9 +210,211 @@ def block_cifar100() -> str:
 
     train = load_dataset("cifar100", CIFAR_DIR, "train")
     test = load_dataset("cifar100", CIFAR_DIR, "test")
-    lines = ["```text", *_fingerprint_rows([train, test]), "```", ""]
+    lines = ["```text", *_fingerprint_rows([train, test])]
+    lines += ["dataset.spec " + json.dumps(train.spec.to_dict(), sort_keys=True), "```", ""]
     lines += _recipe_rows(train, _RECIPES)
     return "\n".join(lines)
+
+
+# §4.1: doubles (as IEEE-754 hex, exact in any language) and the canonical text of each.
+JSON_FLOATS = [1.0, 4.0, 0.5071, 0.1 + 0.2, 1.3333333333333333, 0.0001, 1e-05, 1.5e-07,
+               123456789.0, 1234567890123456.0, 1e16, 2.5e20, 5e-324, -0.0, -2.75]  # fmt: skip
+JSON_OTHERS: list[Any] = [
+    2**63,
+    -7,
+    True,
+    None,
+    'caf\u00e9\t"x/\U0001f600',
+    [1, 1.0],
+    {"b": 1, "a": {}},
+]
+
+
+def block_json() -> str:
+    from kdcache.cache.schema import canonical_json
+
+    rows = ["| double (IEEE-754 hex) | canonical text |", "| --- | --- |"]
+    rows += [f"| `{x.hex()}` | `{canonical_json(x).decode()}` |" for x in JSON_FLOATS]
+    rows += ["", "| value (Python) | canonical text |", "| --- | --- |"]
+    rows += [f"| `{v!r}` | `{canonical_json(v).decode()}` |" for v in JSON_OTHERS]
+    return "\n".join(rows)
+
+
+def _example_identity() -> Any:
+    """The identity `kdcache extract` writes for a sparse imagenet+mixup cache of the digits
+    (teacher weights stood in for by a fixed digest): floats in every section."""
+    from kdcache.augment import create_recipe
+    from kdcache.cache import schema
+    from kdcache.data import load_dataset
+    from kdcache.extract import sparse_temperatures
+    from kdcache.models import build_model, count_parameters
+    from kdcache.models.preprocess import Preprocessing
+
+    source = load_dataset("digits", None, "train")
+    spec = source.spec
+    recipe = create_recipe("imagenet+mixup", spec)
+    return schema.CacheIdentity(
+        teacher=schema.TeacherInfo(
+            name="resnet8",
+            weights_sha256="ab" * 32,
+            num_params=count_parameters(build_model("resnet8", 10, in_chans=1)),
+            preprocessing=Preprocessing.from_dataset(spec).to_dict(),
+        ),
+        dataset=schema.DatasetInfo(
+            name=spec.name,
+            split=source.split,
+            num_samples=len(source),
+            num_classes=spec.num_classes,
+            fingerprint=source.fingerprint(),
+            spec=spec.to_dict(),
+        ),  # fmt: skip
+        augmentation=schema.AugmentationInfo(
+            recipe=recipe.name, params=recipe.params(), seed=2**32 + 5, num_views=4
+        ),
+        storage=schema.StorageInfo(
+            mode="sparse",
+            dtype="float32",
+            chunk_rows=256,
+            topk=3,
+            temperatures=sparse_temperatures(),
+        ),  # fmt: skip
+    )
+
+
+def block_fingerprint() -> str:
+    from kdcache.cache.schema import canonical_json
+
+    identity = _example_identity()
+    return "\n".join([
+        "```text",
+        "identity " + canonical_json(identity.to_dict()).decode(),
+        f"sha256   {identity.fingerprint()}",
+        "```",
+    ])  # fmt: skip
+
+
+def block_digests() -> str:
+    """§3.1 for small blocks of every dtype (view 1, block 2 of rows [8, 12); the values shown)."""
+    import numpy as np
+
+    from kdcache.cache.digest import block_digest
+
+    rows = slice(8, 12)
+    cases: list[tuple[str, np.ndarray]] = [
+        (
+            "logits",
+            np.array(
+                [[1.5, -2.0, 0.25], [0.0, 65504.0, -0.125], [3.0, 3.0, -1.0], [0.5, -0.5, 2.0]],
+                dtype=np.float16,
+            ),
+        ),  # fmt: skip
+        ("topk_values", np.array([[2.5, 1.0], [-0.75, -1.5], [7.0, 7.0], [0.1, 0.05]], np.float32)),
+        ("topk_indices", np.array([[3, 0], [1, 2], [0, 4], [2, 1]], dtype=np.int16)),
+        ("input_hash", np.array([-6039292589969293677, 1, 0, 2**62], dtype=np.int64)),
+        ("mix_lambda", np.array([1.0, 0.5927619934082031, 0.0, 0.8125], dtype=np.float32)),
+        ("block_top1_correct", np.array(3, dtype=np.int64)),
+    ]
+    out = ["| array | dtype | values [rows 8..11] | sha256 |", "| --- | --- | --- | --- |"]
+    for name, values in cases:
+        shown = values.tolist()
+        digest = block_digest(name, 1, 2, rows, values).hex()
+        out.append(f"| `{name}` | {values.dtype} | `{shown}` | `{digest}` |")
+    header = b"kdcache-block-v1\0logits\0" + b"".join(
+        x.to_bytes(8, "little") for x in (1, 2, 8, 12)
+    )
+    out += ["", f"The header of the first row, in hex: `{header.hex()}`."]
+    return "\n".join(out)
+
+
+SPARSE_LOGITS = [[2.0, -1.0, 3.5, 3.5, 0.0, -7.25, 1.0, 3.5],
+                 [0.1, 0.2, 0.3, -0.4, 10.0, 0.3, -50.0, 1e-3]]  # fmt: skip
+SPARSE_LABELS = [5, 2]
+
+
+def block_sparse() -> str:
+    """§2.1: a sparse row from float32 logits, K = 3, at T = 1 and 4."""
+    import numpy as np
+
+    from kdcache.cache.sparse import sparse_rows_from_logits
+    from kdcache.extract_writer import topk_hits
+
+    z = np.array(SPARSE_LOGITS, dtype=np.float32)
+    labels = np.array(SPARSE_LABELS)
+    rows = sparse_rows_from_logits(z, labels, 3, (1.0, 4.0))
+
+    def f32(values: Any) -> str:
+        return "(" + ", ".join(repr(float(v)) for v in np.ravel(values)) + ")"
+
+    out = ["```text"]
+    for r in range(len(z)):
+        top1, top5 = topk_hits(z[r : r + 1], labels[r : r + 1])
+        out += [
+            f"row {r}: z = {f32(z[r])} (float32), label {labels[r]}",
+            f"    topk_indices      {tuple(int(i) for i in rows.indices[r])}",
+            f"    topk_values       {f32(rows.values[r])}",
+            f"    logsumexp_t       {f32(rows.lse[r])}   (T = 1, 4)",
+            f"    tail_logsumexp_t  {f32(rows.tail_lse[r])}",  # type: ignore[index]
+            f"    label_logit       {f32(rows.label_logit[r])}",  # type: ignore[index]
+            f"    logit_mean        {f32(rows.logit_mean[r])}",  # type: ignore[index]
+            f"    logit_std         {f32(rows.logit_std[r])}",  # type: ignore[index]
+            f"    top-1 hit {top1}, top-5 hit {top5}",
+        ]
+    out.append("```")
+    return "\n".join(out)
+
+
+# §5.2 imagefolder: a tree built from these rules (relative path -> image [C, H, W] or bytes).
+def imagefolder_tree() -> dict[str, Any]:
+    """Each image's pixels are ``(37 * c + 11 * y + 5 * x) % 256`` at [c, y, x]; P6 (RGB) or P5
+    (grey) binary netpbm files, whose bytes are fixed by the header and the pixels."""
+
+    def image(channels: int, h: int, w: int) -> bytes:
+        kind = b"P6" if channels == 3 else b"P5"
+        pixels = bytes((37 * c + 11 * y + 5 * x) % 256
+                       for y in range(h) for x in range(w) for c in range(channels))  # fmt: skip
+        return kind + f"\n{w} {h}\n255\n".encode() + pixels
+
+    return {
+        "train/cat/a.ppm": image(3, 4, 5),
+        "train/cat/B.PPM": image(3, 12, 10),
+        "train/cat/sub/c.pgm": image(1, 6, 7),
+        "train/cat/.x/d.ppm": image(3, 3, 3),
+        "train/cat/notes.txt": b"not an image",
+        "train/cat.ppm": image(3, 2, 2),
+        "train/.git/e.ppm": image(3, 2, 2),
+        "train/dog/f.ppm": image(3, 9, 9),
+        "train/empty/README": b"",
+        "val/dog/g.ppm": image(3, 8, 8),
+    }
+
+
+def block_imagefolder() -> str:
+    import tempfile
+
+    from kdcache.augment import create_recipe
+    from kdcache.data import load_dataset
+    from kdcache.seeding import input_hash
+
+    out = ["```text"]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for rel, data in imagefolder_tree().items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(data)
+        (root / "train" / "empty").mkdir(exist_ok=True)
+        for split in ("train", "test"):
+            src = load_dataset("imagefolder", root, split, image_size=8)
+            recipe = create_recipe("none", src.spec)
+            out += _fingerprint_rows([src])
+            for i in range(len(src)):
+                view = recipe(src.image(i), sample_seed=0, view=0)
+                out.append(
+                    f"    sample {i}: {src.relpaths[i]}\t{src.sizes[i]}  label {src.labels[i]}"  # type: ignore[attr-defined]
+                    f"  [C,H,W]={list(src.image(i).shape)}  none-view input_hash {input_hash(view)}"
+                )
+        out.append("dataset.spec " + json.dumps(src.spec.to_dict(), sort_keys=True))
+    out.append("```")
+    return "\n".join(out)
 
 
 _RECIPES: list[tuple[str, dict[str, Any]]] = [
@@ -225,6 +428,11 @@ _RECIPES: list[tuple[str, dict[str, Any]]] = [
     ("imagenet+mixup-cutmix", {}),
 ]
 BLOCKS: dict[str, Callable[[], str]] = {
+    "json": block_json,
+    "fingerprint": block_fingerprint,
+    "digests": block_digests,
+    "sparse": block_sparse,
+    "imagefolder": block_imagefolder,
     "seeds": block_seeds,
     "digits": block_digits,
     "cifar100": block_cifar100,

@@ -131,7 +131,9 @@ def test_verify_method_reports_what_kdcache_verify_reports(tmp_path, fp32_cache)
         "complete",
         "chunks",
         "figures",
+        "labels",  # against their recorded digest (format 1.3)
         "dataset",
+        "labels",  # against the data's
         "replay",
     ]
     code, output = cli(["verify", fp32_cache, "--replay", "8"])
@@ -502,3 +504,56 @@ def test_the_cache_attribute_table_in_the_api_docs_is_right(fp32_cache):
     fields = {field for _, _, field in rows}
     assert {"augmentation.seed", "augmentation.num_views", "dataset.num_classes"} <= fields
     assert cache.seed == cache.augmentation_seed == 7
+
+
+# ---------------------------------------------------------------- API edges (issue 25, item 23)
+
+
+@pytest.mark.parametrize("location", [None, 3, b"cache"])
+def test_open_cache_of_a_non_location_is_a_config_error(location):
+    with pytest.raises(kdcache.ConfigError, match="a cache location must be a path or a string"):
+        kdcache.open_cache(location)
+
+
+def test_eval_loader_has_a_length_and_refuses_batch_size_0(fp32_cache):
+    cache = kdcache.open_cache(fp32_cache)
+    batches = cache.eval_loader(None, batch_size=100)
+    served = list(batches)
+    assert len(batches) == len(served) == -(-sum(len(b.labels) for b in served) // 100)
+    assert len(list(batches)) == len(served)  # iterating again goes over the split again
+    with pytest.raises(kdcache.ConfigError, match="batch_size must be an integer >= 1, got 0"):
+        cache.eval_loader(None, batch_size=0)
+    with pytest.raises(kdcache.ConfigError, match="batch_size must be an integer >= 1, got 0"):
+        cache.loader(None, batch_size=0, seed=0, epoch=0)  # the same message as the loader's
+
+
+def test_verify_with_a_negative_replay_is_a_config_error(fp32_cache):
+    with pytest.raises(kdcache.ConfigError, match="replay must be a number of views >= 0"):
+        kdcache.open_cache(fp32_cache).verify(replay=-1)
+
+
+def test_the_loader_refuses_a_view_named_twice(fp32_cache):
+    with pytest.raises(kdcache.ConfigError, match=r"names view\(s\) \[0\] more than once"):
+        kdcache.open_cache(fp32_cache).loader(None, batch_size=8, seed=0, epoch=0, views=[0, 0])
+
+
+def test_the_ddp_example_bounds_the_wait_for_a_hung_peer(fp32_cache, monkeypatch):
+    from datetime import timedelta
+
+    example = load_example("own_loop_ddp")
+    seen: list[dict[str, Any]] = []
+
+    class Joined(Exception):
+        pass
+
+    def init_process_group(backend: str, **kwargs: Any) -> None:
+        seen.append(kwargs)
+        raise Joined  # the group's arguments are what is under test
+
+    monkeypatch.setattr(example.dist, "init_process_group", init_process_group)
+    for argv, expected in (([], 300.0), (["--timeout", "7"], 7.0)):
+        with pytest.raises(Joined):
+            example.main([str(fp32_cache), *argv])
+        assert seen[-1]["timeout"] == timedelta(seconds=expected)
+    api_doc = (REPO / "docs" / "api.md").read_text()
+    assert "init_process_group" in api_doc and "timeout=timedelta(" in api_doc

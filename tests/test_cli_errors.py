@@ -21,8 +21,7 @@ import pytest
 import zarr.storage
 from click.testing import CliRunner
 
-from kdcache.cache import bounds
-from kdcache.cache.schema import CacheMeta
+from kdcache.cache import bounds, schema
 from kdcache.cli import main
 from kdcache.errors import ConfigError
 from kdcache.training.config import TrainConfig
@@ -230,8 +229,8 @@ def test_info_refuses_a_cache_claiming_sizes_it_cannot_hold(cache, tmp_path, sec
     doc = json.loads((edited / "zarr.json").read_text())
     attrs = doc["attributes"]["kdcache"]
     attrs[section][field] = value
-    attrs.pop("fingerprint")
-    attrs["fingerprint"] = CacheMeta.from_dict(dict(attrs)).fingerprint  # a consistent edit
+    identity = {key: attrs[key] for key in schema.IDENTITY_SECTIONS}
+    attrs["fingerprint"] = schema.identity_fingerprint(identity)  # a consistent edit
     (edited / "zarr.json").write_text(json.dumps(doc))
     result = cli(["info", edited])
     assert result.exit_code == 1
@@ -320,3 +319,39 @@ def test_an_option_carried_by_the_environment_ends_with_its_command(
     monkeypatch.setenv(variable, "earlier")
     cli(["info", option, value, tmp_path / "absent.zarr"])
     assert os.environ[variable] == "earlier"
+
+
+# --- train --out and --views (issue 25, items 23-24) ------------------------------------------
+
+
+@pytest.mark.parametrize("inside", ["", "logits", "runs/r1"])
+def test_train_refuses_an_out_that_is_or_lies_inside_a_cache(cache, tmp_path, inside):
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    before = sorted(p.relative_to(copy) for p in copy.rglob("*"))
+    out = copy / inside if inside else copy
+    for force in ([], ["--force"]):
+        result = cli(["train", "--cache", copy, "--student", "resnet8", "--epochs", "1",
+                      "--workers", "0", "--max-samples", "32", "--no-progress", "--out", out,
+                      *force])  # fmt: skip
+        assert result.exit_code != 0
+        assert "a kdcache cache: a run folder must not be inside a cache" in error_line(
+            result.output
+        )
+    assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == before  # nothing touched
+
+
+def test_train_refuses_a_view_named_twice(cache, tmp_path):
+    result = cli(["train", "--cache", cache, "--student", "resnet8", "--epochs", "1",
+                  "--workers", "0", "--no-progress", "--out", tmp_path / "run",
+                  "--views", "0,0"])  # fmt: skip
+    assert result.exit_code != 0
+    assert "names view(s) [0] more than once" in error_line(result.output)
+    assert not (tmp_path / "run").exists()
+
+
+def test_extract_refuses_dtype_float32_with_topk(tmp_path, digits_teacher_weights):
+    result = extract(digits_teacher_weights, tmp_path / "c", "--topk", "3", "--dtype", "float32")
+    assert result.exit_code != 0
+    assert "--dtype float32 has no effect with --topk" in error_line(result.output)
+    assert not (tmp_path / "c").exists()

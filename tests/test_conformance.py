@@ -16,11 +16,15 @@ storage modes; real CIFAR-100 (when ../shared/data has it) for every recipe on a
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import json
+import math
+import os
 import pickle
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -257,6 +261,276 @@ def regenerate(data: Split, aug: dict, v: int, i: int) -> np.ndarray:
     return out.numpy()
 
 
+# --- §4.1 canonical JSON, written from the page's rules (not with json.dumps) --------------------
+
+
+def canonical_float(x: float) -> str:
+    assert x == x and abs(x) != float("inf"), "NaN and infinities are not allowed"
+    sign = "-" if math.copysign(1.0, x) < 0 else ""  # the sign bit: -0.0 too
+    if x == 0:
+        digits, e = "0", 0
+    else:
+        for p in range(1, 18):  # the shortest %.{p-1}e that round-trips
+            text = f"{abs(x):.{p - 1}e}"
+            if float(text) == abs(x):
+                break
+        mantissa, exp = text.split("e")
+        digits, e = mantissa.replace(".", "").rstrip("0") or "0", int(exp)
+    if -4 <= e < 16:
+        if e < 0:
+            body = "0." + "0" * (-e - 1) + digits
+        else:
+            whole = (digits + "0" * (e + 1))[: e + 1]
+            frac = digits[e + 1 :]
+            body = whole + "." + (frac or "0")
+    else:
+        body = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+        body += "e" + ("-" if e < 0 else "+") + f"{abs(e):02d}"
+    return sign + body
+
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
+            "\r": "\\r"}  # fmt: skip
+
+
+def canonical_string(text: str) -> str:
+    out = []
+    for ch in text:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif " " <= ch <= "~":
+            out.append(ch)
+        else:
+            units = ch.encode("utf-16-be")  # one unit, or a surrogate pair above U+FFFF
+            out += [f"\\u{int.from_bytes(units[k : k + 2], 'big'):04x}"
+                    for k in range(0, len(units), 2)]  # fmt: skip
+    return '"' + "".join(out) + '"'
+
+
+def canonical(value: object) -> str:
+    if value is True or value is False:
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return canonical_float(value)
+    if isinstance(value, str):
+        return canonical_string(value)
+    if isinstance(value, list):
+        return "[" + ",".join(canonical(v) for v in value) + "]"
+    assert isinstance(value, dict)
+    members = sorted(value.items())  # str order is code point order
+    return "{" + ",".join(canonical_string(k) + ":" + canonical(v) for k, v in members) + "}"
+
+
+def fingerprint(attrs: dict) -> str:
+    identity = {k: attrs[k] for k in ("teacher", "dataset", "augmentation", "storage")}
+    return hashlib.sha256(canonical(identity).encode("ascii")).hexdigest()
+
+
+def _code_cells(block: str) -> list[list[str]]:
+    """The backquoted cells of a vectors table's rows."""
+    return [re.findall(r"`([^`]*)`", row) for row in block.splitlines()
+            if row.startswith("| `")]  # fmt: skip
+
+
+def test_canonical_json_reproduces_the_published_texts() -> None:
+    rows = _code_cells(doc_block(DOC.read_text(), "json"))
+    floats = [r for r in rows if r[0].startswith(("0x", "-0x"))]
+    others = [r for r in rows if not r[0].startswith(("0x", "-0x"))]
+    assert len(floats) >= 12 and len(others) >= 5
+    for hex_bits, text in floats:
+        assert canonical(float.fromhex(hex_bits)) == text, hex_bits
+    for literal, text in others:
+        value = ast.literal_eval(literal)
+        assert canonical(value) == text, literal
+        assert canonical(json.loads(text)) == text  # parsing keeps int / float apart
+
+
+def test_the_published_identity_hashes_to_its_fingerprint() -> None:
+    lines = doc_block(DOC.read_text(), "fingerprint").splitlines()
+    text = next(line for line in lines if line.startswith("identity ")).split(" ", 1)[1]
+    digest = next(line for line in lines if line.startswith("sha256 ")).split()[1]
+    identity = json.loads(text)
+    assert canonical(identity) == text  # the stored form is the canonical form
+    assert hashlib.sha256(text.encode("ascii")).hexdigest() == digest
+    assert any(isinstance(t, float) for t in identity["storage"]["temperatures"])
+    assert identity["dataset"]["fingerprint"] == load_digits_split("train").fingerprint()
+
+
+# --- §3.1 block digests, from the page's formula ----------------------------------------------
+
+# §3.1's record order per storage mode (the mixed arrays appended in a mixed recipe's cache).
+DIGEST_ORDER = {
+    "dense": ["logits", "input_hash", "block_top1_correct", "block_top5_correct"],
+    "sparse": ["topk_values", "topk_indices", "logsumexp_t", "tail_logsumexp_t", "label_logit",
+               "logit_mean", "logit_std", "input_hash", "block_top1_correct",
+               "block_top5_correct"],
+}  # fmt: skip
+
+
+def block_digest(name: str, v: int, b: int, start: int, stop: int, values: np.ndarray) -> bytes:
+    prefix = b"kdcache-block-v1\x00" + name.encode("ascii") + b"\x00"
+    prefix += b"".join(x.to_bytes(8, "little", signed=False) for x in (v, b, start, stop))
+    data = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes()
+    return hashlib.sha256(prefix + data).digest()
+
+
+def test_block_digests_reproduce_the_published_vectors() -> None:
+    block = doc_block(DOC.read_text(), "digests")
+    rows = [r for r in block.splitlines() if r.startswith("| `")]
+    assert len(rows) >= 6
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        name, dtype, values, digest = cells[0].strip("`"), cells[1], cells[2].strip("`"), cells[3]
+        array = np.array(ast.literal_eval(values), dtype=dtype)
+        assert block_digest(name, 1, 2, 8, 12, array).hex() == digest.strip("`"), name
+    header = re.search(r"in hex: `([0-9a-f]+)`", block).group(1)  # type: ignore[union-attr]
+    expected = b"kdcache-block-v1\x00logits\x00" + bytes.fromhex(
+        "0100000000000000020000000000000008000000000000000c00000000000000"
+    )
+    assert bytes.fromhex(header) == expected
+
+
+def check_block_digests(group: zarr.Group, attrs: dict) -> None:
+    """§3.1 on a whole cache: every marked block's record, recomputed from the decoded values."""
+    storage, aug = attrs["storage"], attrs["augmentation"]
+    names = DIGEST_ORDER[storage["mode"]] + (["mix_partner", "mix_lambda"]
+                                             if "+" in aug["recipe"] else [])  # fmt: skip
+    n, rows_per = attrs["dataset"]["num_samples"], storage["chunk_rows"]
+    records = np.asarray(group["block_digest"][:])  # [V, nb, A, 32]
+    assert records.shape[2:] == (len(names), 32)
+    arrays = {name: np.asarray(group[name][:]) for name in names}
+    for v in range(aug["num_views"]):
+        for b in range(records.shape[1]):
+            start, stop = b * rows_per, min((b + 1) * rows_per, n)
+            for slot, name in enumerate(names):
+                per_block = name.startswith("block_")
+                values = arrays[name][v, b] if per_block else arrays[name][v, start:stop]
+                got = block_digest(name, v, b, start, stop, np.asarray(values))
+                assert got == records[v, b, slot].tobytes(), (name, v, b)
+
+
+# --- §2.1 sparse rows, from the page's rules ---------------------------------------------------
+
+
+def sparse_row(z32: np.ndarray, label: int, k: int, temps: list[float]) -> dict[str, list[float]]:
+    order = sorted(range(len(z32)), key=lambda c: (-float(z32[c]), c))  # stable, ties: lower first
+    kept = order[:k]
+    z = [float(x) for x in z32]
+
+    def lse(values: list[float]) -> float:
+        if not values:
+            return float("-inf")
+        m = max(values)
+        return m + math.log(math.fsum(math.exp(x - m) for x in values))
+
+    mean = math.fsum(z) / len(z)
+    std = math.sqrt(math.fsum((x - mean) ** 2 for x in z) / (len(z) - 1)) if len(z) > 1 else 0.0
+    f32 = lambda xs: [float(np.float32(x)) for x in xs]  # noqa: E731  rounded once to float32
+    return {
+        "topk_indices": kept,
+        "topk_values": f32([z[c] for c in kept]),
+        "logsumexp_t": f32([lse([x / t for x in z]) for t in temps]),
+        "tail_logsumexp_t": f32(
+            [lse([z[c] / t for c in range(len(z)) if c not in kept]) for t in temps]
+        ),  # fmt: skip
+        "label_logit": f32([z[label]]),
+        "logit_mean": f32([mean]),
+        "logit_std": f32([std]),
+        "hits": [int(order[0] == label), int(label in order[: min(5, len(z))])],
+    }
+
+
+def test_sparse_rows_reproduce_the_published_vectors() -> None:
+    text = doc_block(DOC.read_text(), "sparse")
+    rows = re.split(r"^row \d+: ", text, flags=re.M)[1:]
+    assert len(rows) == 2
+    for row in rows:
+        head, *fields = row.strip("`\n").splitlines()
+        z = np.array(ast.literal_eval(head.split(" = ")[1].split(" (float32)")[0]), np.float32)
+        label = int(head.rsplit("label ", 1)[1])
+        expected = sparse_row(z, label, 3, [1.0, 4.0])
+        for line in fields:
+            name, _, rest = line.strip().partition(" ")
+            if name == "top-1":
+                hits = [int(x) for x in re.findall(r"hit (\d)", line)]
+                assert hits == expected["hits"], line
+                continue
+            values = ast.literal_eval(rest.strip().split("   ")[0])
+            values = list(values) if isinstance(values, tuple) else [values]
+            assert values == expected[name], (name, values, expected[name])
+
+
+# --- §5.2 imagefolder and §5.3 `none` with a resize, from the page's rules --------------------
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def netpbm(channels: int, w: int, h: int) -> bytes:
+    pixels = bytes((37 * c + 11 * y + 5 * x) % 256
+                   for y in range(h) for x in range(w) for c in range(channels))  # fmt: skip
+    return (b"P6" if channels == 3 else b"P5") + f"\n{w} {h}\n255\n".encode() + pixels
+
+
+def scan_imagefolder(root: Path, split: str) -> tuple[str, list[str], list[tuple[str, int, int]]]:
+    """(recorded split, classes, [(relative path, size, label)]) by the page's rules."""
+    folder = root / split
+    if split == "test" and not folder.is_dir() and (root / "val").is_dir():
+        split, folder = "val", root / "val"
+    class_root = root / "train" if (root / "train").is_dir() else folder
+    classes = sorted(p.name for p in class_root.iterdir() if p.is_dir() and p.name[0] != ".")
+    samples = []
+    for label, name in enumerate(classes):
+        for dirpath, _, files in os.walk(folder / name, followlinks=True):
+            for file in files:
+                path = Path(dirpath) / file
+                if os.path.splitext(file)[1].lower() in IMAGE_EXTENSIONS and path.is_file():
+                    relative = path.relative_to(folder).as_posix()
+                    samples.append((relative, path.stat().st_size, label))
+    return split, classes, sorted(samples)
+
+
+def test_imagefolder_and_none_with_a_resize_reproduce_the_published_vectors(tmp_path) -> None:
+    from PIL import Image
+
+    tree = {"train/cat/a.ppm": netpbm(3, 5, 4), "train/cat/B.PPM": netpbm(3, 10, 12),
+            "train/cat/sub/c.pgm": netpbm(1, 7, 6), "train/cat/.x/d.ppm": netpbm(3, 3, 3),
+            "train/cat/notes.txt": b"not an image", "train/cat.ppm": netpbm(3, 2, 2),
+            "train/.git/e.ppm": netpbm(3, 2, 2), "train/dog/f.ppm": netpbm(3, 9, 9),
+            "train/empty/README": b"", "val/dog/g.ppm": netpbm(3, 8, 8)}  # fmt: skip
+    for rel, data in tree.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(data)
+    text = doc_block(DOC.read_text(), "imagefolder")
+    published = re.split(r"^imagefolder ", text, flags=re.M)[1:]
+    assert len(published) == 2
+    for split, section in zip(("train", "test"), published, strict=True):
+        recorded, classes, samples = scan_imagefolder(tmp_path, split)
+        lines = section.splitlines()
+        assert lines[0] == f"{recorded}:"
+        header = {"classes": classes, "identity": "files", "n": len(samples),
+                  "name": "imagefolder", "split": recorded}  # fmt: skip
+        h = hashlib.sha256(b"kdcache-dataset-v1\n" + canonical(header).encode("ascii") + b"\n")
+        h.update(np.array([s[2] for s in samples], dtype="<i8").tobytes())
+        for path, size, _ in samples:
+            h.update(f"{path}\t{size}\n".encode())
+        assert lines[1].split(None, 1)[1] == canonical(header)
+        assert lines[2].split()[1] == h.hexdigest()
+        rows = [line for line in lines if line.strip().startswith("sample ")]
+        assert len(rows) == len(samples)
+        for (path, size, label), line in zip(samples, rows, strict=True):
+            with Image.open(tmp_path / recorded / path) as img:
+                image = torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
+            view = view_none(image, 8, 0.875).numpy()
+            assert view.shape == (3, 8, 8)
+            expected = (f"{path}\t{size}  label {label}  [C,H,W]={list(image.shape)}  "
+                        f"none-view input_hash {input_hash(view)}")  # fmt: skip
+            assert line.split(": ", 1)[1] == expected
+
+
 # --- making and checking caches -------------------------------------------------------------------
 
 RECIPES = [
@@ -302,9 +576,10 @@ def extract(
 ) -> Path:
     from kdcache.cli import main
 
+    dtype = [] if "--topk" in extra else ["--dtype", "float32"]  # sparse: always float32
     args = [
         "extract", "--teacher", teacher[0], "--weights", str(teacher[1]), *dataset,
-        "--recipe", recipe, "--views", "2", "--seed", "11", "--dtype", "float32",
+        "--recipe", recipe, "--views", "2", "--seed", "11", *dtype,
         "--chunk-rows", "4096", "--batch-size", "512", "--workers", "0", "--no-progress",
         *extra, "--out", str(out),
     ]  # fmt: skip
@@ -320,7 +595,10 @@ def check_cache(root: Path, data: Split, rows: np.ndarray) -> dict:
     ds, aug = attrs["dataset"], attrs["augmentation"]
     assert (ds["name"], ds["split"], ds["num_samples"]) == (data.name, data.split, len(data.labels))
     assert ds["fingerprint"] == data.fingerprint()
+    assert attrs["fingerprint"] == fingerprint(attrs)  # §4.1, with the page's serialiser
     assert np.array_equal(group["labels"][:], data.labels)
+    assert attrs["labels_sha256"] == hashlib.sha256(data.labels.astype("<i8").tobytes()).hexdigest()
+    check_block_digests(group, attrs)
     assert attrs["complete"] and np.asarray(group["block_done"][:]).all()
     hashes = np.asarray(group["input_hash"][:])  # [V, N]
     for v in range(aug["num_views"]):

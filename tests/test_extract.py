@@ -359,3 +359,19 @@ def test_real_teacher_accuracy_through_extract_and_info(tmp_path):
     summary = json.loads(output)
     assert summary["teacher_top1"] == [66.42]
     assert summary["complete"] and summary["dataset"]["num_samples"] == 10000
+
+
+def test_a_resume_removes_the_temporaries_of_an_interrupted_write(tmp_path, digits_extract_args):
+    # zarr writes each object to <key>.<uuid hex>.partial and renames it: a kill can leave one,
+    # 0 bytes when it came at open. The resume must not keep that litter.
+    out = tmp_path / "sparse"
+    extract(digits_extract_args, out, "--workers", "0", "--topk", "3")
+    left = [out / "topk_values" / "c" / "0" / "1" / f"0.{'ab' * 16}.partial",
+            out / "block_done" / "c" / "1" / f"2.{'0f' * 16}.partial"]  # fmt: skip
+    for path in left:
+        path.write_bytes(b"")
+    before = cache_chunk_bytes(out)
+    extract(digits_extract_args, out, "--workers", "0", "--topk", "3")
+    assert not any(path.exists() for path in left)
+    after = cache_chunk_bytes(out)
+    assert after == {k: v for k, v in before.items() if not k.endswith(".partial")}

@@ -64,7 +64,7 @@ def test_a_vit_teachers_cached_logits_are_of_its_own_statistics_and_size(vit_cac
     reader = open_cache(str(cache))
     own = Preprocessing((0.5,), (0.5,), (160, 160), "bicubic")
     assert reader.identity.teacher.preprocessing == own.to_dict()
-    assert reader.meta.format_version == "1.2"
+    assert reader.meta.format_version == "1.3"
     teacher = prepare_teacher(
         build_model("test_vit", 10, in_chans=1, weights=weights), torch.device("cpu")
     )

@@ -13,7 +13,9 @@ from tests import make_test_vectors as mtv
 from tests.conftest import require_shared_data
 
 
-@pytest.mark.parametrize("name", ["seeds", "digits"])
+@pytest.mark.parametrize(
+    "name", ["json", "fingerprint", "digests", "sparse", "imagefolder", "seeds", "digits"]
+)
 def test_published_vectors_match_the_code(name: str) -> None:
     published = mtv.doc_block(mtv.DOC.read_text(), name)
     assert published is not None, f"docs/cache-format.md lost its vectors:{name} block"

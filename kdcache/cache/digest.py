@@ -5,7 +5,7 @@ stored in the right place: a valid chunk of view 2 copied over the same block of
 fine, and a deleted chunk reads as its fill value. So, when a block is written, the writer records
 for each of the block's chunks
 
-    sha256(b"kdcache-block-v1\\0" + name + b"\\0" + le64(view) + le64(block)
+    sha256(b"kdcache-block-v1\\0" + ascii_bytes(name) + b"\\0" + le64(view) + le64(block)
            + le64(row_start) + le64(row_stop) + values)
 
 where ``values`` are the block's decoded values in the array's stored dtype, little-endian,
@@ -41,7 +41,8 @@ def block_digest(name: str, view: int, block: int, rows: slice, values: np.ndarr
     array's stored dtype.
     """
     header = _DOMAIN + name.encode("ascii") + b"\0"
-    header += struct.pack("<4q", view, block, rows.start, rows.stop)
+    # le64: unsigned 64-bit little-endian, the one definition of docs/cache-format.md §0.
+    header += struct.pack("<4Q", view, block, rows.start, rows.stop)
     values = np.asarray(values)
     data = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<"))
     hasher = hashlib.sha256(header)

@@ -76,11 +76,16 @@ def parse_location(location: str | os.PathLike[str] | CacheLocation) -> CacheLoc
     """Classify ``location`` (a path, a URL or an already parsed value, returned as is).
 
     Raises:
-        ConfigError: an empty location.
+        ConfigError: an empty location, or one that is not a path or a string (None ...).
     """
     if isinstance(location, CacheLocation):
         return location
-    raw = os.fspath(location)
+    raw = os.fspath(location) if isinstance(location, str | os.PathLike) else None
+    if not isinstance(raw, str):  # None, a number, bytes: say what is expected, not a TypeError
+        raise ConfigError(
+            f"a cache location must be a path or a string (a directory, a .zip file or a URL "
+            f"such as s3://bucket/prefix), got {location!r}"
+        )
     if not raw.strip():
         raise ConfigError(
             "the cache location is empty: give a directory, a .zip file or a URL "

@@ -22,7 +22,9 @@ FORMAT_MAJOR = 1
 #      resolved); teacher.preprocessing and teacher.weights_ema (1.0/1.1: the dataset's
 #      normalisation, no EMA); sparse rows exact at every recorded temperature (1.0/1.1 sparse
 #      caches read with LSE at T = 1 only). Older caches read without each of these.
-FORMAT_MINOR = 2
+# 1.3: + labels_sha256 (the labels array's digest; older caches: their labels are unchecked
+#      unless the data is at hand)
+FORMAT_MINOR = 3
 FORMAT_VERSION = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
 ATTRS_KEY = "kdcache"  # the group attribute that holds the whole self-description
 
@@ -54,6 +56,8 @@ MIX_PARTNER = "mix_partner"  # [V, N] int64, fill -1
 MIX_LAMBDA = "mix_lambda"  # [V, N] float32, fill NaN
 MIX_ARRAYS = (MIX_PARTNER, MIX_LAMBDA)
 DIGESTS_SINCE = (1, 2)  # the first format version that records block digests
+LABELS_DIGEST_SINCE = (1, 3)  # the first format version that records labels_sha256
+IDENTITY_SECTIONS = ("teacher", "dataset", "augmentation", "storage")
 # Two figures agree if they differ by less than the attributes' rounding (4 decimals).
 _FIGURE_TOLERANCE = 6e-5
 
@@ -68,6 +72,29 @@ def data_arrays(storage: StorageInfo) -> tuple[str, ...]:
     if storage.exact_sparse:
         return (TOPK_VALUES, TOPK_INDICES, LSE_AT_T, TAIL_LSE_AT_T, *SPARSE_ROW_STATS)
     return (TOPK_VALUES, TOPK_INDICES, LOGSUMEXP)  # format 1.0 / 1.1
+
+
+def canonical_json(value: Any) -> bytes:
+    """The identity's canonical serialisation (docs/cache-format.md §4.1), as ASCII bytes.
+
+    Python's ``json.dumps`` with sorted keys, no whitespace, ``ensure_ascii`` and no NaN or
+    infinity: the bytes every cache's fingerprint was computed from since format 1.0.
+    """
+    try:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except ValueError as exc:  # NaN or infinity: JSON has no such number
+        raise CacheError(f"malformed cache metadata: {exc}") from exc
+    return text.encode("ascii")
+
+
+def identity_fingerprint(identity: dict[str, Any]) -> str:
+    """sha256 hex of an identity object's canonical JSON (the four sections, as stored)."""
+    return hashlib.sha256(canonical_json(identity)).hexdigest()
+
+
+def labels_digest(labels: np.ndarray) -> str:
+    """sha256 hex of the labels as little-endian int64 (``labels_sha256``, format 1.3)."""
+    return hashlib.sha256(np.ascontiguousarray(labels, dtype="<i8").tobytes()).hexdigest()
 
 
 def _require(cond: bool, message: str) -> None:
@@ -245,8 +272,7 @@ class CacheIdentity:
 
     def fingerprint(self) -> str:
         """sha256 of the identity's canonical JSON (sorted keys, no spaces): names the cache."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return identity_fingerprint(self.to_dict())
 
     def differences(self, other: CacheIdentity) -> list[str]:
         """Human-readable ``field: ours != theirs`` lines, for mismatch errors."""
@@ -254,7 +280,7 @@ class CacheIdentity:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CacheIdentity:
-        for key in ("teacher", "dataset", "augmentation", "storage"):
+        for key in IDENTITY_SECTIONS:
             _require(isinstance(d.get(key), dict), f"missing section {key!r}")
         return cls(
             teacher=TeacherInfo.from_dict(d["teacher"]),
@@ -279,6 +305,9 @@ class CacheMeta:
     # How the teacher's name resolved: {"source": zoo|timm|file, "architecture", "spec"}. Not part
     # of the identity (``teacher.name`` already holds the canonical spec, which resolves to it).
     teacher_model: dict[str, str] | None = None
+    # Format 1.3: sha256 of the labels array's values (labels_digest); None in older caches.
+    # Not part of the identity: the dataset's fingerprint already covers the labels.
+    labels_sha256: str | None = None
     # Filled in when the last block is written (absent while incomplete):
     complete: bool = False
     teacher_top1: list[float] | None = None  # per view, percent
@@ -287,6 +316,12 @@ class CacheMeta:
     @property
     def fingerprint(self) -> str:
         return self.identity.fingerprint()
+
+    def with_labels_digest(self, labels: np.ndarray) -> CacheMeta:
+        """This metadata recording ``labels``' digest when its format records one (1.3)."""
+        if format_tuple(self.format_version) < LABELS_DIGEST_SINCE:
+            return self
+        return replace(self, labels_sha256=labels_digest(labels))
 
     def with_producers(self, producers: tuple[dict[str, str], ...]) -> CacheMeta:
         """This metadata with any of ``producers`` it does not list yet appended."""
@@ -338,6 +373,26 @@ class CacheMeta:
                 out.append(f"{name} records {recorded} but the per-block hit counts give {counted}")
         return out
 
+    def labels_problem(self, labels: np.ndarray) -> str | None:
+        """What is wrong with the ``labels`` array read from this cache, or None.
+
+        Format 1.3 records the labels' digest, so any change is caught; an older cache can only
+        be checked for its shape and for rows that read as the fill value (-1: a deleted chunk).
+        """
+        n = self.identity.dataset.num_samples
+        if labels.shape != (n,) or labels.dtype != np.int64:
+            return f"holds {labels.dtype} {list(labels.shape)}, not the int64 [{n}] labels"
+        if self.labels_sha256 is not None:
+            if labels_digest(labels) != self.labels_sha256:
+                return (
+                    f"does not hold the labels recorded for it (sha256 "
+                    f"{labels_digest(labels)[:12]}, recorded {self.labels_sha256[:12]}): "
+                    "edited, truncated or deleted"
+                )
+        elif (labels < 0).any() or (labels >= self.identity.dataset.num_classes).any():
+            return "holds values outside 0..C-1 (-1: a deleted chunk)"
+        return None
+
     def block_rows(self, block: int) -> slice:
         rows = self.identity.storage.chunk_rows
         return slice(block * rows, min((block + 1) * rows, self.identity.dataset.num_samples))
@@ -349,6 +404,8 @@ class CacheMeta:
         d["producers"] = [dict(p) for p in self.producers]
         if self.teacher_model is not None:
             d["teacher_model"] = dict(self.teacher_model)
+        if self.labels_sha256 is not None:
+            d["labels_sha256"] = self.labels_sha256
         if self.teacher_top1 is not None:
             d["teacher_top1"] = list(self.teacher_top1)
             d["teacher_top5"] = list(self.teacher_top5 or [])
@@ -356,13 +413,23 @@ class CacheMeta:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CacheMeta:
-        check_format_version(d.get("format_version"))
+        version = d.get("format_version")
+        check_format_version(version)
         identity = CacheIdentity.from_dict(d)
-        recorded = d.get("fingerprint")
-        if recorded is not None and recorded != identity.fingerprint():
+        _require_canonical_identity(d, identity, str(version))
+        recorded = str(d.get("fingerprint"))
+        _require(isinstance(d.get("fingerprint"), str), "no recorded 'fingerprint'")
+        if recorded != identity.fingerprint():
             raise CacheError(
                 "cache metadata was edited: its recorded fingerprint does not match its identity "
                 f"fields (recorded {recorded[:12]}, computed {identity.fingerprint()[:12]})"
+            )
+        labels_sha256 = d.get("labels_sha256")
+        if format_tuple(str(version)) >= LABELS_DIGEST_SINCE or labels_sha256 is not None:
+            _require(
+                isinstance(labels_sha256, str) and len(labels_sha256) == 64,
+                f"format {version} records the labels' digest: 'labels_sha256' must be a sha256 "
+                f"hex string, got {labels_sha256!r}",
             )
         return cls(
             identity=identity,
@@ -373,10 +440,58 @@ class CacheMeta:
             teacher_model=dict(d["teacher_model"])
             if isinstance(d.get("teacher_model"), dict)
             else None,
+            labels_sha256=labels_sha256,
             complete=bool(d.get("complete", False)),
             teacher_top1=d.get("teacher_top1"),
             teacher_top5=d.get("teacher_top5"),
         )
+
+
+def _require_canonical_identity(d: dict[str, Any], identity: CacheIdentity, version: str) -> None:
+    """Refuse an identity whose stored form is not exactly what this kdcache would write for it.
+
+    The fingerprint is the hash of the identity *as stored* (docs/cache-format.md §4.1), and
+    kdcache reads it into its own model: a key it does not know, a missing one, or a value it
+    would write differently (``1`` for ``1.0``, ``"weights_ema": false``) would make the two
+    disagree, so such an identity is refused rather than read with the key silently ignored.
+    """
+    stored = {key: d[key] for key in IDENTITY_SECTIONS}
+    if canonical_json(stored) == canonical_json(identity.to_dict()):
+        return
+    diffs = _canonical_differences(stored, identity.to_dict())
+    newer = format_tuple(version) > (FORMAT_MAJOR, FORMAT_MINOR)
+    why = (
+        f"the cache is of format {version}, newer than this kdcache's {FORMAT_VERSION}: upgrade "
+        "kdcache to read it"
+        if newer
+        else "the metadata was edited by hand or by another tool; fetch an intact copy"
+    )
+    raise CacheError(
+        "malformed cache metadata: its identity is not in the form this kdcache writes "
+        f"(docs/cache-format.md §4.3): {'; '.join(diffs[:6])}. Unknown, missing or re-typed "
+        f"identity keys change what the fingerprint covers, so they are refused: {why}."
+    )
+
+
+def _canonical_differences(stored: Any, parsed: Any, prefix: str = "") -> list[str]:
+    """Where ``stored`` and ``parsed`` serialise differently: ``path: stored X, expected Y``."""
+    if isinstance(stored, dict) and isinstance(parsed, dict):
+        out: list[str] = []
+        for key in sorted(set(stored) | set(parsed)):
+            name = f"{prefix}{key}"
+            if key not in parsed:
+                out.append(f"unexpected key {name}")
+            elif key not in stored:
+                out.append(f"{name} missing")
+            else:
+                out.extend(_canonical_differences(stored[key], parsed[key], name + "."))
+        return out
+    if canonical_json(stored) != canonical_json(parsed):
+        return [
+            f"{prefix.rstrip('.')} is stored as {canonical_json(stored).decode()}, "
+            f"expected {canonical_json(parsed).decode()}"
+        ]
+    return []
 
 
 def _parse_temperatures(raw: object) -> tuple[float, ...] | None:

@@ -356,6 +356,7 @@ def open_for_writing(
             f"into it. Choose an empty or new --out {kind}."
         )
     group = zarr.open_group(store=store, mode="w", zarr_format=3)
+    meta = meta.with_labels_digest(labels)
     _create_layout(group, meta, labels)
     return CacheWriter(group, meta, location)
 
@@ -418,7 +419,14 @@ class CacheReader:
         return _guard_read(what, fn, self.parsed_location)
 
     def labels(self) -> np.ndarray:
-        return np.asarray(self._read(schema.LABELS, lambda: self._array(schema.LABELS)[:]))
+        """The cache's labels [N] int64, checked against ``labels_sha256`` (format 1.3)."""
+        labels = np.asarray(self._read(schema.LABELS, lambda: self._array(schema.LABELS)[:]))
+        if (problem := self.meta.labels_problem(labels)) is not None:
+            raise CacheCorruptError(
+                f"cache {self.location}: the {schema.LABELS!r} array {problem}. Fetch an intact "
+                "copy of the cache, or re-extract it."
+            )
+        return labels
 
     def done_mask(self) -> np.ndarray:
         """[V, n_blocks] bool completeness record."""

@@ -67,7 +67,8 @@ from kdcache.cli._common import (
 @choice_option(
     "--dtype",
     ["float16", "float32"],
-    help="Dense logits' precision [default: float16; sparse rows are always float32].",
+    help="Dense logits' precision [default: float16]; not with --topk (sparse rows are always "
+    "float32).",
 )
 @int_option(
     "--topk",

@@ -6,7 +6,8 @@ A model *spec* is one of
   of that name), ``zoo:<name>``, or its timm registry name (``cifar_resnet56``); an exact zoo
   spelling wins over timm's own, so ``vgg13`` is the CIFAR VGG-13-BN;
 * ``timm:<name>``, or any other name timm knows: a timm model (never with downloaded weights);
-* ``path/to/file.py:factory``: ``factory(num_classes=..., in_chans=..., **kwargs)`` from a file.
+* ``path/to/file.py:factory``: ``factory(num_classes=..., in_chans=..., **kwargs)`` from a file
+  (``in_chans`` is passed only when the factory takes it).
 
 :func:`kdcache.models.names.resolve_model_name` decides which; a name that could mean a zoo model
 and a timm model (``resnet18``: the zoo's ``ResNet18`` or timm's ``resnet18``) is an error.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import logging
 import sys
 from pathlib import Path
@@ -92,10 +94,36 @@ def _create_from_file(spec: str, num_classes: int, in_chans: int, **kwargs: Any)
             n for n in vars(module) if not n.startswith("_") and callable(vars(module)[n])
         )
         raise ConfigError(f"{path} has no callable {attr!r}; callables found: {found}")
-    model = factory(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    model = factory(**_factory_kwargs(factory, spec, num_classes=num_classes, in_chans=in_chans,
+                                      **kwargs))  # fmt: skip
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{spec} returned {type(model).__name__}, expected a torch.nn.Module")
     return model
+
+
+_FACTORY_SIGNATURE = "def FACTORY(num_classes, in_chans=3, **kwargs) -> torch.nn.Module"
+
+
+def _factory_kwargs(factory: Any, spec: str, **offered: Any) -> dict[str, Any]:
+    """The keywords of ``offered`` that ``factory`` accepts: a factory may leave out ``in_chans``
+    (then it gets only the others, and the model's input is checked against the data later);
+    ``num_classes`` and any extra option it does not take are refused with the signature."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: no signature to read
+        return offered
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return offered
+    keyword = {name for name, p in params.items()
+               if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                             inspect.Parameter.KEYWORD_ONLY)}  # fmt: skip
+    refused = [name for name in offered if name not in keyword and name != "in_chans"]
+    if refused:
+        raise ConfigError(
+            f"{spec} does not accept the keyword(s) {', '.join(refused)}; a model factory "
+            f"needs the signature {_FACTORY_SIGNATURE} (in_chans may be left out)"
+        )
+    return {name: value for name, value in offered.items() if name in keyword}
 
 
 def _create_timm(name: str, num_classes: int, in_chans: int, **kwargs: Any) -> nn.Module:

@@ -20,6 +20,7 @@ from typing import IO, Any
 
 import torch
 
+from kdcache.cache import layout, schema
 from kdcache.errors import ConfigError, WeightsError
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,24 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         ) from exc
 
 
+def refuse_cache_folder(out: Path) -> None:
+    """Refuse a run folder that is a kdcache cache or lies inside one: the run's files would mix
+    with the cache's objects, and a later ``--force`` there would delete files in the cache."""
+    for folder in (out.resolve(), *out.resolve().parents):
+        document = folder / layout.METADATA_FILE
+        try:
+            is_cache = schema.ATTRS_KEY in layout.group_attributes(document.read_bytes())
+        except (OSError, ValueError):  # no zarr.json here, or not one of a group
+            continue
+        if is_cache:
+            where = "is" if folder == out.resolve() else f"lies inside {folder}, which is"
+            raise ConfigError(
+                f"--out {out} {where} a kdcache cache: a run folder must not be inside a cache "
+                "(its files would mix with the cache's, and --force would delete them there). "
+                "Choose an --out outside the cache, e.g. runs/<name>"
+            )
+
+
 def prepare_run_dir(out: Path, *, resume: bool, force: bool) -> None:
     """Make ``out`` ready for a run; refuse to clobber a run that has a checkpoint unless told.
 
@@ -109,6 +128,7 @@ def prepare_run_dir(out: Path, *, resume: bool, force: bool) -> None:
     writing the first checkpoint) holds nothing worth keeping: it is started again without
     ``--force``. ``--force`` removes only kdcache's run files.
     """
+    refuse_cache_folder(out)
     if out.is_dir():
         remove_stale_temporaries(out)
     existing = [name for name in RUN_FILES if (out / name).exists()]

@@ -57,6 +57,12 @@ def check_views(requested: tuple[int, ...] | None, available: int) -> np.ndarray
         raise ConfigError(
             f"`views` {','.join(map(str, requested))}: the source has views 0..{available - 1}"
         )
+    twice = sorted({v for v in requested if requested.count(v) > 1})
+    if twice:  # not deduplicated silently: the user may have meant another view
+        raise ConfigError(
+            f"--views {','.join(map(str, requested))} names view(s) {twice} more than once: "
+            "give each view once"
+        )
     return np.array(sorted(set(requested)), dtype=np.int64)
 
 

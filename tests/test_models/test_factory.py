@@ -121,3 +121,54 @@ def test_models_command_lists_matching_timm_names() -> None:
     assert result.exit_code == 0, result.output
     assert "timm:vgg13_bn" in result.output
     assert timm.is_model("vgg13_bn")
+
+
+_NO_IN_CHANS = """
+import torch.nn as nn
+
+def make(num_classes=10):  # the shape a user writes first: no in_chans
+    return nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4, num_classes))
+
+def rgb_only(num_classes=10):
+    return nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, num_classes))
+
+def no_classes(width):
+    return nn.Linear(width, 2)
+"""
+
+
+@pytest.fixture
+def no_in_chans_file(tmp_path: Path) -> Path:
+    path = tmp_path / "plain_nets.py"
+    path.write_text(_NO_IN_CHANS)
+    return path
+
+
+def test_a_factory_without_in_chans_gets_only_num_classes(no_in_chans_file: Path) -> None:
+    model = build_model(f"{no_in_chans_file}:make", num_classes=7, in_chans=1)
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 7)
+
+
+def test_a_factory_without_num_classes_is_told_the_signature(no_in_chans_file: Path) -> None:
+    with pytest.raises(ConfigError, match=r"does not accept the keyword\(s\) num_classes.*"
+                       r"def FACTORY\(num_classes, in_chans=3"):  # fmt: skip
+        build_model(f"{no_in_chans_file}:no_classes", num_classes=7, in_chans=1)
+
+
+def test_extract_with_a_factory_without_in_chans(no_in_chans_file: Path, tmp_path: Path) -> None:
+    from kdcache.cli import main
+
+    def extract(factory: str) -> tuple[int, str]:
+        weights = tmp_path / f"{factory}.pth"
+        torch.save(build_model(f"{no_in_chans_file}:{factory}", 10).state_dict(), weights)
+        args = ["extract", "--teacher", f"{no_in_chans_file}:{factory}", "--weights", weights,
+                "--dataset", "digits",
+                "--split", "test", "--recipe", "none", "--views", "1", "--workers", "0",
+                "--no-progress", "--out", str(tmp_path / factory)]  # fmt: skip
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        return result.exit_code, result.output
+
+    code, output = extract("make")
+    assert code == 0, output
+    code, output = extract("rgb_only")  # 3-channel model, 1-channel data: one clear line
+    assert code == 1 and "Error:" in output and "bug in kdcache" not in output, output

@@ -116,4 +116,4 @@ def test_a_cache_records_its_teacher_resolved(tmp_path: Path, digits_teacher_wei
     meta = open_cache(str(out)).meta
     assert meta.identity.teacher.name == "resnet8"  # canonical: any spelling, one fingerprint
     assert meta.teacher_model == {"source": "zoo", "architecture": "resnet8", "spec": "resnet8"}
-    assert meta.format_version == "1.2"
+    assert meta.format_version == "1.3"
