@@ -63,7 +63,7 @@ def test_ctrl_c_exits_130_with_one_line(cache, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("kdcache.cache.store.open_cache", interrupted)
+    monkeypatch.setattr("kdcache.cache.reader.open_cache", interrupted)
     result = cli(["info", cache])
     assert result.exit_code == 130
     assert "interrupted" in error_line(result.output)
@@ -103,7 +103,7 @@ def test_an_unexpected_exception_is_one_line_naming_a_bug_and_v_shows_the_traceb
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("kdcache.cache.store.open_cache", broken)
+    monkeypatch.setattr("kdcache.cache.reader.open_cache", broken)
     result = cli(["info", cache])
     assert result.exit_code == 1
     line = error_line(result.output)

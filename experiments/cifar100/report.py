@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks._docs import write_section
-from kdcache.cache.store import open_cache
+from kdcache.cache.reader import open_cache
 from kdcache.losses import loss_info
 from kdcache.training import outputs
 

@@ -91,7 +91,7 @@ class Experiment:
 
 
 def cache_complete(cache: Path) -> bool:
-    from kdcache.cache.store import open_cache
+    from kdcache.cache.reader import open_cache
 
     try:
         return bool(open_cache(str(cache)).done_mask().all())

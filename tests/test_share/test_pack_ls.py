@@ -11,7 +11,7 @@ import pytest
 
 from kdcache.cache.listing import list_caches
 from kdcache.cache.pack import pack_cache
-from kdcache.cache.store import open_cache
+from kdcache.cache.reader import open_cache
 from kdcache.errors import CacheCorruptError, ConfigError
 from tests.test_share.conftest import BUCKET, run_cli, s3fs_client, upload
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kdcache.cache.store import CacheReader, open_cache, open_for_writing
+from kdcache.cache.reader import CacheReader, open_cache
+from kdcache.cache.writer import open_for_writing
 from tests.test_share._readers import digest_of_every_block
 from tests.test_share.conftest import (
     put_object,
