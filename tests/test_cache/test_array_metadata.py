@@ -99,7 +99,8 @@ def test_a_resumed_cache_is_checked_as_well(tampered):
     cache, says = tampered
     stored = schema.CacheMeta.from_dict(zarr.open_group(str(cache), mode="r").attrs["kdcache"])
     with pytest.raises(CacheCorruptError, match="array 'logits'"):
-        open_for_writing(str(cache), stored, np.zeros(stored.identity.dataset.num_samples, np.int64), create=True)
+        labels = np.zeros(stored.identity.dataset.num_samples, np.int64)
+        open_for_writing(str(cache), stored, labels, create=True)
 
 
 def test_the_table_is_what_the_writer_creates(digits_cache):
