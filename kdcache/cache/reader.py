@@ -18,7 +18,7 @@ import numpy as np
 import zarr
 import zarr.errors
 
-from kdcache.cache import schema, zarr_stores
+from kdcache.cache import chunk_copies, schema, zarr_stores
 from kdcache.cache.digest import digested_arrays
 from kdcache.cache.group import (
     array_not_cache_error,
@@ -234,7 +234,7 @@ class CacheReader:
     @property
     def local_copies(self) -> Path | None:
         """Where local copies of a remote cache's chunks are kept (None: local or off)."""
-        return zarr_stores.local_copy_dir(self.group.store)
+        return chunk_copies.local_copy_dir(self.group.store)
 
 
 def open_cache(
@@ -271,5 +271,5 @@ def open_cache(
     arrays = open_arrays(group, meta, location)
     if meta.complete:
         # A complete cache's chunks never change again: safe to keep local copies of.
-        zarr_stores.enable_chunk_cache(store, location, meta.fingerprint, meta.created)
+        chunk_copies.enable_chunk_cache(store, location, meta.fingerprint, meta.created)
     return CacheReader(group, meta, location, arrays)
