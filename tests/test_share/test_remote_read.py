@@ -56,11 +56,6 @@ def test_info_and_verify_over_s3_match_the_local_cache(digits_cache, prefix):
     assert "[ok] chunks: 12 blocks decode" in output and "[ok] replay" in output
 
 
-def test_every_block_read_over_s3_equals_the_local_bytes(digits_cache, prefix):
-    upload(digits_cache, prefix)
-    assert_same_blocks(every_block(prefix), every_block(str(digits_cache)))
-
-
 def test_second_pass_reads_local_copies_not_the_server(digits_cache, prefix, tmp_path):
     upload(digits_cache, prefix)
     copies = tmp_path / "copies"
