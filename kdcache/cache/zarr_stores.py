@@ -9,6 +9,7 @@ fetches (:mod:`.chunk_copies`). The URL-level logic (filesystems, credentials, e
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import inspect
 import logging
@@ -166,10 +167,41 @@ async def _close_sessions(filesystems: list[Any]) -> None:
                     await result
 
 
+async def _cancel_pending_reads(grace_s: float) -> int:
+    """Cancel every task still running on zarr's loop (but this one) and wait for them to end."""
+    current = asyncio.current_task()
+    pending = [task for task in asyncio.all_tasks() if task is not current and not task.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=grace_s)
+    return len(pending)
+
+
+def cancel_pending_reads(grace_s: float = 2.0) -> int:
+    """Cancel the reads zarr still has in flight; returns how many there were.
+
+    When one of a batch of concurrent chunk reads fails (a damaged chunk, a hung server), zarr
+    raises at once and leaves the others running on its event loop. At exit zarr closes that loop
+    with them still pending, and Python prints "Task was destroyed but it is pending!" (and
+    "Event loop is closed") for each: hundreds of lines after the one error that matters.
+    """
+    loop = zarr.core.sync.loop[0]
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return 0
+    try:
+        return zarr.core.sync.sync(_cancel_pending_reads(grace_s), timeout=grace_s + 1)
+    except Exception as exc:  # never fail an exiting process over a courtesy cancel
+        log.debug("cancelling pending reads failed: %s", exc)
+        return 0
+
+
 @atexit.register
 def _close_remote_clients() -> None:
-    """Close async storage clients on zarr's loop before zarr stops it (atexit runs LIFO, and
-    this module imports zarr first); otherwise aiohttp prints "Unclosed client session"."""
+    """Cancel zarr's pending reads, then close async storage clients, on zarr's loop before zarr
+    stops it (atexit runs LIFO, and this module imports zarr first); otherwise Python prints
+    "Task was destroyed but it is pending!" and aiohttp "Unclosed client session"."""
+    cancel_pending_reads()
     filesystems = remote.async_filesystems()
     if not filesystems:
         return
