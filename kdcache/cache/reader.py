@@ -9,6 +9,7 @@ so a moved, altered or missing chunk is an error naming it, never data.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -214,12 +215,8 @@ class CacheReader:
         """The teacher's top-1 and top-5 hits recorded for one block, checked against its digest."""
         counts = []
         for name in (schema.BLOCK_TOP1, schema.BLOCK_TOP5):
-            array = self._arrays[name]
-
-            def one(array: zarr.Array = array) -> np.ndarray:
-                return np.asarray(array[view, block])
-
-            value = self._read(f"{name} (view {view}, block {block})", one)
+            one = functools.partial(self._arrays[name].__getitem__, (view, block))
+            value = np.asarray(self._read(f"{name} (view {view}, block {block})", one))
             counts.append(int(self._checked(name, view, block, value)))
         return counts[0], counts[1]
 
