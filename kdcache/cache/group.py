@@ -5,13 +5,17 @@ name the damaged part.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import TypeVar
 
 import zarr
+import zarr.core.sync
 import zarr.errors
 from zarr.abc.store import Store
+from zarr.core.array import AsyncArray
+from zarr.core.group import get_node
 
 from kdcache.cache import bounds, layout, schema, zarr_stores
 from kdcache.cache.arrays import ArraySpec, array_specs
@@ -86,16 +90,37 @@ def open_arrays(
 ) -> dict[str, zarr.Array]:
     """Every array the table lists for ``meta``, each checked against its row.
 
-    Opened once: each ``group[name]`` reads the array's zarr.json again, which over an object
-    store is one request.
+    The arrays' zarr.json documents are fetched concurrently (over an object store, one round
+    trip instead of one per array), and each array is opened once: the reader and the writer keep
+    these handles, since each ``group[name]`` would read the document again.
     """
-    return {spec.name: _open_checked(group, spec, location) for spec in array_specs(meta)}
+    specs = array_specs(meta)
+    prefix = f"{group.store_path.path}/" if group.store_path.path else ""
+
+    async def fetch() -> list[object]:
+        nodes = (get_node(group.store_path.store, prefix + spec.name, 3) for spec in specs)
+        return list(await asyncio.gather(*nodes, return_exceptions=True))
+
+    found = zarr.core.sync.sync(fetch())
+    return {
+        spec.name: _open_checked(spec, node, location)
+        for spec, node in zip(specs, found, strict=True)
+    }
 
 
-def _open_checked(group: zarr.Group, spec: ArraySpec, location: CacheLocation) -> zarr.Array:
+def _node(name: str, found: object) -> object:
+    """What :func:`get_node` gave for array ``name``: its node, or the failure it raised."""
+    if isinstance(found, FileNotFoundError):
+        raise KeyError(name) from found
+    if isinstance(found, BaseException):
+        raise found
+    return zarr.Array(found) if isinstance(found, AsyncArray) else found
+
+
+def _open_checked(spec: ArraySpec, found: object, location: CacheLocation) -> zarr.Array:
     document = layout.metadata_key(spec.name)
     try:
-        node = guard_read(document, lambda: group[spec.name], location)
+        node = guard_read(document, lambda: _node(spec.name, found), location)
     except (ValueError, TypeError) as exc:  # JSON, but not an array zarr can read
         if isinstance(exc, KdcacheError):
             raise
