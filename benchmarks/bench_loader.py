@@ -44,7 +44,7 @@ import kdcache  # noqa: E402
 from benchmarks._docs import write_section  # noqa: E402
 from kdcache.augment import create_recipe  # noqa: E402
 from kdcache.cache import schema  # noqa: E402
-from kdcache.cache.store import open_for_writing  # noqa: E402
+from kdcache.cache.writer import open_for_writing  # noqa: E402
 from kdcache.data import load_dataset, normalize  # noqa: E402
 from kdcache.views import SeededViews  # noqa: E402
 

@@ -35,7 +35,7 @@ from benchmarks._docs import write_section  # noqa: E402
 from kdcache.augment import create_recipe  # noqa: E402
 from kdcache.cache import schema  # noqa: E402
 from kdcache.cache.sparse import SparseRows, sparse_rows_from_logits  # noqa: E402
-from kdcache.cache.store import open_for_writing  # noqa: E402
+from kdcache.cache.writer import open_for_writing  # noqa: E402
 from kdcache.data import load_dataset, normalize  # noqa: E402
 from kdcache.extract import sparse_temperatures  # noqa: E402
 from kdcache.losses import build_objective  # noqa: E402

@@ -43,7 +43,8 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks._docs import write_section  # noqa: E402
 from kdcache.cache import schema  # noqa: E402
-from kdcache.cache.store import CacheReader, open_cache, open_for_writing  # noqa: E402
+from kdcache.cache.reader import CacheReader, open_cache  # noqa: E402
+from kdcache.cache.writer import open_for_writing  # noqa: E402
 from kdcache.extract import ExtractConfig, run_extract  # noqa: E402
 from kdcache.extract_writer import topk_hits  # noqa: E402
 from kdcache.losses.registry import sparse_temperatures  # noqa: E402

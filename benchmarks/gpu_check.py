@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks._jpeg import cifar_pixels, jpeg_tree  # noqa: E402
 from kdcache.augment import create_recipe  # noqa: E402
-from kdcache.cache.store import open_cache  # noqa: E402
+from kdcache.cache.reader import open_cache  # noqa: E402
 from kdcache.data import load_dataset  # noqa: E402
 from kdcache.extract import ExtractConfig, run_extract  # noqa: E402
 from kdcache.models import build_model  # noqa: E402

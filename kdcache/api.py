@@ -25,9 +25,9 @@ import torch
 import torch.distributed as dist
 
 from kdcache.cache.location import CacheLocation
+from kdcache.cache.reader import CacheReader
+from kdcache.cache.reader import open_cache as open_reader
 from kdcache.cache.schema import LogitDtype, StorageMode
-from kdcache.cache.store import CacheReader
-from kdcache.cache.store import open_cache as open_reader
 from kdcache.data import DatasetSpec, SourceDataset
 from kdcache.errors import ConfigError
 from kdcache.models.preprocess import Preprocessing
@@ -76,7 +76,7 @@ class Cache:
         complete: every (view, chunk) block is written.
         teacher_top1: the teacher's top-1 accuracy (%) on each view, ``[V]`` (None: incomplete).
         versions: library versions that wrote it (torch, torchvision, Pillow, kdcache).
-        reader: the low-level :class:`~kdcache.cache.store.CacheReader`.
+        reader: the low-level :class:`~kdcache.cache.reader.CacheReader`.
 
     The attributes use short names where the cache's metadata nests them; the table in
     docs/api.md (Cache attributes) maps each one to its field (``classes`` is

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from kdcache.augment import Recipe, create_recipe, views_to_store
 from kdcache.cache import bounds, layout, schema
 from kdcache.cache.location import CacheLocation, parse_location
-from kdcache.cache.store import CacheWriter, open_for_writing
+from kdcache.cache.writer import CacheWriter, open_for_writing
 from kdcache.cache.zarr_stores import check_writable
 from kdcache.data import SourceDataset, load_dataset
 from kdcache.errors import ConfigError

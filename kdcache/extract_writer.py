@@ -9,7 +9,7 @@ stays flat (at most ``depth`` batches waiting, plus the one block being filled).
 
 One thread, in order, so a block's bytes and the order blocks are marked done are exactly those of
 the serial loop: a block is written the moment its last row arrives, and the done mark comes last
-(:meth:`kdcache.cache.store.CacheWriter.write_block`), so a kill at any moment leaves a cache that
+(:meth:`kdcache.cache.writer.CacheWriter.write_block`), so a kill at any moment leaves a cache that
 resumes to the same bytes.
 """
 
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from kdcache.cache.schema import CacheMeta
-from kdcache.cache.store import CacheWriter
+from kdcache.cache.writer import CacheWriter
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from kdcache.cache.store import CacheReader
+from kdcache.cache.reader import CacheReader
 
 
 def summarize(reader: CacheReader) -> dict[str, Any]:

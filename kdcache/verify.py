@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -34,8 +33,9 @@ import numpy as np
 import torch
 
 from kdcache.cache.location import CacheLocation, parse_location
-from kdcache.cache.sparse import KEPT_MASS_TOLERANCE, kept_mass_violations
-from kdcache.cache.store import CacheReader, open_cache
+from kdcache.cache.reader import CacheReader, open_cache
+from kdcache.cache.scan import bad_blocks_detail, block_problems, figure_problems
+from kdcache.cache.sparse import KEPT_MASS_TOLERANCE
 from kdcache.data import SourceDataset
 from kdcache.errors import ConfigError, KdcacheError
 from kdcache.seeding import derived_seed
@@ -86,51 +86,29 @@ def replay_sample(reader: CacheReader, count: int, salt: int = 0) -> np.ndarray:
 def _check_chunks(reader: CacheReader, report: VerifyReport) -> None:
     """Read every chunk of every marked block; the reader checks presence, finiteness, digest."""
     ident = reader.identity
-    done = reader.done_mask()
-    bad: list[tuple[int, int, str]] = []  # (view, block, what is wrong)
-    for view, block in np.argwhere(done).tolist():
-        try:
-            if ident.storage.mode == "dense":
-                reader.read_dense(view, block)
-            else:
-                sparse = reader.read_sparse(view, block)
-                if (over := kept_mass_violations(sparse)) > 0:
-                    bad.append((view, block,
-                        f"view {view} block {block}: {over} rows whose kept top-"
-                        f"{ident.storage.topk} mass exceeds 1 by more than "
-                        f"{KEPT_MASS_TOLERANCE:g} (the stored log-sum-exp does not match the "
-                        "kept values)"
-                    ))  # fmt: skip
-            reader.read_input_hashes(view, block)
-            if ident.augmentation.mixed:
-                reader.read_mix(view, block)
-            reader.read_block_counts(view, block)
-        except KdcacheError as exc:
-            bad.append((view, block, str(exc)))
+    bad = block_problems(reader)
     detail = (
-        f"{int(done.sum())} blocks decode with valid checksums and finite values; "
+        f"{int(reader.done_mask().sum())} blocks decode with valid checksums and finite values; "
         f"{reader.integrity_note()}"
     )
-    if ident.storage.exact_sparse:  # what the kept-mass check above proved, in the OK line
+    if ident.storage.exact_sparse:  # what the kept-mass check proved, in the OK line
         temps = ", ".join(f"{t:g}" for t in ident.storage.temperatures or ())
         detail += (
             f"; every row's kept top-{ident.storage.topk} mass is at most 1 + "
             f"{KEPT_MASS_TOLERANCE:g} at T = {temps} (normalisers consistent with the kept values)"
         )
-    report.add("chunks", not bad, detail if not bad else _bad_blocks_detail(bad))
+    report.add("chunks", not bad, detail if not bad else bad_blocks_detail(bad))
 
 
 def _check_figures(reader: CacheReader, report: VerifyReport) -> None:
     """The derived figures of the self-description against the per-block counts."""
-    meta = reader.meta
-    if meta.teacher_top1 is None:
+    if reader.meta.teacher_top1 is None:
         return  # incomplete: no figures recorded yet
     try:
-        top1, top5 = reader.block_correct_counts()
+        problems = figure_problems(reader)
     except KdcacheError as exc:
         report.add("figures", False, str(exc))
         return
-    problems = meta.figure_mismatches(top1, top5)
     report.add(
         "figures",
         not problems,
@@ -360,20 +338,3 @@ def _readable(read: Callable[[int, int], T], view: int, block: int) -> T | None:
         return read(view, block)
     except KdcacheError:
         return None
-
-
-def _bad_blocks_detail(bad: list[tuple[int, int, str]], listed: int = 12, kinds: int = 3) -> str:
-    """Which blocks are bad (the first ``listed``) and one example of each kind of problem (up to
-    ``kinds``), the same message with other numbers being one kind: a damaged copy often has one
-    problem in hundreds of blocks, and a line per block would bury the report."""
-    for _, _, problem in bad:
-        log.info("bad block: %s", problem)
-    where = ", ".join(f"view {v} block {b}" for v, b, _ in bad[:listed])
-    more = f" and {len(bad) - listed} more" if len(bad) > listed else ""
-    each = "; `kdcache -v verify` lists each problem" if len(bad) > 1 else ""
-    examples: dict[str, str] = {}
-    for _, _, problem in bad:
-        examples.setdefault(re.sub(r"\d+", "#", problem), problem)
-    shown = list(examples.values())[:kinds]
-    label = "The problem" if len(examples) == 1 else f"{len(examples)} kinds of problem"
-    return f"{len(bad)} bad blocks ({where}{more}{each}). {label}: " + "; ".join(shown)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import kdcache
-from kdcache.cache.store import open_cache as open_reader
+from kdcache.cache.reader import open_cache as open_reader
 from kdcache.losses.sparse import SparseTeacher
 from kdcache.stream.plan import epoch_views, plan_epoch
 from kdcache.training import outputs

@@ -62,7 +62,7 @@ def test_ctrl_c_exits_130_with_one_line(cache, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("kdcache.cache.store.open_cache", interrupted)
+    monkeypatch.setattr("kdcache.cache.reader.open_cache", interrupted)
     result = cli(["info", cache])
     assert result.exit_code == 130
     assert "interrupted" in error_line(result.output)
@@ -102,7 +102,7 @@ def test_an_unexpected_exception_is_one_line_naming_a_bug_and_v_shows_the_traceb
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("kdcache.cache.store.open_cache", broken)
+    monkeypatch.setattr("kdcache.cache.reader.open_cache", broken)
     result = cli(["info", cache])
     assert result.exit_code == 1
     line = error_line(result.output)
@@ -183,6 +183,51 @@ def test_a_full_disk_while_saving_a_checkpoint_leaves_no_checkpoint_or_temporary
     assert result.exit_code == 1
     assert "no space left on the device" in error_line(result.output)
     assert not any(p.suffix in (".pt", ".tmp") for p in run.iterdir())
+
+
+def torch_save_wrapping_enospc(obj, target, *args, **kwargs):  # type: ignore[no-untyped-def]
+    """What torch.save does on a full disk: its zip writer's write fails with ENOSPC, and torch
+    raises a RuntimeError while handling it (the OSError is only the RuntimeError's context)."""
+    target.write(b"\0" * 10)
+    try:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    except OSError:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")  # noqa: B904
+
+
+def test_a_full_disk_inside_torch_save_is_no_space_naming_the_checkpoint(
+    cache, tmp_path, monkeypatch
+):
+    """Issue 25 item 21: torch.save wraps the OSError in a RuntimeError; the user still reads
+    "no space left" and the checkpoint's path, not "a bug in kdcache"."""
+    monkeypatch.setattr("torch.save", torch_save_wrapping_enospc)
+    run = tmp_path / "run"
+    args = ["train", "--cache", cache, "--student", "resnet8", "--epochs", "1", "--workers", "0"]
+    result = cli(
+        [*args, "--max-samples", "32", "--verify-replay", "off", "--out", run, "--no-progress"]
+    )
+    assert result.exit_code == 1
+    line = error_line(result.output)
+    assert "no space left on the device" in line and str(run / "last.pt") in line, line
+    assert "bug in kdcache" not in result.output
+    assert not any(p.suffix in (".pt", ".tmp") for p in run.iterdir())
+
+
+def test_save_checkpoint_raises_the_os_error_with_the_path(tmp_path, monkeypatch):
+    from kdcache.training import outputs
+
+    monkeypatch.setattr("torch.save", torch_save_wrapping_enospc)
+    with pytest.raises(OSError) as caught:
+        outputs.save_checkpoint(tmp_path / "last.pt", {"epoch": 1})
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / "last.pt")
+    assert list(tmp_path.iterdir()) == []  # no temporary left
+
+    def other_runtime_error(obj, target, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("not a storage problem")
+
+    monkeypatch.setattr("torch.save", other_runtime_error)
+    with pytest.raises(RuntimeError, match="not a storage problem"):  # left as it is
+        outputs.save_checkpoint(tmp_path / "last.pt", {"epoch": 1})
 
 
 def test_a_full_disk_while_packing_leaves_neither_the_archive_nor_a_partial_file(

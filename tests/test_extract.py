@@ -13,7 +13,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from kdcache.cache.store import CacheWriter, open_cache
+from kdcache.cache.reader import open_cache
+from kdcache.cache.writer import CacheWriter
 from kdcache.cli import main
 from tests.conftest import (
     REPO,

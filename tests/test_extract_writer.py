@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from kdcache.cache import schema
-from kdcache.cache.store import open_cache
+from kdcache.cache.reader import open_cache
 from kdcache.cli import main
 from kdcache.extract_writer import QUEUE_DEPTH, BackgroundBlockWriter, BlockAssembler, topk_hits
 from tests.conftest import cache_chunk_bytes

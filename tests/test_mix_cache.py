@@ -11,7 +11,7 @@ import zarr
 from click.testing import CliRunner
 
 from kdcache.augment import create_recipe
-from kdcache.cache.store import open_cache
+from kdcache.cache.reader import open_cache
 from kdcache.cli import main
 from kdcache.data import load_dataset
 from kdcache.training.config import TrainConfig
@@ -154,7 +154,7 @@ def test_the_public_loader_serves_the_stored_partners_and_lambdas(mixed_cache) -
 def test_caches_without_mixing_have_no_mix_arrays(tmp_path) -> None:
     from kdcache.cache import schema
     from kdcache.cache.digest import digested_arrays
-    from kdcache.cache.store import open_for_writing
+    from kdcache.cache.writer import open_for_writing
     from kdcache.errors import CacheError
 
     source = load_dataset("digits", None, "test")

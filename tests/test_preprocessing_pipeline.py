@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from kdcache.augment import create_recipe
-from kdcache.cache.store import open_cache
+from kdcache.cache.reader import open_cache
 from kdcache.cli import main
 from kdcache.data import load_dataset
 from kdcache.models import build_model

@@ -12,7 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from kdcache.cache.store import open_cache
+from kdcache.cache.reader import open_cache
 from kdcache.cli import main
 from kdcache.stream.cached_teacher import CachedTeacher
 from kdcache.stream.plan import plan_epoch

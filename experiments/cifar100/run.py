@@ -63,7 +63,7 @@ def detect_card() -> dict[str, Any]:
 
 
 def cache_complete(path: Path) -> bool:
-    from kdcache.cache.store import open_cache
+    from kdcache.cache.reader import open_cache
 
     try:
         return bool(open_cache(str(path)).done_mask().all())
@@ -72,7 +72,7 @@ def cache_complete(path: Path) -> bool:
 
 
 def cache_summary(path: Path) -> dict[str, Any]:
-    from kdcache.cache.store import open_cache
+    from kdcache.cache.reader import open_cache
 
     cache = open_cache(str(path))
     ident = cache.meta.identity
@@ -87,7 +87,7 @@ def cache_summary(path: Path) -> dict[str, Any]:
 
 
 def teacher_test_top1(path: Path) -> float | None:
-    from kdcache.cache.store import open_cache
+    from kdcache.cache.reader import open_cache
 
     top1 = open_cache(str(path)).meta.teacher_top1
     return float(top1[0]) if top1 else None

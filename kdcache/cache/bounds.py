@@ -20,7 +20,7 @@ MAX_CHUNK_ROWS = 1 << 24
 MAX_SAMPLES = 1 << 36
 MAX_SEED = (1 << 63) - 1  # seeds are mixed as unsigned 64-bit numbers; int64 keeps them portable
 _MAX_CHUNK_BYTES = 1 << 31  # one decoded chunk: beyond this, reads and writes stall or fail
-_LABEL_CHUNK_FLOOR = 65536  # the labels array's chunks hold at least this many rows (store.py)
+LABEL_CHUNK_FLOOR = 65536  # the labels array's chunks hold at least this many rows (arrays.py)
 
 
 def physical_memory() -> int | None:
@@ -71,7 +71,7 @@ def check_layout(
             f"{chunk / 2**20:.0f} MiB in memory, more than the {limit / 2**20:.0f} MiB allowed on "
             "this machine: use fewer --chunk-rows"
         )
-    labels = max(num_samples, chunk_rows, _LABEL_CHUNK_FLOOR) * 8
+    labels = max(num_samples, chunk_rows, LABEL_CHUNK_FLOOR) * 8
     if memory and labels > memory // 4:
         raise error(
             f"{prefix}the labels of {num_samples} samples need {labels / 2**30:.1f} GiB, more "

@@ -4,11 +4,13 @@
 encoding (``<array>/c/<i>/<j>...``), its metadata in ``<array>/zarr.json`` (the group's in the root
 ``zarr.json``), and every chunk's codec chain ends with crc32c, whose 4 trailing bytes guard it.
 
-zarr reads and writes through these rules itself (:mod:`.store`). They are spelled out here for the
-code that handles a cache's objects *without* opening it through zarr, where going through zarr
-would cost more than it knows: the local chunk copies of a remote reader (a store wrapper that sees
-bare keys and bytes, inside zarr's async I/O), ``kdcache pack`` (copies objects byte for byte,
-batched through fsspec) and ``kdcache ls`` (one small document per cache, no zarr group opened).
+zarr reads and writes through these rules itself (:mod:`.reader`, :mod:`.writer`), and every
+array's metadata is checked against them on open (:func:`encoding_problems`). They are spelled
+out here for the code that handles a cache's objects *without* opening it through zarr, where
+going through zarr would cost more than it knows: the local chunk copies of a remote reader (a
+store wrapper that sees bare keys and bytes, inside zarr's async I/O), ``kdcache pack`` (copies
+objects byte for byte, batched through fsspec) and ``kdcache ls`` (one small document per cache,
+no zarr group opened).
 The chunk key encoding and the metadata file name are zarr's own objects, so they cannot drift
 from what zarr writes; ``tests/test_cache/test_layout.py`` checks the rest against a real cache.
 """
@@ -19,7 +21,9 @@ import json
 import re
 from typing import Any
 
+import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
+from zarr.codecs.bytes import Endian
 from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
 from zarr.core.common import ZARR_JSON
 
@@ -42,6 +46,27 @@ def array_encoding() -> dict[str, Any]:
         "compressors": list(_COMPRESSORS),
         "chunk_key_encoding": CHUNK_KEY_ENCODING,
     }
+
+
+def encoding_problems(array: zarr.Array) -> list[str]:
+    """How ``array``'s stored encoding differs from :func:`array_encoding` (empty: it does not).
+
+    The codec chain must be bytes (little endian) -> zstd -> crc32c: without the crc32c a damaged
+    chunk would decode silently, and another byte order would read other numbers.
+    """
+    metadata = array.metadata
+    codecs: tuple[Any, ...] = tuple(getattr(metadata, "codecs", ()))
+    names = [type(codec).__name__ for codec in codecs]
+    expected = [type(codec).__name__ for codec in (BytesCodec(), *_COMPRESSORS)]
+    problems = []
+    if names != expected:
+        problems.append(f"codecs {names}, expected {expected}")
+    elif getattr(codecs[0], "endian", None) not in (None, Endian.little):
+        problems.append(f"byte order {codecs[0].endian.value}, expected little")
+    encoding = getattr(metadata, "chunk_key_encoding", None)
+    if encoding != CHUNK_KEY_ENCODING:
+        problems.append(f"chunk key encoding {encoding}, expected {CHUNK_KEY_ENCODING}")
+    return problems
 
 
 def chunk_key(array: str, index: tuple[int, ...]) -> str:

@@ -3,9 +3,11 @@
 The archive holds the zarr group exactly as stored (same keys, same bytes), uncompressed
 (``ZIP_STORED``: chunks are already zstd-compressed, and stored members can be read in place),
 members sorted and time-stamped 1980-01-01, so packing the same cache twice gives the same bytes.
-It is written to a temporary file beside OUT, re-opened and checked, then renamed: OUT is either
-absent, the old file, or a complete archive. Every chunk's crc32c is checked on the way, so a
-damaged cache is never published.
+It is written to a temporary file beside OUT, re-opened and checked as ``kdcache verify`` checks
+a cache's chunks (every marked block present, intact and at its recorded position, the recorded
+figures equal to the hit counts), then renamed: OUT is either absent, the old file, or a complete,
+verified archive. Every chunk's crc32c is also checked on the way, so a damaged cache is never
+published.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from pathlib import Path
 
 from kdcache.cache import layout, remote
 from kdcache.cache.location import CacheLocation, parse_location
-from kdcache.cache.store import open_cache
-from kdcache.errors import CacheCorruptError, CacheError, ConfigError
+from kdcache.cache.reader import CacheReader, open_cache
+from kdcache.cache.scan import bad_blocks_detail, block_problems, figure_problems
+from kdcache.errors import CacheCorruptError, CacheError, ConfigError, KdcacheError
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +121,7 @@ def pack_cache(
 
     ``cache_dir``: where a remote source keeps local copies of what is read through zarr (its
     metadata and completeness record; the objects themselves are copied from the store), as for
-    :func:`kdcache.cache.store.open_cache`.
+    :func:`kdcache.cache.reader.open_cache`.
     """
     location = parse_location(source)
     target = _check_target(location, parse_location(out), force=force)
@@ -144,6 +147,7 @@ def pack_cache(
             or not (packed.done_mask() == done).all()
         ):
             raise CacheError(f"packing {location} produced an archive that does not read back")
+        _check_packed(packed, location)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -158,6 +162,24 @@ def pack_cache(
         fingerprint=reader.meta.fingerprint,
         complete=bool(done.all()),
     )
+
+
+def _check_packed(packed: CacheReader, source: CacheLocation) -> None:
+    """Refuse an archive whose blocks ``kdcache verify`` would fail: every marked block's chunks
+    present, intact and at their recorded position (digests), and the recorded figures equal to
+    the hit counts. The check reads the archive just written (local), so it costs no download and
+    proves exactly the bytes that are published."""
+    bad = block_problems(packed)
+    try:
+        figures = figure_problems(packed)
+    except KdcacheError as exc:
+        figures = [str(exc)]
+    if bad or figures:
+        what = "; ".join([bad_blocks_detail(bad)] if bad else figures)
+        raise CacheCorruptError(
+            f"refusing to pack {source}: it is damaged ({what}). Nothing was written. Fetch an "
+            "intact copy or re-extract it; `kdcache verify` checks it in place."
+        )
 
 
 def _check_target(source: CacheLocation, out: CacheLocation, *, force: bool) -> Path:

@@ -1,9 +1,10 @@
 """Caches behind URLs: fsspec filesystems, credentials, and errors that say what to do.
 
-Everything here speaks fsspec and plain files; nothing imports zarr (that is ``zarr_stores.py``
-and ``store.py``). Locations arrive parsed (:class:`kdcache.cache.location.CacheLocation`); a
-*remote* one is any fsspec URL other than ``file://``: ``s3://bucket/prefix`` (s3fs), ``gs://``
-(gcsfs), ``http(s)://`` (read-only), or a chained URL (``simplecache::s3://...``).
+Everything here speaks fsspec and plain files; nothing imports zarr (that is ``zarr_stores.py``,
+``chunk_copies.py``, ``reader.py`` and ``writer.py``). Locations arrive parsed
+(:class:`kdcache.cache.location.CacheLocation`); a *remote* one is any fsspec URL other than
+``file://``: ``s3://bucket/prefix`` (s3fs), ``gs://`` (gcsfs), ``http(s)://`` (read-only), or a
+chained URL (``simplecache::s3://...``).
 
 Credentials are never handled by kdcache: s3fs asks botocore, which reads the environment the way
 the AWS CLI does (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``,
@@ -78,7 +79,8 @@ def filesystem(location: CacheLocation, *, asynchronous: bool = False) -> tuple[
     Instances live as long as the process, one per (location, mode, process, credential
     environment): a changed AWS_* variable gets a new client, and unchanged ones reuse their
     connections. Instances are never dropped: an async client collected before its session is
-    closed prints "Unclosed client session"; ``locations`` closes them at exit instead.
+    closed prints "Unclosed client session"; :mod:`kdcache.cache.zarr_stores` closes them at exit
+    instead.
     """
     import fsspec
 
@@ -256,45 +258,6 @@ def namespace(location: CacheLocation, fingerprint: str, created: str) -> str:
     # The location as typed (not normalised): the directories of copies made so far stay valid.
     digest = hashlib.sha256(f"{location.raw}\n{fingerprint}\n{created}".encode()).hexdigest()
     return f"{fingerprint[:12]}-{digest[:16]}"
-
-
-class LocalObjectCache:
-    """Local copies of immutable objects under one directory, one file per key.
-
-    Files appear by atomic rename, so concurrent readers (threads or processes) sharing the
-    directory never see a partial copy; two readers fetching the same object both write it, and
-    the last rename wins with identical bytes.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def path(self, key: str) -> Path:
-        parts = key.split("/")
-        if any(p in ("", ".", "..") for p in parts):
-            raise ValueError(f"refusing to cache an object with key {key!r}")
-        return self.root.joinpath(*parts)
-
-    def get(self, key: str) -> bytes | None:
-        try:
-            return self.path(key).read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def put(self, key: str, data: bytes) -> None:
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-    def discard(self, key: str) -> None:
-        self.path(key).unlink(missing_ok=True)
 
 
 def fetch_archive(location: CacheLocation, cache_dir: str | os.PathLike[str] | None = None) -> Path:

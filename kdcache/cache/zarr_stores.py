@@ -1,9 +1,9 @@
 """The zarr store for a cache location: a local directory, a ``.zip`` file, or an fsspec URL.
 
 Turning a parsed location (:mod:`kdcache.cache.location`) into a zarr store happens here and
-nowhere else. Remote readers get their chunks through :class:`ChunkCachingStore`, which keeps a
-local copy of every chunk it fetches so that later epochs (and later processes) read the local disk
-instead of the network. The URL-level logic (filesystems, credentials, errors) is in
+nowhere else. Remote readers get their chunks through
+:class:`~kdcache.cache.chunk_copies.ChunkCachingStore`, which keeps a local copy of every chunk it
+fetches (:mod:`.chunk_copies`). The URL-level logic (filesystems, credentials, errors) is in
 :mod:`kdcache.cache.remote`; what a chunk's key and bytes look like is in :mod:`.layout`.
 """
 
@@ -15,22 +15,15 @@ import inspect
 import logging
 import os
 import zipfile
-from collections.abc import AsyncGenerator, Iterable
 from pathlib import Path
 from typing import Any
 
 import zarr.core.sync
 import zarr.storage
-from zarr.abc.store import (
-    ByteRequest,
-    OffsetByteRequest,
-    RangeByteRequest,
-    Store,
-    SuffixByteRequest,
-)
-from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.abc.store import Store
 
 from kdcache.cache import layout, remote
+from kdcache.cache.chunk_copies import ChunkCachingStore
 from kdcache.cache.location import CacheLocation
 from kdcache.errors import CacheCorruptError, ConfigError, DataNotFoundError, KdcacheError
 
@@ -109,7 +102,12 @@ def _open_remote(location: CacheLocation, *, read_only: bool, cache_dir: PathLik
     store = _fsspec_store(location, read_only=read_only)
     if not read_only:
         return store
-    return ChunkCachingStore(store, location=location, cache_dir=cache_dir)
+    return ChunkCachingStore(
+        store,
+        location=location,
+        reopen=lambda: _fsspec_store(location, read_only=True),
+        cache_dir=cache_dir,
+    )
 
 
 def _fsspec_store(location: CacheLocation, *, read_only: bool) -> zarr.storage.FsspecStore:
@@ -118,130 +116,6 @@ def _fsspec_store(location: CacheLocation, *, read_only: bool) -> zarr.storage.F
         return zarr.storage.FsspecStore(fs, path=path, read_only=read_only)
     # zarr wraps synchronous filesystems (zip::, ...) itself
     return zarr.storage.FsspecStore.from_url(location.url, read_only=read_only)
-
-
-def _slice(data: bytes, byte_range: ByteRequest | None) -> bytes:
-    if byte_range is None:
-        return data
-    if isinstance(byte_range, RangeByteRequest):
-        return data[byte_range.start : byte_range.end]
-    if isinstance(byte_range, OffsetByteRequest):
-        return data[byte_range.offset :]
-    if isinstance(byte_range, SuffixByteRequest):
-        return data[-byte_range.suffix :] if byte_range.suffix else b""
-    raise ValueError(f"unexpected byte range {byte_range!r}")
-
-
-class ChunkCachingStore(zarr.storage.WrapperStore[Store]):
-    """A read-only remote store that keeps local copies of the chunks it fetches.
-
-    Inactive until :meth:`activate` names the local directory: ``store.open_cache`` activates it
-    only for *complete* caches, whose chunk objects never change again, under a
-    directory named by URL + fingerprint + creation time (a re-extracted cache never reuses stale
-    copies). Metadata documents are always read from the remote. Each local copy is checked
-    against the chunk's own crc32c when read: a damaged copy is dropped and fetched again, and a
-    damaged remote object is never copied (zarr's codec then reports it).
-
-    It is also fork-safe: an async storage client belongs to the event loop of the process that
-    made it, so a forked child (a DataLoader worker) gets a client of its own on first use.
-
-    Why not fsspec's ``filecache``: it rewrites one JSON index per download (quadratic in the
-    number of chunks, racy between processes) and is synchronous, so zarr would call it through a
-    thread wrapper; this store is async, keeps no index and is safe to share between processes.
-    """
-
-    def __init__(
-        self,
-        store: Store,
-        *,
-        location: CacheLocation,
-        cache_dir: PathLike | None = None,
-        local: remote.LocalObjectCache | None = None,
-    ) -> None:
-        super().__init__(store)
-        self.location = location
-        self.cache_dir = cache_dir
-        self.local = local
-        self._pid = os.getpid()
-
-    def _remote(self) -> Store:
-        if self._pid != os.getpid():  # forked: the parent's client is bound to its event loop
-            self._store = _fsspec_store(self.location, read_only=True)
-            self._pid = os.getpid()
-        return self._store
-
-    async def exists(self, key: str) -> bool:
-        return await self._remote().exists(key)
-
-    async def getsize(self, key: str) -> int:
-        return await self._remote().getsize(key)
-
-    def _with_store(self, store: Store) -> ChunkCachingStore:
-        return type(self)(store, location=self.location, cache_dir=self.cache_dir, local=self.local)
-
-    def activate(self, namespace: str) -> Path | None:
-        """Start keeping local copies under ``<cache root>/<namespace>``; returns that directory."""
-        root = remote.local_cache_root(self.cache_dir)
-        if root is None:
-            self.local = None
-            return None
-        self.local = remote.LocalObjectCache(root / namespace)
-        return self.local.root
-
-    async def get(
-        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
-    ) -> Buffer | None:
-        local, source = self.local, self._remote()
-        if local is None or not layout.is_chunk_key(key):
-            return await source.get(key, prototype, byte_range)
-        data = await asyncio.to_thread(local.get, key)
-        if data is not None and not layout.crc32c_trailer_ok(data):
-            log.warning("local copy of %s/%s is damaged; fetching it again", self.location, key)
-            await asyncio.to_thread(local.discard, key)
-            data = None
-        if data is None:
-            fetched = await source.get(key, prototype)  # whole object, whatever was asked
-            if fetched is None:
-                return None
-            data = fetched.to_bytes()
-            if layout.crc32c_trailer_ok(data):
-                await asyncio.to_thread(local.put, key, data)
-        return prototype.buffer.from_bytes(_slice(data, byte_range))
-
-    async def get_partial_values(
-        self,
-        prototype: BufferPrototype,
-        key_ranges: Iterable[tuple[str, ByteRequest | None]],
-    ) -> list[Buffer | None]:
-        return list(await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges)))
-
-    async def _get_many(
-        self, requests: Iterable[tuple[str, BufferPrototype, ByteRequest | None]]
-    ) -> AsyncGenerator[tuple[str, Buffer | None], None]:
-        # WrapperStore would hand these to the inner store and bypass the local copies.
-        for key, prototype, byte_range in requests:
-            yield key, await self.get(key, prototype, byte_range)
-
-
-def enable_chunk_cache(
-    store: Store, location: CacheLocation, fingerprint: str, created: str
-) -> Path | None:
-    """Activate local chunk copies if ``store`` is a remote reader's store; else a no-op.
-
-    Call it only for complete caches: their chunk objects never change again.
-    """
-    if isinstance(store, ChunkCachingStore):
-        root = store.activate(remote.namespace(location, fingerprint, created))
-        log.info("local copies of %s chunks: %s", store.location, root or "off")
-        return root
-    return None
-
-
-def local_copy_dir(store: Store) -> Path | None:
-    """The directory holding local copies of this store's chunks, if any."""
-    if isinstance(store, ChunkCachingStore) and store.local is not None:
-        return store.local.root
-    return None
 
 
 def holds_other_content(location: CacheLocation) -> bool:
@@ -293,10 +167,41 @@ async def _close_sessions(filesystems: list[Any]) -> None:
                     await result
 
 
+async def _cancel_pending_reads(grace_s: float) -> int:
+    """Cancel every task still running on zarr's loop (but this one) and wait for them to end."""
+    current = asyncio.current_task()
+    pending = [task for task in asyncio.all_tasks() if task is not current and not task.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=grace_s)
+    return len(pending)
+
+
+def cancel_pending_reads(grace_s: float = 2.0) -> int:
+    """Cancel the reads zarr still has in flight; returns how many there were.
+
+    When one of a batch of concurrent chunk reads fails (a damaged chunk, a hung server), zarr
+    raises at once and leaves the others running on its event loop. At exit zarr closes that loop
+    with them still pending, and Python prints "Task was destroyed but it is pending!" (and
+    "Event loop is closed") for each: hundreds of lines after the one error that matters.
+    """
+    loop = zarr.core.sync.loop[0]
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return 0
+    try:
+        return zarr.core.sync.sync(_cancel_pending_reads(grace_s), timeout=grace_s + 1)
+    except Exception as exc:  # never fail an exiting process over a courtesy cancel
+        log.debug("cancelling pending reads failed: %s", exc)
+        return 0
+
+
 @atexit.register
 def _close_remote_clients() -> None:
-    """Close async storage clients on zarr's loop before zarr stops it (atexit runs LIFO, and
-    this module imports zarr first); otherwise aiohttp prints "Unclosed client session"."""
+    """Cancel zarr's pending reads, then close async storage clients, on zarr's loop before zarr
+    stops it (atexit runs LIFO, and this module imports zarr first); otherwise Python prints
+    "Task was destroyed but it is pending!" and aiohttp "Unclosed client session"."""
+    cancel_pending_reads()
     filesystems = remote.async_filesystems()
     if not filesystems:
         return

@@ -24,7 +24,7 @@ from kdcache.cli._common import (
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 def info_command(cache: str, as_json: bool, remote_cache_dir: str | None) -> None:
     """Show what CACHE is: teacher, dataset, recipe, storage, state, teacher accuracy."""
-    from kdcache.cache.store import open_cache
+    from kdcache.cache.reader import open_cache
     from kdcache.summary import format_summary, summarize
 
     with user_errors():

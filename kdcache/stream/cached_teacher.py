@@ -18,8 +18,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from kdcache.cache.reader import CacheReader
 from kdcache.cache.sparse import SparseRows
-from kdcache.cache.store import CacheReader
 from kdcache.losses.sparse import SparseTeacher
 from kdcache.stream.plan import EpochPlan
 from kdcache.stream.teacher_source import Origin, TeacherInput

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from kdcache.cache.store import CacheReader
+from kdcache.cache.reader import CacheReader
 from kdcache.errors import CacheError, ConfigError
 from kdcache.stream.plan import EpochPlan
 from kdcache.stream.teacher_source import Origin

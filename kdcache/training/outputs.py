@@ -49,6 +49,11 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None:  # a write or fsync of the open file: name the file it was for
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -74,7 +79,34 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda f: torch.save(state, f))
+    """Write ``state`` to ``path`` atomically; a failed write is the OSError naming ``path``.
+
+    torch.save reports a failed write of its zip container (a full disk) as a RuntimeError
+    ("unexpected pos ...") whose context is the OSError: that OSError is what the user can act on.
+    """
+
+    def save(f: IO[bytes]) -> None:
+        try:
+            torch.save(state, f)
+        except RuntimeError as exc:
+            cause = _os_error_in(exc)
+            if cause is None:
+                raise
+            raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from exc
+
+    atomic_write(path, save)
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """The first OSError in ``exc``'s chain of causes and contexts, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def remove_stale_temporaries(out: Path) -> list[Path]:

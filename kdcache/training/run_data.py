@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from kdcache.augment import Recipe, create_recipe
-from kdcache.cache.store import CacheReader, open_cache
+from kdcache.cache.reader import CacheReader, open_cache
 from kdcache.data import SourceDataset, load_dataset
 from kdcache.errors import CacheError, CacheMismatchError, ConfigError
 from kdcache.losses.mixed import check_mixed_loss

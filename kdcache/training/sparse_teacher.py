@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 
-from kdcache.cache.store import CacheReader
+from kdcache.cache.reader import CacheReader
 from kdcache.errors import ConfigError
 from kdcache.losses.objective import Objective
 from kdcache.losses.registry import loss_info

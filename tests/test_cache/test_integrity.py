@@ -19,7 +19,8 @@ from click.testing import CliRunner
 
 from kdcache.cache import schema
 from kdcache.cache.digest import block_digest
-from kdcache.cache.store import open_cache, open_for_writing
+from kdcache.cache.reader import open_cache
+from kdcache.cache.writer import open_for_writing
 from kdcache.cli import main
 from kdcache.errors import CacheCorruptError, CacheMismatchError, ConfigError, NonFiniteError
 from kdcache.summary import format_summary, summarize
@@ -441,7 +442,7 @@ def test_verify_flags_sparse_rows_whose_normaliser_disagrees_with_their_kept_val
     """Digests bind what was written; the kept-mass check catches a writer that stored a wrong
     log-sum-exp (kept probabilities summing to more than 1)."""
     from kdcache.cache import sparse as sparse_rows
-    from kdcache.cache import store
+    from kdcache.cache import writer as cache_writer
 
     meta = sparse_meta(num_samples=8, num_views=1, chunk_rows=4)
 
@@ -464,7 +465,7 @@ def test_verify_flags_sparse_rows_whose_normaliser_disagrees_with_their_kept_val
         lse[1, 1] -= 1.0  # row 1 at T = 4: its kept mass (about 1/2) times e, above 1
         return dataclasses.replace(rows, lse=lse)
 
-    monkeypatch.setattr(store, "sparse_rows_from_logits", low_normaliser)
+    monkeypatch.setattr(cache_writer, "sparse_rows_from_logits", low_normaliser)
     write(tmp_path / "bad")
     code, output = cli(["verify", tmp_path / "bad", "--replay", "0"])
     assert code == 1 and "2 bad" in output and "1 rows whose kept top-3 mass exceeds 1" in output

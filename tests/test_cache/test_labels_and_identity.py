@@ -15,7 +15,7 @@ import zarr
 from click.testing import CliRunner
 
 from kdcache.cache import schema
-from kdcache.cache.store import open_cache
+from kdcache.cache.reader import open_cache
 from kdcache.cli import main
 from kdcache.errors import CacheCorruptError, CacheError
 

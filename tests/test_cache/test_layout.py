@@ -11,7 +11,7 @@ import pytest
 import zarr
 
 from kdcache.cache import layout, schema
-from kdcache.cache.store import open_cache
+from kdcache.cache.reader import open_cache
 from tests.test_cache.test_store import make_meta, write_all
 
 

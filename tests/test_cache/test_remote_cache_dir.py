@@ -46,7 +46,7 @@ class Recorder:
 @pytest.mark.parametrize(
     "patched, args",
     [
-        ("kdcache.cache.store.open_cache", ["info", "s3://team/r56"]),
+        ("kdcache.cache.reader.open_cache", ["info", "s3://team/r56"]),
         ("kdcache.cache.pack.open_cache", ["pack", "s3://team/r56", "{tmp}/r56.zip"]),
         (
             "kdcache.training.run_data.open_cache",
@@ -73,7 +73,7 @@ def test_without_the_flag_the_library_is_given_nothing_and_reads_the_environment
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     recorder = Recorder()
-    monkeypatch.setattr("kdcache.cache.store.open_cache", recorder)
+    monkeypatch.setattr("kdcache.cache.reader.open_cache", recorder)
     monkeypatch.setenv(REMOTE_CACHE_ENV, str(tmp_path / "shell"))
     assert CliRunner().invoke(main, ["info", "s3://team/r56"]).exit_code == 1
     assert recorder.calls == [(None, str(tmp_path / "shell"))]

@@ -12,7 +12,8 @@ import zarr
 from click.testing import CliRunner
 
 from kdcache.cache import schema
-from kdcache.cache.store import open_cache, open_for_writing
+from kdcache.cache.reader import open_cache
+from kdcache.cache.writer import create_arrays, open_for_writing
 from kdcache.cli import main
 from kdcache.errors import CacheCorruptError, CacheError, ConfigError, FormatVersionError
 
@@ -221,24 +222,22 @@ def test_a_format_1_1_sparse_cache_still_reads_and_says_what_it_lacks(tmp_path):
     )
     assert "temperatures" not in meta.identity.to_dict()["storage"]  # 1.1 fingerprints unchanged
     group = zarr.open_group(str(tmp_path / "c"), mode="w", zarr_format=3)
-    v, n = 2, 10
-    for name, shape, dtype, value in [  # values other than the fills, as a 1.1 writer left them
-        (schema.TOPK_VALUES, (v, n, 2), "float16", 0.5),
-        (schema.TOPK_INDICES, (v, n, 2), "int16", 1),
-        (schema.LOGSUMEXP, (v, n), "float32", 1.5),
-        (schema.INPUT_HASH, (v, n), "int64", 7),
-        (schema.LABELS, (n,), "int64", 0),
-        (schema.BLOCK_DONE, (v, 3), "uint8", 1),
-        (schema.BLOCK_TOP1, (v, 3), "int64", 1),
-        (schema.BLOCK_TOP5, (v, 3), "int64", 2),
-    ]:
-        fill = (
-            float("nan")
-            if dtype.startswith("float")
-            else (0 if name == schema.INPUT_HASH or name == schema.BLOCK_DONE else -1)
-        )
-        array = group.create_array(name, shape=shape, chunks=shape, dtype=dtype, fill_value=fill)
-        array[...] = value
+    # The arrays a 1.1 writer made (the table of arrays knows 1.1's), holding values other than
+    # the fills, as a 1.1 writer left them.
+    arrays = create_arrays(group, meta, np.zeros(10, np.int64))
+    values = {
+        schema.TOPK_VALUES: 0.5,
+        schema.TOPK_INDICES: 1,
+        schema.LOGSUMEXP: 1.5,
+        schema.INPUT_HASH: 7,
+        schema.BLOCK_DONE: 1,
+        schema.BLOCK_TOP1: 1,
+        schema.BLOCK_TOP5: 2,
+    }
+    assert set(arrays) == {*values, schema.LABELS}  # no 1.2 array, no digests
+    assert arrays[schema.TOPK_VALUES].dtype == np.float16
+    for name, value in values.items():
+        arrays[name][...] = value
     group.attrs["kdcache"] = {**meta.to_dict(), "complete": True}
     reader = open_cache(str(tmp_path / "c"))
     rows = reader.read_sparse(0, 0)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from kdcache.cache.store import open_cache
+from kdcache.cache.reader import open_cache
 from kdcache.cli import main
 from kdcache.data import load_dataset
 from kdcache.errors import CorruptImageError

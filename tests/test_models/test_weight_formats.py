@@ -114,7 +114,7 @@ def test_ema_weights_of_another_model_list_the_keys(tmp_path: Path) -> None:
 def test_extract_records_the_ema_choice_and_verify_reuses_it(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from kdcache.cache.store import open_cache
+    from kdcache.cache.reader import open_cache
     from kdcache.cli import main
 
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ import hashlib
 
 def digest_of_every_block(location: str, cache_dir: str | None = None) -> str:
     """sha256 over every block's logits and input hashes, in (view, block) order."""
-    from kdcache.cache.store import open_cache
+    from kdcache.cache.reader import open_cache
 
     reader = open_cache(location, cache_dir=cache_dir)
     h = hashlib.sha256()

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import shutil
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from kdcache.cache.listing import list_caches
 from kdcache.cache.pack import pack_cache
-from kdcache.cache.store import open_cache
+from kdcache.cache.reader import open_cache
 from kdcache.errors import CacheCorruptError, ConfigError
 from tests.test_share.conftest import BUCKET, run_cli, s3fs_client, upload
 
@@ -103,6 +104,54 @@ def test_pack_refuses_a_damaged_cache_and_leaves_nothing(digits_cache, tmp_path)
     with pytest.raises(CacheCorruptError, match="logits/c/0/3/0 fails its crc32c"):
         pack_cache(str(cache), tmp_path / "damaged.zip")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged"]
+
+
+def delete_logits_chunk(cache: Path) -> None:
+    (cache / "logits" / "c" / "0" / "2" / "0").unlink()
+
+
+def logits_chunk_from_another_view(cache: Path) -> None:
+    chunk = cache / "logits" / "c" / "{}" / "2" / "0"
+    shutil.copyfile(str(chunk).format(1), str(chunk).format(0))  # valid crc32c, wrong place
+
+
+def delete_input_hash_chunk(cache: Path) -> None:
+    (cache / "input_hash" / "c" / "1" / "4").unlink()
+
+
+def delete_digest_record(cache: Path) -> None:
+    (cache / "block_digest" / "c" / "0" / "5" / "0" / "0").unlink()
+
+
+DAMAGES = [
+    delete_logits_chunk,
+    logits_chunk_from_another_view,
+    delete_input_hash_chunk,
+    delete_digest_record,
+]
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_pack_refuses_what_verify_fails_and_leaves_nothing(digits_cache, tmp_path, damage):
+    """Issue 25 item 18: every chunk passes its crc32c here, but a block is missing or in the
+    wrong place; `verify` fails the cache, so `pack` must not certify it."""
+    cache = tmp_path / "damaged"
+    shutil.copytree(digits_cache, cache)
+    damage(cache)
+    code, output = run_cli(["verify", str(cache), "--replay", "0"])
+    assert code == 1 and "[FAIL] chunks" in output, output
+    code, output = run_cli(["pack", str(cache), str(tmp_path / "damaged.zip")])
+    assert code == 1 and "refusing to pack" in output and "1 bad blocks" in output, output
+    assert "complete" not in output.split("refusing")[0] and "bug in kdcache" not in output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged"]  # no zip, no temporary
+
+
+def test_pack_refuses_a_prefix_with_a_deleted_object(digits_cache, prefix, tmp_path):
+    upload(digits_cache, prefix)
+    s3fs_client().rm_file(f"{prefix.removeprefix('s3://')}/logits/c/1/3/0")
+    code, output = run_cli(["pack", prefix, str(tmp_path / "remote.zip")])
+    assert code == 1 and "refusing to pack" in output and "view 1 block 3" in output, output
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".zip")]  # no temporary
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
+from kdcache.cache.reader import open_cache
 from kdcache.cache.remote import StorageAccessError, StorageUnavailableError
-from kdcache.cache.store import open_cache
 from kdcache.errors import CacheCorruptError, CacheError, DataNotFoundError
 from tests.test_share.conftest import BUCKET, put_object, run_cli, s3_objects, upload
 

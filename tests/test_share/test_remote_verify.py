@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdcache.cache.store import open_cache
+from kdcache.cache.reader import open_cache
 from tests.test_share.conftest import put_object, run_cli, s3_objects, s3fs_client, upload
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from kdcache.augment import create_recipe
-from kdcache.cache.store import CacheReader, open_cache
+from kdcache.cache.reader import CacheReader, open_cache
 from kdcache.data import load_dataset
 from kdcache.errors import CacheError, ConfigError
 from kdcache.seeding import input_hashes
