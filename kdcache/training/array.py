@@ -165,25 +165,25 @@ def run_array(array: StudentArray, progress: TrainReporter | None = None) -> Arr
         KdcacheError: a setting is invalid for the data (before any folder is touched), or the
             shared stream fails (then every student stops).
     """
-    from kdcache.training import loop
+    from kdcache.training import loop, run_setup
 
     reporter = as_reporter(progress)
     started = time.perf_counter()
     array = _resumable(array)
     first = array.members[0].config
     for member in array.members:
-        loop.check_loss_vs_source(member.config)
-    with loop.distributed(first) as (ctx, device):
-        shared = loop.share_stream(first, device)
+        run_setup.check_loss_vs_source(member.config)
+    with run_setup.distributed(first) as (ctx, device):
+        shared = run_setup.share_stream(first, device)
         runs = {}
         for member in array.members:  # every student checked before any folder is touched
             try:
-                runs[member.name] = loop.prepare(member.config, ctx, device, shared)
+                runs[member.name] = run_setup.prepare(member.config, ctx, device, shared)
             except KdcacheError as exc:
                 raise type(exc)(f"student {member.name}: {exc}") from exc
         reporters = {m.name: named_reporter(reporter, m.name) for m in array.members}
         for member in array.members:
-            loop.open_run(runs[member.name], reporters[member.name])
+            run_setup.open_run(runs[member.name], reporters[member.name])
         errors: dict[str, str] = {}
         last: float | None = None
         finished = True
