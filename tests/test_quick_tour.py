@@ -96,7 +96,8 @@ def test_each_quick_tour_command_prints_its_schedule_and_exits_0(
         if args[1] == "train":
             assert re.search(r"^train: .* 1 epoch, batch \d+, ", output, re.M), output
             lists = ("--loss", "--seed", "--student", "--lr", "--weight-decay")
-            if any(flag in lists and "," in value for flag, value in zip(args, args[1:], strict=False)):
+            pairs = zip(args, args[1:], strict=False)
+            if any(flag in lists and "," in value for flag, value in pairs):  # a student array
                 assert re.search(r"^array of \d+ students in ", output, re.M), output
             else:
                 assert "trained " in output
