@@ -199,14 +199,7 @@ def run_array(array: StudentArray, progress: TrainReporter | None = None) -> Arr
                             "on)", first.time_limit, epoch + 1)  # fmt: skip
                 break
             round_started = time.perf_counter()
-            for name in live:
-                try:
-                    loop.train_epoch(runs[name], epoch, reporters[name])
-                except KdcacheError as exc:
-                    errors[name] = str(exc)
-                    log.error("student %s stopped: %s", name, exc)
-                    if ctx.is_main:
-                        (runs[name].out / FAILED).write_text(f"{type(exc).__name__}: {exc}\n")
+            errors |= _train_round({n: runs[n] for n in live}, epoch, reporters, ctx.is_main)
             last = time.perf_counter() - round_started
         for run in runs.values():
             if run.tensorboard is not None:
@@ -219,6 +212,25 @@ def run_array(array: StudentArray, progress: TrainReporter | None = None) -> Arr
         )
     result = ArrayResult(array.root, members, time.perf_counter() - started, finished)
     return replace(result, table=array_table(result))
+
+
+def _train_round(
+    runs: dict[str, Any], epoch: int, reporters: dict[str, TrainReporter], is_main: bool
+) -> dict[str, str]:
+    """Epoch ``epoch`` of each of ``runs`` in turn; the errors of those that failed, by name (a
+    failed student's folder says why in ``failed.txt``; the others go on)."""
+    from kdcache.training import loop
+
+    errors = {}
+    for name, run in runs.items():
+        try:
+            loop.train_epoch(run, epoch, reporters[name])
+        except KdcacheError as exc:
+            errors[name] = str(exc)
+            log.error("student %s stopped: %s", name, exc)
+            if is_main:
+                (run.out / FAILED).write_text(f"{type(exc).__name__}: {exc}\n")
+    return errors
 
 
 def _resumable(array: StudentArray) -> StudentArray:
