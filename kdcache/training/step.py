@@ -117,7 +117,7 @@ class TrainStep:
 
     def _forward_loss(
         self, batch: Batch, warmup: float | Tensor
-    ) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor | None]:
+    ) -> tuple[Tensor, Tensor, tuple[str, ...], Tensor, Tensor | None]:
         with amp_context(batch.images.device, self.amp):
             student_logits = self.model(batch.images)  # [B, C]
         # Losses in float32 whatever the autocast dtype (docs/design.md, "Exactness").
@@ -127,7 +127,12 @@ class TrainStep:
         finite += [torch.isfinite(v).all() for v in parts.values()]
         rows = teacher_rows(batch.teacher_logits)
         rows_ok = torch.isfinite(rows).all(dim=1) if rows is not None else None
-        return loss, parts, torch.stack(finite).all(), rows_ok
+        # The record is stacked here, inside the compiled region: returning the detached parts
+        # themselves lets the compiler alias an output with the loss (cross-entropy alone:
+        # ``1.0 * ce`` and ``ce.detach()``), and the loss comes back without its graph.
+        keys = tuple(parts)
+        values = torch.stack([loss.detach().float(), *(parts[k].float() for k in keys)])
+        return loss, values, keys, torch.stack(finite).all(), rows_ok
 
     def _apply_update(self, ok: Tensor) -> None:
         if self.on_device:
@@ -137,11 +142,9 @@ class TrainStep:
             self.optimizer.step()
 
     def __call__(self, batch: Batch, warmup: float | Tensor, guard: StepGuard) -> StepRecord:
-        loss, parts, loss_ok, rows_ok = self._loss(batch, warmup)
+        loss, values, keys, loss_ok, rows_ok = self._loss(batch, warmup)
         ok = guard.check(loss_ok, rows_ok)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self._apply_update(ok)
-        keys = tuple(parts)
-        values = torch.stack([loss.detach().float(), *(parts[k].float() for k in keys)])
         return StepRecord(values, keys)
