@@ -174,7 +174,7 @@ def choose_images(
     if kind == "device":
         raise ConfigError(
             f"the device-resident stream cannot serve {train.spec.name} with recipe "
-            f"{recipe.name!r}: {refusal}. Use the host stream (stream 'host' or 'auto')"
+            f"{recipe.name!r}: {refusal}. Use `stream` host (or auto, which falls back to it)"
         )
     log.info("stream: host path (%s)", refusal)
     return HostImages(train, recipe, cache_seed, workers=workers, device=device)

@@ -86,7 +86,7 @@ def test_auto_takes_the_device_where_it_can_and_the_host_otherwise():
     assert isinstance(choose_images("auto", train, mixed, 0, workers=0, device=CPU), HostImages)
     assert isinstance(choose_images("host", train, cifar, 0, workers=0, device=CPU), HostImages)
     with pytest.raises(ConfigError, match="device-resident stream cannot serve digits with recipe "
-                       "'cifar\\+mixup'.*Use the host stream"):  # fmt: skip
+                       "'cifar\\+mixup'.*Use `stream` host"):  # fmt: skip
         choose_images("device", train, mixed, 0, workers=0, device=CPU)
     with pytest.raises(ConfigError, match="stream must be one of auto, host, device"):
         choose_images("gpu", train, cifar, 0, workers=0, device=CPU)  # type: ignore[arg-type]
