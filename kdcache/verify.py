@@ -202,7 +202,7 @@ def _check_replay(
         if data_dir is None:  # not a fault of the cache: the check was not possible here
             report.skip(
                 "replay",
-                f"no data to regenerate views from ({exc}); pass --data-dir to prove the views "
+                f"no data to regenerate views from ({exc}); give `data_dir` to prove the views "
                 "replay here",
             )
         else:

@@ -97,7 +97,7 @@ def digits_cache(tmp_path_factory: pytest.TempPathFactory, digits_teacher_weight
 
 def _no_data_here(name: str, data_dir: Any, split: str, *args: Any, **kwargs: Any) -> Any:
     # What CIFAR / imagefolder do without a data folder.
-    raise ConfigError(f"{name} needs a data directory (--data-dir)")
+    raise ConfigError(f"{name} needs a data directory (`data_dir`)")
 
 
 def test_verify_without_data_reports_replay_skipped_and_exits_0(
@@ -106,7 +106,7 @@ def test_verify_without_data_reports_replay_skipped_and_exits_0(
     monkeypatch.setattr(kdcache.data, "load_dataset", _no_data_here)
     code, output = cli(["verify", digits_cache])
     assert code == 0, output
-    assert "[skipped] replay" in output and "--data-dir" in output
+    assert "[skipped] replay" in output and "--data-dir" in output and "`data_dir`" not in output
     assert "OK (replay skipped)" in output and "FAIL" not in output
 
 

@@ -50,7 +50,7 @@ def test_resume_of_a_run_with_no_checkpoint_says_to_drop_resume(
     with pytest.raises(KeyboardInterrupt):
         run_train(digits_config(tmp_path / "run"))
     monkeypatch.undo()
-    with pytest.raises(ConfigError, match="without --resume"):
+    with pytest.raises(ConfigError, match="without `resume`"):
         run_train(digits_config(tmp_path / "run", resume=True))
 
 
@@ -69,7 +69,7 @@ def test_a_kill_during_the_first_checkpoint_leaves_a_restartable_folder(tmp_path
 
 def test_a_run_with_a_checkpoint_is_still_protected(tmp_path: Path) -> None:
     run_train(digits_config(tmp_path / "run"))
-    with pytest.raises(ConfigError, match="--resume"):
+    with pytest.raises(ConfigError, match="`resume`"):
         run_train(digits_config(tmp_path / "run"))
 
 

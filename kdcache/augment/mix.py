@@ -217,7 +217,7 @@ def create_mixed_recipe(name: str, spec: DatasetSpec, params: dict[str, Any]) ->
     if params.get("exhaustive"):
         raise ConfigError(
             f"recipe {name!r}: a mixed view has no finite set of views (the partner and lambda are "
-            "drawn per sample), so exhaustive=True is impossible; drop --exhaustive"
+            "drawn per sample), so exhaustive=True is impossible; drop `exhaustive`"
         )
     base = create_base_recipe(base_name, spec, **params)
     return MixedRecipe(spec, base, MixParams(kind=kind, **mix_params))  # type: ignore[arg-type]

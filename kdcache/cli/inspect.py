@@ -15,6 +15,7 @@ from kdcache.cli._common import (
     teacher_weights_option,
     user_errors,
 )
+from kdcache.cli.errors import in_flags
 
 
 @click.command("info")
@@ -65,9 +66,10 @@ def verify_command(
         report = verify_cache(
             cache, data_dir=data_dir, replay=replay, teacher_weights=teacher_weights
         )
+    command = click.get_current_context().command
     for check in report.checks:
         status = "skipped" if check.skipped else "ok" if check.ok else "FAIL"
-        click.echo(f"[{status}] {check.name}: {check.detail}")
+        click.echo(f"[{status}] {check.name}: {in_flags(check.detail, command)}")
     if not report.ok:
         click.echo(f"verify: {cache} FAILED", err=True)
         sys.exit(1)

@@ -60,20 +60,20 @@ def _load_cifar(
 
     tv_name, folder, train_files, test_files, meta = _CIFAR_FILES[spec.name]
     if data_dir is None:
-        raise ConfigError(f"{spec.name} needs a data directory (--data-dir)")
+        raise ConfigError(f"{spec.name} needs a data directory (`data_dir`)")
     split_files = train_files if split == "train" else test_files
     # Only the split that is read (and the class names) must be there: a test-only copy serves.
     expected = [data_dir / folder / f for f in (*split_files, meta)]
     missing = [p for p in expected if not p.is_file()]
     if missing and not download:
         hint = (
-            f"point --data-dir at the folder that contains {folder}/"
+            f"point `data_dir` at the folder that contains {folder}/"
             if data_dir.name != folder
-            else f"point --data-dir at {data_dir.parent} (the folder that contains {folder}/)"
+            else f"point `data_dir` at {data_dir.parent} (the folder that contains {folder}/)"
         )
         raise DataNotFoundError(
             f"{spec.name} not found: expected {', '.join(str(p) for p in missing)} "
-            f"(torchvision's layout {data_dir}/{folder}/). Pass --download to fetch it, or {hint}"
+            f"(torchvision's layout {data_dir}/{folder}/). Pass `download` to fetch it, or {hint}"
         )
     try:
         tv = _split_only(getattr(torchvision.datasets, tv_name), split, download)(
@@ -82,7 +82,7 @@ def _load_cifar(
     except RuntimeError as exc:  # torchvision's md5 check failed
         raise DataNotFoundError(
             f"{spec.name} files under {data_dir / folder} are corrupt or incomplete "
-            f"(torchvision: {exc}); delete them and pass --download, or fix --data-dir"
+            f"(torchvision: {exc}); delete them and pass `download`, or fix `data_dir`"
         ) from exc
     # torchvision holds an [N, H, W, C] view of the pickles' [N, C, H, W] block; undo the view.
     pixels = np.ascontiguousarray(tv.data.transpose(0, 3, 1, 2))  # [N, 3, 32, 32]
@@ -148,9 +148,9 @@ def _load_imagefolder(
     data_dir: Path | None, split: str, download: bool, image_size: int | None
 ) -> SourceDataset:
     if data_dir is None:
-        raise ConfigError("imagefolder needs a data directory (--data-dir)")
+        raise ConfigError("imagefolder needs a data directory (`data_dir`)")
     if download:
-        raise ConfigError("imagefolder cannot be downloaded; drop --download")
+        raise ConfigError("imagefolder cannot be downloaded; drop `download`")
     return load_imagefolder(data_dir, split, image_size=image_size)
 
 

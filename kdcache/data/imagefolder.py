@@ -126,7 +126,7 @@ def load_imagefolder(
         raise DataNotFoundError(
             f"imagefolder expects class folders under {folder} (layout "
             f"data_dir/train/<class>/*.jpg and data_dir/val/<class>/*.jpg); "
-            f"point --data-dir at the folder that holds 'train' and 'val'"
+            f"point `data_dir` at the folder that holds 'train' and 'val'"
         )
     class_root = data_dir / "train" if (data_dir / "train").is_dir() else folder
     class_names = _class_dirs(class_root)

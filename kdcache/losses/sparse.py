@@ -184,8 +184,8 @@ def refuse_sparse(loss_name: str) -> ConfigError:
     return ConfigError(
         f"loss {loss_name!r} needs every class's teacher logit, and this cache is sparse (top-K): "
         f"from it, {APPROXIMATIONS.get(loss_name, 'some terms are not determined')}. Train with "
-        "--sparse-approx to accept that approximation, use loss 'kd' (exact from a sparse cache), "
-        "or extract a dense cache (omit --topk)."
+        "`sparse_approx` to accept that approximation, use loss 'kd' (exact from a sparse cache), "
+        "or extract a dense cache (without `topk`)."
     )
 
 

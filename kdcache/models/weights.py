@@ -201,8 +201,8 @@ def describe_mismatch(report: KeyReport, arch: str) -> str:
         shapes = [f"{k} checkpoint {list(c)} vs model {list(m)}" for k, c, m in report.mismatched]
         lines.append(f"  shape mismatches ({len(shapes)}): {_listing(shapes)}")
     lines.append(
-        "check the architecture name (kdcache models lists the zoo) and --num-classes / in_chans; "
-        "these weights may belong to another model"
+        "check the architecture name (kdcache models lists the zoo) and `num_classes` / `in_chans`;"
+        " these weights may belong to another model"
     )
     return "\n".join(lines)
 

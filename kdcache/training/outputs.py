@@ -170,18 +170,18 @@ def prepare_run_dir(out: Path, *, resume: bool, force: bool) -> None:
             return
         if existing:
             raise ConfigError(
-                f"--resume: the run in {out} stopped before its first checkpoint (no last.pt), "
-                "so there is nothing to resume: run the same command without --resume to start "
+                f"`resume`: the run in {out} stopped before its first checkpoint (no last.pt), "
+                "so there is nothing to resume: run the same command without `resume` to start "
                 "it again"
             )
         raise ConfigError(
-            f"--resume: {out} holds no training run; drop --resume to start one there"
+            f"`resume`: {out} holds no training run; drop `resume` to start one there"
         )
     if has_checkpoint and not force:
         raise ConfigError(
-            f"{out} already holds a training run ({', '.join(existing)}); pass --resume to "
-            "continue it (with a larger --epochs to extend it), --force to replace it, or "
-            "choose another --out"
+            f"{out} already holds a training run ({', '.join(existing)}); pass `resume` to "
+            "continue it (with a larger `epochs` to extend it), `force` to replace it, or "
+            "choose another `out`"
         )
     if existing and not has_checkpoint:
         log.info("%s holds a run with no checkpoint (%s): starting it again", out, existing)

@@ -55,15 +55,15 @@ def check_resume(out: Path, config: TrainConfig, data: RunData) -> None:
     state = torch.load(out / "last.pt", map_location="cpu", weights_only=True, mmap=True)
     now = run_sources(config, data)
     for key, what, flag in (
-        ("cache_fingerprint", "cache", "--cache"),
-        ("teacher_weights_sha256", "teacher weights", "--teacher-weights"),
+        ("cache_fingerprint", "cache", "`cache`"),
+        ("teacher_weights_sha256", "teacher weights", "`teacher_weights`"),
     ):
         if key not in state:
             continue
         before, after = state[key], now[key]
         if before != after:
             raise CacheMismatchError(
-                f"--resume of {out} with another {what}: the run was trained from {key} "
+                f"`resume` of {out} with another {what}: the run was trained from {key} "
                 f"{before or 'none'}, but {flag} now gives {after or 'none'}. Resume with the "
-                f"run's original {what}, or start a new run (another --out)."
+                f"run's original {what}, or start a new run (another `out`)."
             )

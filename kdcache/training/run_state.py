@@ -111,16 +111,16 @@ def restore(
     )
     if changed:
         raise ConfigError(
-            f"--resume with settings that differ from the run in {out}: "
+            f"`resume` with settings that differ from the run in {out}: "
             + ", ".join(f"{k} {old.get(k)!r} -> {new[k]!r}" for k in changed)
-            + "; give the run's settings (see its run.json), or use --force or another --out "
+            + "; give the run's settings (see its run.json), or use `force` or another `out` "
             "to start a new run"
         )
     epoch = int(state["epoch"])
     if schedule.epochs < epoch:
         raise ConfigError(
-            f"--resume --epochs {schedule.epochs}: the run in {out} already trained {epoch} "
-            "epochs; give --epochs of at least that"
+            f"`resume` `epochs` {schedule.epochs}: the run in {out} already trained {epoch} "
+            "epochs; give `epochs` of at least that"
         )
     model.load_state_dict(state["model"])
     optim.load_state_dict(state)

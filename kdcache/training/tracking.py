@@ -144,8 +144,8 @@ def require_tensorboard() -> None:
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401
     except ImportError as exc:
         raise ConfigError(
-            "--tensorboard needs the tensorboard package, which is not installed: "
-            "pip install 'kdcache[tensorboard]' (or drop --tensorboard; summary.csv and "
+            "`tensorboard` needs the tensorboard package, which is not installed: "
+            "pip install 'kdcache[tensorboard]' (or drop `tensorboard`; summary.csv and "
             "curves.png are written either way)"
         ) from exc
 

@@ -127,7 +127,7 @@ def test_missing_cifar_names_the_expected_files_and_download(
     with pytest.raises(DataNotFoundError) as err:
         load_dataset(name, tmp_path, "train")
     message = str(err.value)
-    assert folder in message and "--download" in message and "--data-dir" in message
+    assert folder in message and "`download`" in message and "`data_dir`" in message
     if name == "cifar100":
         assert str(tmp_path / "cifar-100-python" / "meta") in message
 
@@ -135,7 +135,7 @@ def test_missing_cifar_names_the_expected_files_and_download(
 def test_data_dir_pointing_inside_the_cifar_folder_gets_a_hint(tmp_path: Path) -> None:
     inner = tmp_path / "cifar-100-python"
     inner.mkdir()
-    with pytest.raises(DataNotFoundError, match=f"point --data-dir at {tmp_path}"):
+    with pytest.raises(DataNotFoundError, match=f"point `data_dir` at {tmp_path}"):
         load_dataset("cifar100", inner, "test")
 
 

@@ -150,9 +150,9 @@ def test_dkd_tckd_and_rld_scd_are_exact_from_the_completion():
 def test_approximated_losses_are_refused_without_the_option_and_run_with_it(loss, caplog):
     s, t, y = _batch(b=16, c=20)
     teacher = _sparse(t, y, 8)
-    with pytest.raises(ConfigError, match=rf"loss '{loss}' needs every class.*--sparse-approx"):
+    with pytest.raises(ConfigError, match=rf"loss '{loss}' needs every class.*`sparse_approx`"):
         build_objective(loss)(s, teacher, y, epoch=30.0)
-    with pytest.raises(ConfigError, match="--sparse-approx"):
+    with pytest.raises(ConfigError, match="`sparse_approx`"):
         create_loss(loss)(s, teacher, y)  # straight from an own loop: the same refusal
     objective = build_objective(loss, sparse_approx=True)
     with caplog.at_level("WARNING"):
