@@ -60,7 +60,7 @@ def compare_hashes(
             f"from the one the teacher saw ({len(bad)} of {len(got)} checked rows in this "
             "batch): the augmentation does not replay on this machine. The cache was written "
             f"with {versions}; install those versions, or re-extract the cache here. "
-            "(--verify-replay off / verify_replay='off' skips this check at your own risk.)"
+            "(`verify_replay` off skips this check at your own risk.)"
         )
 
 

@@ -44,8 +44,8 @@ def non_finite_loss(value: float, part: str | None, *, epoch: int, step: int) ->
     """The error for a NaN/Inf loss (``part``: the loss part that is, when the total is not)."""
     what = f"the training loss is {value}" if part is None else f"the loss part {part!r} is NaN/Inf"
     return NonFiniteError(
-        f"{what} at epoch {epoch + 1}, step {step + 1}: the run diverged (check --lr, "
-        f"--weight-decay and the loss weights); {_NO_CHECKPOINT}"
+        f"{what} at epoch {epoch + 1}, step {step + 1}: the run diverged (check `lr`, "
+        f"`weight_decay` and the loss weights); {_NO_CHECKPOINT}"
     )
 
 
@@ -59,6 +59,6 @@ def check_weights(model: nn.Module, *, epoch: int) -> None:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise NonFiniteError(
                 f"the student's {name} holds NaN/Inf after epoch {epoch + 1}: the run diverged "
-                "(check --lr, --weight-decay and the loss weights); no checkpoint was written "
+                "(check `lr`, `weight_decay` and the loss weights); no checkpoint was written "
                 "for this epoch"
             )

@@ -119,7 +119,7 @@ def _build_teacher(
     )
     teacher_input = resolve_preprocessing(teacher, spec, config.teacher_preprocessing)
     check_teacher_io(teacher, spec.in_chans, teacher_input.input_size, spec.num_classes,
-                     "--teacher-preprocessing")  # fmt: skip
+                     "`teacher_preprocessing`")  # fmt: skip
     return prepare_teacher(teacher, device), teacher_input
 
 
