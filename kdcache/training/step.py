@@ -114,6 +114,7 @@ class TrainStep:
         # The update is not compiled: on CUDA it is already one fused multi-tensor kernel per
         # parameter group (that reads the skip flag on the device), on the CPU a host branch.
         self._loss = torch.compile(self._forward_loss) if compile else self._forward_loss
+        self.compiled = compile
 
     def _forward_loss(
         self, batch: Batch, warmup: float | Tensor
@@ -142,6 +143,10 @@ class TrainStep:
             self.optimizer.step()
 
     def __call__(self, batch: Batch, warmup: float | Tensor, guard: StepGuard) -> StepRecord:
+        if self.compiled and not isinstance(warmup, Tensor):
+            # A float changing with the epoch (the DKD/RLD warm-up) would recompile every epoch;
+            # a 0-d device tensor is an input of the one graph (filled on the device: no copy).
+            warmup = torch.full((), float(warmup), device=batch.images.device)
         loss, values, keys, loss_ok, rows_ok = self._loss(batch, warmup)
         ok = guard.check(loss_ok, rows_ok)
         self.optimizer.zero_grad(set_to_none=True)
