@@ -350,7 +350,8 @@ def test_replay_mismatch_same_error_nothing_written(tmp_path, fp32_cache, monkey
     with pytest.raises(kdcache.ReplayMismatchError) as info:
         list(kdcache.open_cache(fp32_cache).loader(None, batch_size=64, seed=0, epoch=0))
     assert "differs from the one the teacher saw" in str(info.value)
-    assert str(info.value) in error_through_cli(fp32_cache, tmp_path / "run")
+    as_flags = str(info.value).replace("`verify_replay`", "--verify-replay")  # the CLI's words
+    assert as_flags in error_through_cli(fp32_cache, tmp_path / "run")
     assert every_file(fp32_cache) == before
     # verify_replay="off" is the documented escape hatch.
     loader = kdcache.open_cache(fp32_cache).loader(

@@ -30,7 +30,7 @@ class CountingReader(CacheReader):
     """A reader that counts its chunk reads, whoever makes them."""
 
     def __init__(self, reader: CacheReader) -> None:
-        super().__init__(reader.group, reader.meta, reader.parsed_location)
+        super().__init__(reader.group, reader.meta, reader.parsed_location, reader._arrays)
         self.dense_reads: list[tuple[int, int]] = []
         self.hash_reads: list[tuple[int, int]] = []
 
