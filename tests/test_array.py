@@ -29,6 +29,7 @@ def step_losses(run: Path) -> list[float]:
     return [x for line in lines for x in json.loads(line)["loss"]]
 
 
+@pytest.mark.slow
 def test_each_student_is_its_separate_run(fp32_cache, tmp_path):
     array = expand_array(settings(fp32_cache, tmp_path / "array", loss=("ce", "kd"), seed=(0, 3),
                                   student=("resnet8", "resnet14")))  # fmt: skip
@@ -63,6 +64,7 @@ def test_a_diverging_student_stops_alone(fp32_cache, tmp_path):
     assert "lr-0.05," in table and "lr-1e+30,,,,failed" in table
 
 
+@pytest.mark.slow
 def test_resume_inside_an_epoch_gives_the_uninterrupted_array(fp32_cache, tmp_path, monkeypatch):
     base = settings(fp32_cache, tmp_path / "whole", loss=("ce", "kd"), checkpoint_every=2)
     whole = run_array(expand_array(base))
@@ -88,6 +90,7 @@ def test_resume_inside_an_epoch_gives_the_uninterrupted_array(fp32_cache, tmp_pa
     assert all(m.result.epochs_done == 3 for m in extended.members)
 
 
+@pytest.mark.slow
 def test_a_sweep_gives_each_student_its_own_settings(fp32_cache, tmp_path):
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text("- {name: dkd-b2, loss: dkd, loss-param: {beta: 2.0}}\n- {loss: kd}\n")
