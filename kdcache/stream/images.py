@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -128,8 +129,6 @@ def device_memory(device: torch.device) -> int:
     """Bytes of memory the device has (the machine's for the CPU)."""
     if device.type == "cuda":
         return int(torch.cuda.get_device_properties(device).total_memory)
-    import os
-
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
