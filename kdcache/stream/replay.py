@@ -92,7 +92,8 @@ class DeferredReplay:
         rows = replay_rows(self.mode, index.numpy())
         if not len(rows):
             return
-        picked = images[torch.from_numpy(rows).to(images.device)]
+        # The rows go to the device without a wait (the plan is on the host; the step runs on).
+        picked = images[torch.from_numpy(rows).to(images.device, non_blocking=True)]
         done = None
         if picked.device.type == "cuda":
             host = torch.empty(picked.shape, dtype=picked.dtype, pin_memory=True)
